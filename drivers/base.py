@@ -1,0 +1,187 @@
+"""The driver base: the ``Reading`` type, driver configs, the registry of drivers, shared buses.
+
+A driver turns an instrument's replies into :class:`Reading` objects. Parsing is pure
+(bytes in, readings out); the I/O around it is small and lives in each driver family.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.errors import DeviceTimeout
+
+T = TypeVar("T")
+
+__all__ = [
+    "DRIVERS",
+    "Bus",
+    "Buses",
+    "Driver",
+    "DriverConfig",
+    "Quality",
+    "Reading",
+    "now",
+    "with_timeout",
+]
+
+Quality = Literal["good", "uncertain", "bad"]
+
+
+def now() -> tuple[datetime, float]:
+    """Acquisition time: aware UTC wall clock and the monotonic clock, taken together."""
+    return datetime.now(UTC), time.monotonic()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reading:
+    """One raw value of one channel, in instrument units, stamped at acquisition.
+
+    ``flags`` holds facts such as ``stable``, ``dynamic``, ``overload``, ``underload``,
+    ``nan``, ``inf``; ``quality`` is ``good``, ``uncertain`` or ``bad``. A bad reading
+    may carry ``raw = nan``.
+    """
+
+    equipment: str
+    channel: str
+    raw: float
+    unit: str
+    t_wall: datetime
+    t_mono: float
+    flags: frozenset[str] = frozenset()
+    quality: Quality = "good"
+
+
+class DriverConfig(BaseModel):
+    """Fields every ``[[equipment]]`` table has; each driver subclasses it.
+
+    Models are frozen and forbid unknown keys, so a typo is an error with its path.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1)
+    driver: str
+    interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    enabled: bool = True
+
+    def bus_key(self) -> str | None:
+        """Equipment whose configs return the same key share one bus (lock and gap)."""
+        return None
+
+
+DRIVERS: dict[str, type[Driver]] = {}
+
+
+class Bus:
+    """What instruments on one port, RS-485 bus or Modbus gateway share.
+
+    ``lock`` serialises transactions; ``gap_s`` is the quiet time kept between the end
+    of one transaction and the start of the next; ``resource`` is the shared connection
+    (created by the first driver that needs it, closed when the last one leaves).
+    """
+
+    def __init__(self, key: str, *, gap_s: float = 0.0) -> None:
+        self.key = key
+        self.gap_s = gap_s
+        self.lock = asyncio.Lock()
+        self.resource: Any = None
+        self.users = 0
+        self._last_end = 0.0
+
+    async def __aenter__(self) -> Self:
+        await self.lock.acquire()
+        if self.gap_s > 0:
+            wait = self._last_end + self.gap_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._last_end = time.monotonic()
+        self.lock.release()
+
+
+@dataclass
+class Buses:
+    """The gateway's set of shared buses, keyed by :meth:`DriverConfig.bus_key`."""
+
+    _buses: dict[str, Bus] = field(default_factory=dict)
+
+    def get(self, key: str | None, *, gap_s: float = 0.0) -> Bus:
+        if key is None:
+            return Bus("<private>", gap_s=gap_s)
+        bus = self._buses.get(key)
+        if bus is None:
+            bus = self._buses[key] = Bus(key, gap_s=gap_s)
+        return bus
+
+
+class Driver(abc.ABC):
+    """An instrument connection. Subclasses pass ``kind=`` to register themselves.
+
+    Life cycle: ``async with driver:`` (``open``/``close``), then ``poll()`` as often as
+    the scheduler wants. ``poll`` raises only :class:`drivers.errors.DriverError`
+    subclasses; anything else is a bug.
+    """
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[DriverConfig]]
+
+    def __init_subclass__(cls, *, kind: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind is not None:  # abstract intermediates pass no kind
+            cls.kind = kind
+            DRIVERS[kind] = cls
+
+    def __init__(self, config: DriverConfig, *, buses: Buses | None = None) -> None:
+        self.config = config
+        self.buses = buses if buses is not None else Buses()
+        self.recent_frames: deque[bytes] = deque(maxlen=32)
+
+    @property
+    def equipment(self) -> str:
+        return self.config.id
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect (may raise ConnectError). Drivers also reconnect lazily in poll()."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the connection; never raises."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def poll(self) -> list[Reading]:
+        """Read every configured channel once."""
+
+    def subscribes(self) -> bool:
+        """True when readings arrive by subscription (:meth:`subscribe`) instead of poll."""
+        return False
+
+    def subscribe(self) -> AsyncIterator[list[Reading]]:
+        """Readings as the instrument pushes them (OPC UA data changes)."""
+        raise NotImplementedError
+
+
+async def with_timeout(coro: Awaitable[T], timeout_s: float, what: Callable[[], str]) -> T:
+    """Await ``coro`` at most ``timeout_s``; a timeout becomes DeviceTimeout."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await coro
+    except TimeoutError as exc:
+        raise DeviceTimeout(what()) from exc

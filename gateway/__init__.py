@@ -1,0 +1,1 @@
+"""The calgate service: config, scheduler, pipeline, outbox, sinks, status and CLI."""
