@@ -1,0 +1,151 @@
+"""One supervised poll loop per equipment: deadlines, timeouts, backoff, isolation.
+
+A loop catches every driver error, tells its :class:`PollHooks`, backs off after
+connection failures (capped exponential, full jitter) and never stalls another
+equipment. Polls are scheduled on ``loop.time()`` deadlines: no drift, and a missed
+deadline is counted, not queued. Only bugs escape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from drivers.base import Driver, Reading
+from drivers.errors import ConnectError, DeviceError, DeviceTimeout, DriverError, FrameError
+
+__all__ = ["Backoff", "PollHooks", "Supervisor"]
+
+log = logging.getLogger(__name__)
+
+
+class PollHooks(Protocol):
+    def readings(self, equipment: str, readings: list[Reading], latency_s: float) -> None: ...
+    def failure(self, equipment: str, error: DriverError) -> None: ...
+    def missed(self, equipment: str, count: int) -> None: ...
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with full jitter: ``uniform(0, min(max_s, min_s·2^n))``."""
+
+    min_s: float = 0.5
+    max_s: float = 30.0
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        cap = min(self.max_s, self.min_s * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return self.rng.uniform(0.0, cap)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Supervisor:
+    """Polls one equipment on its interval, or consumes its subscription, until cancelled."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        hooks: PollHooks,
+        *,
+        interval_s: float,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.driver = driver
+        self.hooks = hooks
+        self.interval_s = interval_s
+        self.backoff = backoff or Backoff()
+        self._clock = clock
+        self._sleep = sleep
+        self.polls = 0
+        self.missed_total = 0
+
+    @property
+    def equipment(self) -> str:
+        return self.driver.equipment
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    async def run(self) -> None:
+        """The poll loop (and the subscription loop, when the driver subscribes)."""
+        try:
+            if self.driver.subscribes():
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._subscription(), name=f"subscribe:{self.equipment}")
+                    tg.create_task(self._poll_loop(), name=f"poll:{self.equipment}")
+            else:
+                await self._poll_loop()
+        finally:
+            await self.driver.close()
+
+    async def _poll_loop(self) -> None:
+        deadline = self._now()
+        hard_timeout = self.driver.config.timeout_s * 3 + 1.0
+        while True:
+            now = self._now()
+            if now < deadline:
+                await self._sleep(deadline - now)
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(hard_timeout):
+                    readings = await self.driver.poll()
+            except TimeoutError as exc:
+                err: DriverError | None = DeviceTimeout(
+                    f"no answer within {hard_timeout:.1f} s", equipment=self.equipment
+                )
+                err.__cause__ = exc
+            except DriverError as exc:
+                err = exc
+            else:
+                err = None
+                self.polls += 1
+                self.backoff.reset()
+                self.hooks.readings(self.equipment, readings, time.perf_counter() - started)
+            if err is not None:
+                self.hooks.failure(self.equipment, err)
+                if isinstance(err, ConnectError | DeviceTimeout):
+                    # The instrument is gone or silent: back off before the next try.
+                    deadline = self._now() + self.backoff.next_delay()
+                    continue
+            deadline += self.interval_s
+            now = self._now()
+            if now > deadline:
+                missed = int((now - deadline) // self.interval_s) + 1
+                self.missed_total += missed
+                self.hooks.missed(self.equipment, missed)
+                deadline += missed * self.interval_s
+
+    async def _subscription(self) -> None:
+        backoff = Backoff(self.backoff.min_s, self.backoff.max_s, self.backoff.rng)
+        while True:
+            try:
+                async for readings in self.driver.subscribe():
+                    backoff.reset()
+                    self.hooks.readings(self.equipment, readings, 0.0)
+            except DriverError as exc:
+                self.hooks.failure(self.equipment, exc)
+            await self._sleep(backoff.next_delay())
+
+
+def classify(error: DriverError) -> str:
+    """A short kind for metrics labels."""
+    if isinstance(error, ConnectError):
+        return "connect"
+    if isinstance(error, DeviceTimeout):
+        return "timeout"
+    if isinstance(error, FrameError):
+        return "frame"
+    if isinstance(error, DeviceError):
+        return "device"
+    return "other"

@@ -1,0 +1,144 @@
+"""The supervisor: deadline scheduling without drift, missed deadlines counted, backoff, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from typing import Any, ClassVar
+
+import pytest
+
+from drivers.base import Driver, DriverConfig, Reading, now
+from drivers.errors import ConnectError, DeviceError, DriverError, FrameError
+from gateway.scheduler import Backoff, Supervisor
+
+
+class ScriptConfig(DriverConfig):
+    driver: str = "script"
+
+
+class ScriptDriver(Driver):
+    """A driver whose poll results follow a script: a value, an exception, or a delay."""
+
+    Config: ClassVar[type[DriverConfig]] = ScriptConfig
+
+    def __init__(self, script: list[Any], clock: FakeClock) -> None:
+        super().__init__(ScriptConfig(id="X-1", driver="script", interval_s=1.0))
+        self.script = script
+        self.clock = clock
+        self.poll_times: list[float] = []
+        self.target = 0
+        self.reached = asyncio.Event()
+
+    async def poll(self) -> list[Reading]:
+        self.poll_times.append(self.clock.t)
+        if len(self.poll_times) >= self.target:
+            self.reached.set()
+        step = self.script.pop(0) if self.script else 1.0
+        if isinstance(step, BaseException):
+            raise step
+        if isinstance(step, tuple):  # ("slow", seconds)
+            self.clock.t += step[1]
+            step = 1.0
+        t_wall, t_mono = now()
+        return [
+            Reading(equipment="X-1", channel="c", raw=step, unit="g", t_wall=t_wall, t_mono=t_mono)
+        ]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, dt: float) -> None:
+        assert dt >= 0
+        self.t += dt
+        await asyncio.sleep(0)
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.failures: list[DriverError] = []
+        self.missed_counts: list[int] = []
+
+    def readings(self, equipment: str, readings: list[Reading], latency_s: float) -> None:
+        self.values.extend(r.raw for r in readings)
+
+    def failure(self, equipment: str, error: DriverError) -> None:
+        self.failures.append(error)
+
+    def missed(self, equipment: str, count: int) -> None:
+        self.missed_counts.append(count)
+
+
+async def run_until(sup: Supervisor, driver: ScriptDriver, polls: int) -> None:
+    driver.target = polls
+    task = asyncio.create_task(sup.run())
+    await asyncio.wait_for(driver.reached.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_polls_follow_deadlines_without_drift() -> None:
+    clock = FakeClock()
+    # Each poll takes 0.3 s of (fake) time: deadlines stay on the 1 s grid anyway.
+    driver = ScriptDriver([("slow", 0.3)] * 5, clock)
+    hooks = Hooks()
+    sup = Supervisor(driver, hooks, interval_s=1.0, clock=clock, sleep=clock.sleep)
+    await run_until(sup, driver, 6)
+    assert [round(t - 100.0, 9) for t in driver.poll_times[:6]] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert hooks.missed_counts == []
+
+
+async def test_a_slow_poll_counts_missed_deadlines_instead_of_queueing_them() -> None:
+    clock = FakeClock()
+    driver = ScriptDriver([("slow", 3.5), 1.0, 1.0], clock)
+    hooks = Hooks()
+    sup = Supervisor(driver, hooks, interval_s=1.0, clock=clock, sleep=clock.sleep)
+    await run_until(sup, driver, 3)
+    # Poll at 0 ran until 3.5: deadlines 1, 2, 3 were missed; the next poll is at 4.
+    assert hooks.missed_counts[:1] == [3]
+    assert sum(hooks.missed_counts) == 3
+    assert [t - 100.0 for t in driver.poll_times[:3]] == [0.0, 4.0, 5.0]
+
+
+async def test_connection_failures_back_off_and_recover() -> None:
+    clock = FakeClock()
+    gone = ConnectError("refused", equipment="X-1")
+    driver = ScriptDriver([gone, gone, gone, 2.0, 3.0], clock)
+    hooks = Hooks()
+    backoff = Backoff(min_s=1.0, max_s=8.0, rng=random.Random(7))
+    sup = Supervisor(driver, hooks, interval_s=1.0, clock=clock, sleep=clock.sleep, backoff=backoff)
+    await run_until(sup, driver, 5)
+    assert hooks.failures == [gone, gone, gone]
+    assert hooks.values[:2] == [2.0, 3.0]
+    gaps = [b - a for a, b in zip(driver.poll_times, driver.poll_times[1:], strict=False)]
+    # Full jitter: each wait is within [0, min(8, 1·2^n)].
+    assert all(0 <= g <= cap for g, cap in zip(gaps[:3], [1.0, 2.0, 4.0], strict=False))
+    assert backoff.attempt == 0  # reset by the successful poll
+    assert math.isclose(gaps[3], 1.0)  # back on its interval after recovering
+
+
+async def test_frame_and_device_errors_keep_the_schedule() -> None:
+    clock = FakeClock()
+    frame = FrameError("garbage", equipment="X-1")
+    dev = DeviceError("EL", code="EL", equipment="X-1")
+    driver = ScriptDriver([frame, dev, 5.0], clock)
+    hooks = Hooks()
+    sup = Supervisor(driver, hooks, interval_s=1.0, clock=clock, sleep=clock.sleep)
+    await run_until(sup, driver, 3)
+    assert hooks.failures == [frame, dev]
+    assert [t - 100.0 for t in driver.poll_times[:3]] == [0.0, 1.0, 2.0]
+
+
+def test_backoff_caps_at_max() -> None:
+    b = Backoff(min_s=0.5, max_s=4.0, rng=random.Random(1))
+    delays = [b.next_delay() for _ in range(50)]
+    assert max(delays) <= 4.0
+    assert all(d >= 0 for d in delays)
