@@ -1,0 +1,657 @@
+"""Modbus TCP and RTU instruments (pressure transmitters and the like), driver kind "modbus".
+
+The register map comes from config (``[[equipment.channels]]``), so a new device model
+is TOML, not code. At init the driver plans its requests (neighbouring registers of
+one kind in one request, at most 125 registers, small holes allowed) and precomputes a
+decoder per channel; a poll is then one request per group and one ``struct`` call per
+value.
+
+Word order is defined by register values (METROLOGY.md §5): 123456.0 (0x47F12000) is
+ABCD ``[0x47F1, 0x2000]``, CDAB ``[0x2000, 0x47F1]``, BADC ``[0xF147, 0x0020]``, DCBA
+``[0x0020, 0xF147]``. The letters name bytes most significant first; for float64 the
+same rule spans four registers: ABCD big-endian throughout, CDAB the registers in
+reverse order, BADC the bytes swapped inside each register, DCBA both (little-endian).
+16-bit types take AB (default; ABCD accepted as the same) or BA (bytes swapped).
+Each value is decoded on its own (pymodbus's ``word_order="little"`` reverses a whole
+multi-value list: the trap METROLOGY.md warns about).
+
+Transports: ``tcp://host[:502]`` uses the lean client of :mod:`drivers.modbus_tcp`;
+``rtu:///dev/ttyUSB1?baudrate=19200&parity=E&bytesize=8&stopbits=1`` uses pymodbus's
+``AsyncModbusSerialClient``, whose exceptions are translated in :class:`RtuLink` only.
+Equipment on one TCP gateway or one RS-485 port shares one connection and one lock
+(``Bus``); RTU keeps an inter-frame gap of 3.5 character times by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from drivers.base import Bus, Buses, Driver, DriverConfig, Reading, now
+from drivers.errors import ConnectError, DeviceTimeout, DriverError, FrameError
+from drivers.modbus_tcp import ModbusTcpClient, exception_error
+
+__all__ = [
+    "ChannelDecoder",
+    "ModbusChannel",
+    "ModbusConfig",
+    "ModbusDriver",
+    "RequestGroup",
+    "RtuLink",
+    "RtuTransport",
+    "TcpTransport",
+    "decode_registers",
+    "parse_url",
+    "plan_requests",
+]
+
+log = logging.getLogger(__name__)
+
+RegisterKind = Literal["input", "holding"]
+ValueType = Literal["int16", "uint16", "int32", "uint32", "float32", "float64"]
+WordOrder = Literal["ABCD", "CDAB", "BADC", "DCBA", "AB", "BA"]
+
+#: registers per value and the struct code of each type
+WIDTH: dict[str, int] = {
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "float32": 2,
+    "float64": 4,
+}
+_CODE = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
+FUNCTION_CODE: dict[str, int] = {"holding": 3, "input": 4}
+MAX_REGISTERS = 125  # per read request (Modbus spec)
+
+# ---------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class TcpTransport:
+    host: str
+    port: int = 502
+
+    def key(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RtuTransport:
+    port: str
+    baudrate: int = 19200
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: int = 8
+    stopbits: int = 1
+
+    def key(self) -> str:
+        return f"rtu://{self.port}"
+
+    def char_time_s(self) -> float:
+        bits = 1 + self.bytesize + (self.parity != "N") + self.stopbits
+        return bits / self.baudrate
+
+    def default_gap_s(self) -> float:
+        """3.5 character times; fixed 1.75 ms above 19200 baud (Modbus over serial line, 2.5.1.1)."""
+        if self.baudrate > 19200:
+            return 0.00175
+        return 3.5 * self.char_time_s()
+
+
+def parse_url(url: str) -> TcpTransport | RtuTransport:
+    """``tcp://host[:port]`` or ``rtu:///dev/tty...?baudrate=&parity=&bytesize=&stopbits=``."""
+    parts = urlsplit(url)
+    if parts.scheme == "tcp":
+        if not parts.hostname:
+            raise ValueError(f"{url!r}: a tcp URL needs a host: tcp://host:502")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{url!r}: a tcp URL is tcp://host[:port], nothing after it")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{url!r}: bad port") from exc
+        return TcpTransport(parts.hostname.lower(), 502 if port is None else port)
+    if parts.scheme == "rtu":
+        if parts.netloc or not parts.path:
+            raise ValueError(f"{url!r}: an rtu URL is rtu:///dev/ttyUSB0?baudrate=19200")
+        settings: dict[str, object] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+            if key in settings:
+                raise ValueError(f"{url!r}: {key} given twice")
+            if key == "parity":
+                if value.upper() not in ("N", "E", "O"):
+                    raise ValueError(f"{url!r}: parity must be N, E or O, not {value!r}")
+                settings[key] = value.upper()
+                continue
+            limits = {"baudrate": (50, 4_000_000), "bytesize": (7, 8), "stopbits": (1, 2)}
+            if key not in limits:
+                raise ValueError(
+                    f"{url!r}: unknown setting {key!r} (baudrate, parity, bytesize, stopbits)"
+                )
+            try:
+                number = int(value)
+            except ValueError:
+                raise ValueError(f"{url!r}: {key} must be an integer, not {value!r}") from None
+            low, high = limits[key]
+            if not low <= number <= high:
+                raise ValueError(f"{url!r}: {key} must be in {low}..{high}, not {number}")
+            settings[key] = number
+        return RtuTransport(parts.path, **settings)  # type: ignore[arg-type]
+    raise ValueError(f"{url!r}: the scheme must be tcp:// or rtu://")
+
+
+class ModbusChannel(BaseModel):
+    """One value of the instrument: where it is and how to decode it.
+
+    In TOML the register kind is ``register``; in Python it is ``register_kind``
+    (``register`` would shadow a pydantic attribute).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    register_kind: RegisterKind = Field(default="holding", alias="register")
+    type: ValueType
+    address: int = Field(ge=0, le=65535)
+    word_order: WordOrder = "ABCD"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+
+    @field_validator("scale", "offset")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: int, info: ValidationInfo) -> int:
+        kind = info.data.get("type")
+        if kind is not None and address + WIDTH[kind] - 1 > 65535:
+            raise ValueError(f"{kind} at address {address} runs past register 65535")
+        return address
+
+    @field_validator("word_order")
+    @classmethod
+    def _word_order(cls, word_order: WordOrder, info: ValidationInfo) -> WordOrder:
+        kind = info.data.get("type")
+        if kind is None:
+            return word_order
+        width = WIDTH[kind]
+        if width == 1 and word_order not in ("AB", "BA", "ABCD"):
+            raise ValueError(
+                f"{word_order} needs a 32- or 64-bit type; {kind} is one register: "
+                "use AB (the default) or BA (bytes swapped)"
+            )
+        if width > 1 and word_order in ("AB", "BA"):
+            raise ValueError(
+                f"{word_order} is for 16-bit types; {kind} spans {width} registers: "
+                "use ABCD, CDAB, BADC or DCBA"
+            )
+        return word_order
+
+    @property
+    def width(self) -> int:
+        return WIDTH[self.type]
+
+
+class ModbusConfig(DriverConfig):
+    """``driver = "modbus"``: one Modbus device (unit id) behind a TCP or RTU URL."""
+
+    driver: Literal["modbus"] = "modbus"
+    url: str
+    unit: int = Field(default=1, ge=0, le=255)
+    gap_s: float | None = Field(default=None, ge=0, le=10)
+    max_registers: int = Field(default=MAX_REGISTERS, ge=1, le=MAX_REGISTERS)
+    max_hole: int = Field(default=4, ge=0, le=MAX_REGISTERS)
+    channels: tuple[ModbusChannel, ...]
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parse_url(value)
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_names(cls, channels: tuple[ModbusChannel, ...]) -> tuple[ModbusChannel, ...]:
+        if not channels:
+            raise ValueError("at least one channel is needed")
+        seen: dict[str, int] = {}
+        for index, channel in enumerate(channels):
+            if channel.name in seen:
+                raise ValueError(
+                    f"duplicate channel name {channel.name!r} "
+                    f"(channels.{seen[channel.name]} and channels.{index})"
+                )
+            seen[channel.name] = index
+        return channels
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusConfig:
+        if isinstance(self.transport, RtuTransport) and not 1 <= self.unit <= 247:
+            raise ValueError(f"unit {self.unit}: an RTU unit id is 1..247")
+        return self
+
+    @property
+    def transport(self) -> TcpTransport | RtuTransport:
+        return parse_url(self.url)
+
+    @property
+    def effective_gap_s(self) -> float:
+        if self.gap_s is not None:
+            return self.gap_s
+        transport = self.transport
+        return transport.default_gap_s() if isinstance(transport, RtuTransport) else 0.0
+
+    def bus_key(self) -> str:
+        """The normalised URL without serial settings: one TCP gateway or one serial port."""
+        return self.transport.key()
+
+
+# ---------------------------------------------------------------------------- decoding
+
+_NO_FLAGS: frozenset[str] = frozenset()
+_NAN_FLAGS = frozenset({"nan"})
+_OVERFLOW_FLAGS = frozenset({"overflow"})
+_UNDERFLOW_FLAGS = frozenset({"underflow"})
+
+
+def _byte_permutation(width: int, word_order: str) -> tuple[int, ...] | None:
+    """Wire byte index for each big-endian byte, or None when struct can read directly."""
+    if word_order in ("ABCD", "AB", "DCBA", "BA"):
+        return None  # big-endian or fully little-endian: a struct format reads it
+    nbytes = 2 * width
+    order: list[int] = []
+    words = range(width)
+    # big-endian word index w holds value bytes 2w, 2w+1 (most significant first)
+    wire_words = list(reversed(words)) if word_order == "CDAB" else list(words)
+    for wire_word in wire_words:
+        first, second = 2 * wire_word, 2 * wire_word + 1
+        order.extend((second, first) if word_order == "BADC" else (first, second))
+    # ``order[k]`` is the wire byte position of value byte k
+    assert len(order) == nbytes
+    return tuple(order)
+
+
+class ChannelDecoder:
+    """Decodes one channel's value from the register bytes of its request group."""
+
+    __slots__ = ("_indices", "_start", "_unpack", "group", "name", "offset", "scale", "unit")
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        type: ValueType,
+        word_order: WordOrder,
+        scale: float = 1.0,
+        offset: float = 0.0,
+        unit: str = "",
+        group: int = 0,
+        byte_offset: int = 0,
+    ) -> None:
+        self.name = name
+        self.unit = unit
+        self.scale = scale
+        self.offset = offset
+        self.group = group
+        self._start = byte_offset
+        code = _CODE[type]
+        perm = _byte_permutation(WIDTH[type], word_order)
+        little = word_order in ("DCBA", "BA")
+        fmt = struct.Struct(("<" if little else ">") + code)
+        self._unpack: Callable[..., tuple[float | int]]
+        if perm is None:
+            self._unpack = fmt.unpack_from
+            self._indices: tuple[int, ...] | None = None
+        else:
+            self._unpack = fmt.unpack
+            self._indices = tuple(byte_offset + i for i in perm)
+
+    def decode(self, data: bytes) -> float | int:
+        """The value as the device sent it (before scale and offset)."""
+        indices = self._indices
+        if indices is None:
+            return self._unpack(data, self._start)[0]
+        return self._unpack(bytes([data[i] for i in indices]))[0]
+
+    def value(self, data: bytes) -> tuple[float, frozenset[str], Literal["good", "bad"]]:
+        """(scaled value, flags, quality): NaN is bad "nan", ±inf bad "overflow"/"underflow"."""
+        raw = self.decode(data)
+        if raw != raw:  # NaN
+            return float(raw), _NAN_FLAGS, "bad"
+        if raw == math.inf:
+            return raw, _OVERFLOW_FLAGS, "bad"
+        if raw == -math.inf:
+            return raw, _UNDERFLOW_FLAGS, "bad"
+        return raw * self.scale + self.offset, _NO_FLAGS, "good"
+
+
+def decode_registers(registers: Sequence[int], type: ValueType, word_order: WordOrder) -> float:
+    """Decode one value from its register values (as a Modbus reply lists them)."""
+    if len(registers) != WIDTH[type]:
+        raise ValueError(f"{type} needs {WIDTH[type]} registers, got {len(registers)}")
+    data = struct.pack(f">{len(registers)}H", *registers)
+    return ChannelDecoder(name="", type=type, word_order=word_order).decode(data)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestGroup:
+    """One read request: ``count`` registers from ``address`` with ``function_code``."""
+
+    function_code: int
+    address: int
+    count: int
+
+
+def plan_requests(
+    channels: Sequence[ModbusChannel],
+    *,
+    max_registers: int = MAX_REGISTERS,
+    max_hole: int = 4,
+) -> tuple[list[RequestGroup], list[tuple[int, int]]]:
+    """Group channels into requests; returns the groups and, per channel (in the given
+    order), ``(group index, byte offset in the group's data)``.
+
+    Neighbouring registers of one kind share a request while the request stays within
+    ``max_registers`` and the gap between channels is at most ``max_hole`` registers.
+    """
+    groups: list[RequestGroup] = []
+    places: list[tuple[int, int]] = [(0, 0)] * len(channels)
+    for kind in ("input", "holding"):
+        items = sorted(
+            (c.address, c.width, i) for i, c in enumerate(channels) if c.register_kind == kind
+        )
+        # spans: [start, end, [(channel index, address), ...]]
+        spans: list[tuple[int, int, list[tuple[int, int]]]] = []
+        for address, width, i in items:
+            if spans:
+                start, end, members = spans[-1]
+                stop = max(end, address + width)
+                if address - end <= max_hole and stop - start <= max_registers:
+                    spans[-1] = (start, stop, members)
+                    members.append((i, address))
+                    continue
+            spans.append((address, address + width, [(i, address)]))
+        for start, end, members in spans:
+            for channel_index, address in members:
+                places[channel_index] = (len(groups), 2 * (address - start))
+            groups.append(RequestGroup(FUNCTION_CODE[kind], start, end - start))
+    return groups, places
+
+
+# ---------------------------------------------------------------------------- links
+
+
+class Link(Protocol):
+    """A shared connection (``Bus.resource``) that reads registers of any unit id."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self, timeout_s: float) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def read(
+        self, unit: int, function_code: int, address: int, count: int, timeout_s: float
+    ) -> bytes: ...
+
+
+class TcpLink:
+    """The lean Modbus TCP client behind the :class:`Link` interface."""
+
+    def __init__(self, transport: TcpTransport) -> None:
+        self.transport = transport
+        self.client = ModbusTcpClient(transport.host, transport.port)
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    async def connect(self, timeout_s: float) -> None:
+        await self.client.connect(timeout_s)
+
+    def close(self) -> None:
+        self.client.close()
+
+    async def read(
+        self, unit: int, function_code: int, address: int, count: int, timeout_s: float
+    ) -> bytes:
+        return await self.client.read_registers(unit, function_code, address, count, timeout_s)
+
+
+class RtuLink:
+    """pymodbus's AsyncModbusSerialClient; its exceptions are translated here and only here.
+
+    pymodbus drops a reply with a bad CRC or an undecodable body silently and then
+    times out; the bytes seen in the meantime (through ``trace_packet``) turn such a
+    timeout into a FrameError carrying them.
+    """
+
+    def __init__(self, transport: RtuTransport, timeout_s: float) -> None:
+        from pymodbus.client import AsyncModbusSerialClient
+        from pymodbus.framer import FramerType
+
+        self.transport = transport
+        self.connects = 0
+        self._rx = b""
+        self._client = AsyncModbusSerialClient(
+            transport.port,
+            framer=FramerType.RTU,
+            baudrate=transport.baudrate,
+            bytesize=transport.bytesize,
+            parity=transport.parity,
+            stopbits=transport.stopbits,
+            timeout=timeout_s,
+            retries=0,
+            reconnect_delay=0,  # reconnect lazily on the next poll, never in the background
+            trace_packet=self._trace,
+        )
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self._rx = data
+        return data
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client.connected)
+
+    async def connect(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                ok = await self._client.connect()
+        except TimeoutError:
+            ok = False
+        if not ok:
+            self._client.close()
+            raise ConnectError(f"cannot open serial port {self.transport.port}")
+        self.connects += 1
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def read(
+        self, unit: int, function_code: int, address: int, count: int, timeout_s: float
+    ) -> bytes:
+        from pymodbus.exceptions import ConnectionException, ModbusException
+
+        self._rx = b""
+        client = self._client
+        try:
+            async with asyncio.timeout(timeout_s + 0.05):
+                if function_code == 3:
+                    response = await client.read_holding_registers(
+                        address, count=count, device_id=unit
+                    )
+                else:
+                    response = await client.read_input_registers(
+                        address, count=count, device_id=unit
+                    )
+        except ConnectionException as exc:
+            raise ConnectError(f"{self.transport.port}: {exc}") from exc
+        except (TimeoutError, ModbusException) as exc:
+            if not client.connected:
+                raise ConnectError(f"{self.transport.port}: port closed") from exc
+            if self._rx:
+                raise FrameError(
+                    f"unusable reply from unit {unit} on {self.transport.port}", frame=self._rx
+                ) from exc
+            raise DeviceTimeout(
+                f"no reply from unit {unit} on {self.transport.port} within {timeout_s} s"
+            ) from exc
+        except OSError as exc:
+            raise ConnectError(f"{self.transport.port}: {exc}") from exc
+        if response.isError():
+            raise exception_error(function_code, int(response.exception_code))
+        registers = response.registers
+        if len(registers) != count:
+            raise FrameError(
+                f"expected {count} registers from unit {unit}, got {len(registers)}",
+                frame=self._rx,
+            )
+        try:
+            return struct.pack(f">{count}H", *registers)
+        except struct.error as exc:
+            raise FrameError(f"bad register values from unit {unit}", frame=self._rx) from exc
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+class ModbusDriver(Driver, kind="modbus"):
+    """Polls the configured channels of one unit id: one request per register group."""
+
+    Config = ModbusConfig
+
+    def __init__(self, config: DriverConfig, *, buses: Buses | None = None) -> None:
+        if not isinstance(config, ModbusConfig):
+            raise TypeError(f"ModbusDriver needs a ModbusConfig, not {type(config).__name__}")
+        super().__init__(config, buses=buses)
+        self.modbus: ModbusConfig = config
+        self._transport = config.transport
+        self.bus: Bus = self.buses.get(config.bus_key(), gap_s=config.effective_gap_s)
+        self.groups, places = plan_requests(
+            config.channels, max_registers=config.max_registers, max_hole=config.max_hole
+        )
+        self.decoders = [
+            ChannelDecoder(
+                name=c.name,
+                type=c.type,
+                word_order=c.word_order,
+                scale=c.scale,
+                offset=c.offset,
+                unit=c.unit,
+                group=group,
+                byte_offset=byte_offset,
+            )
+            for c, (group, byte_offset) in zip(config.channels, places, strict=True)
+        ]
+        self._requests = [(g.function_code, g.address, g.count) for g in self.groups]
+        self._joined = False
+
+    # life cycle: users of a bus share its link; the last one out closes it
+
+    def _join(self) -> None:
+        if not self._joined:
+            self._joined = True
+            self.bus.users += 1
+
+    async def open(self) -> None:
+        self._join()
+        try:
+            async with self.bus:
+                await self._link()
+        except DriverError as exc:
+            exc.equipment = self.equipment
+            raise
+
+    async def close(self) -> None:
+        if not self._joined:
+            return
+        self._joined = False
+        bus = self.bus
+        bus.users -= 1
+        if bus.users <= 0 and bus.resource is not None:
+            link: Link = bus.resource
+            bus.resource = None
+            link.close()
+
+    async def _link(self) -> Link:
+        """The bus's link, created on first use and reconnected lazily (bus lock held)."""
+        link: Link | None = self.bus.resource
+        if link is None:
+            transport = self._transport
+            if isinstance(transport, TcpTransport):
+                link = TcpLink(transport)
+            else:
+                link = RtuLink(transport, self.config.timeout_s)
+            self.bus.resource = link
+        elif (
+            isinstance(link, RtuLink)
+            and isinstance(self._transport, RtuTransport)
+            and link.transport != self._transport
+        ):
+            raise ConnectError(
+                f"{self._transport.port} is shared with different serial settings "
+                f"({link.transport} vs {self._transport})"
+            )
+        if not link.connected:
+            await link.connect(self.config.timeout_s)
+        return link
+
+    async def poll(self) -> list[Reading]:
+        self._join()
+        unit = self.modbus.unit
+        timeout_s = self.config.timeout_s
+        try:
+            async with self.bus:
+                link = await self._link()
+                datas = [
+                    await link.read(unit, fc, address, count, timeout_s)
+                    for fc, address, count in self._requests
+                ]
+        except DriverError as exc:
+            exc.equipment = self.equipment
+            raise
+        t_wall, t_mono = now()
+        recent = self.recent_frames
+        for data in datas:
+            recent.append(data)
+        equipment = self.config.id
+        readings = []
+        for decoder in self.decoders:
+            value, flags, quality = decoder.value(datas[decoder.group])
+            readings.append(
+                Reading(
+                    equipment=equipment,
+                    channel=decoder.name,
+                    raw=value,
+                    unit=decoder.unit,
+                    t_wall=t_wall,
+                    t_mono=t_mono,
+                    flags=flags,
+                    quality=quality,
+                )
+            )
+        return readings
