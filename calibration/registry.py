@@ -1,0 +1,833 @@
+"""The calibration registry: equipment and certificates, loaded into an immutable snapshot.
+
+A registry is a directory (ARCHITECTURE.md 4.2)::
+
+    equipment/<ID>.toml            one per instrument or standard
+    certificates/<NUMBER>.toml     one per calibration certificate
+    certificates/<NUMBER>.xml      or a PTB Digital Calibration Certificate (DCC)
+
+:meth:`Registry.load` parses and cross-checks everything and reports **every** problem at
+once as a :class:`~calibration.errors.RegistryError` whose ``errors`` read
+``file: path.to.field: message`` (``file`` relative to the registry directory).
+
+Records are frozen pydantic models. Certificate data is converted to its channel's unit
+at load (a certificate in ``bar`` for a channel in ``kPa`` is scaled by 100, U included);
+``Certificate.source_unit`` keeps the unit the certificate was written in.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from calibration import chain as _chain
+from calibration import dcc, units
+from calibration.errors import CalibrationError, RegistryError
+
+if TYPE_CHECKING:
+    from calibration.corrector import Corrector
+
+__all__ = [
+    "Certificate",
+    "Channel",
+    "Equipment",
+    "Limits",
+    "Point",
+    "Range",
+    "Registry",
+    "Tolerance",
+    "utc_date",
+]
+
+Role = Literal["reference_standard", "working_standard", "check_standard", "instrument"]
+EquipmentStatus = Literal["active", "out_of_service", "retired"]
+DecisionRule = Literal["simple", "guarded", "non_binary"]
+
+EN837_CLASSES = (0.1, 0.25, 0.6, 1.0, 1.6, 2.5, 4.0)
+R76_CLASSES = ("I", "II", "III", "IIII")
+R111_CLASSES = ("E1", "E2", "F1", "F2", "M1", "M1-2", "M2", "M2-3", "M3")
+_MODEL_RE = re.compile(r"^(interpolate|linear|polynomial:([1-9][0-9]?))$")
+
+
+def utc_date(at: datetime | date) -> date:
+    """The UTC calendar day of ``at`` (a naive datetime is taken as UTC)."""
+    if isinstance(at, datetime):
+        if at.tzinfo is None:
+            return at.date()
+        return at.astimezone(UTC).date()
+    return at
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class Range(_Frozen):
+    """A span ``[low, high]`` in the channel's unit."""
+
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        return self
+
+
+class Limits(_Frozen):
+    """Process limits that readings are judged against; either side may be open."""
+
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Limits:
+        if self.low is None and self.high is None:
+            raise ValueError("give low, high or both")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        return self
+
+    def as_tuple(self) -> tuple[float | None, float | None]:
+        return (self.low, self.high)
+
+
+class OimlR76(_Frozen):
+    class_: Literal["I", "II", "III", "IIII"] = Field(alias="class")
+    e: float = Field(gt=0)
+    verification: Literal["initial", "in_service"] = "in_service"
+
+
+class OimlR111(_Frozen):
+    class_: Literal["E1", "E2", "F1", "F2", "M1", "M1-2", "M2", "M2-3", "M3"] = Field(alias="class")
+
+
+class Tolerance(_Frozen):
+    """The channel's maximum permissible error: exactly one of the variants of 4.2."""
+
+    mpe: float | None = Field(default=None, gt=0)
+    mpe_percent_of_span: float | None = Field(default=None, gt=0)
+    mpe_percent_of_reading: float | None = Field(default=None, gt=0)
+    en837_class: float | None = None
+    span: float | None = Field(default=None, gt=0)
+    oiml_r76: OimlR76 | None = None
+    oiml_r111: OimlR111 | None = None
+
+    @field_validator("en837_class")
+    @classmethod
+    def _en837(cls, v: float | None) -> float | None:
+        if v is not None and v not in EN837_CLASSES:
+            raise ValueError(
+                f"must be one of {', '.join(f'{c:g}' for c in EN837_CLASSES)} (got {v:g})"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_variant(self) -> Tolerance:
+        kinds = [
+            k
+            for k in (
+                "mpe",
+                "mpe_percent_of_span",
+                "mpe_percent_of_reading",
+                "en837_class",
+                "oiml_r76",
+                "oiml_r111",
+            )
+            if getattr(self, k) is not None
+        ]
+        if len(kinds) != 1:
+            raise ValueError(
+                "give exactly one of mpe, mpe_percent_of_span, mpe_percent_of_reading, "
+                f"en837_class, oiml_r76, oiml_r111 (got {', '.join(kinds) or 'none'})"
+            )
+        needs_span = kinds[0] in ("mpe_percent_of_span", "en837_class")
+        if needs_span and self.span is None:
+            raise ValueError(f"{kinds[0]} needs span")
+        if not needs_span and self.span is not None:
+            raise ValueError("span is only used with mpe_percent_of_span or en837_class")
+        return self
+
+    @property
+    def kind(self) -> str:
+        for k in ("mpe", "mpe_percent_of_span", "mpe_percent_of_reading", "en837_class"):
+            if getattr(self, k) is not None:
+                return k
+        return "oiml_r76" if self.oiml_r76 is not None else "oiml_r111"
+
+    def table(self) -> dict[str, Any]:
+        """The tolerance as written in TOML (``class`` keys restored)."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+    def describe(self) -> str:
+        if self.mpe is not None:
+            return f"MPE ±{self.mpe:g}"
+        if self.mpe_percent_of_span is not None:
+            return f"MPE ±{self.mpe_percent_of_span:g} % of span {self.span:g}"
+        if self.mpe_percent_of_reading is not None:
+            return f"MPE ±{self.mpe_percent_of_reading:g} % of reading"
+        if self.en837_class is not None:
+            return f"EN 837 class {self.en837_class:g}, span {self.span:g}"
+        if self.oiml_r76 is not None:
+            r = self.oiml_r76
+            return f"OIML R76 class {r.class_}, e = {r.e:g}, {r.verification.replace('_', '-')}"
+        assert self.oiml_r111 is not None
+        return f"OIML R111 class {self.oiml_r111.class_}"
+
+
+def _pair(v: Any) -> Any:
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return {"low": v[0], "high": v[1]}
+    return v
+
+
+class Channel(_Frozen):
+    """One measured quantity of an instrument or standard."""
+
+    name: str = Field(min_length=1)
+    quantity: str = Field(min_length=1)
+    unit: str
+    resolution: float = Field(default=0.0, ge=0)
+    repeatability: float = Field(default=0.0, ge=0)
+    range: Range | None = None
+    decision_rule: DecisionRule = "simple"
+    tolerance: Tolerance | None = None
+    limits: Limits | None = None
+
+    @field_validator("range", "limits", mode="before")
+    @classmethod
+    def _pairs(cls, v: Any) -> Any:
+        return _pair(v)
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v: str) -> str:
+        try:
+            return units.normalise(v)
+        except CalibrationError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @property
+    def limits_tuple(self) -> tuple[float | None, float | None] | None:
+        return None if self.limits is None else self.limits.as_tuple()
+
+
+class Equipment(_Frozen):
+    """An instrument or standard (``equipment/<ID>.toml``)."""
+
+    id: str = Field(min_length=1)
+    role: Role
+    status: EquipmentStatus = "active"
+    description: str = ""
+    manufacturer: str = ""
+    model: str = ""
+    serial: str = ""
+    due_soon_days: int = Field(default=30, ge=0)
+    coverage_factor: float = Field(default=2.0, gt=0)
+    channels: tuple[Channel, ...] = Field(min_length=1)
+    source: str = Field(default="", exclude=True)
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_channels(cls, v: tuple[Channel, ...]) -> tuple[Channel, ...]:
+        seen: set[str] = set()
+        for ch in v:
+            if ch.name in seen:
+                raise ValueError(f"duplicate channel name {ch.name!r}")
+            seen.add(ch.name)
+        return v
+
+    def channel(self, name: str | None) -> Channel | None:
+        """The channel called ``name``; ``None`` picks the only channel."""
+        if name is None:
+            return self.channels[0] if len(self.channels) == 1 else None
+        return next((c for c in self.channels if c.name == name), None)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.channels)
+
+
+class Point(_Frozen):
+    """One calibration point: the reference value, the indication, and its U at k."""
+
+    reference: float
+    indicated: float
+    U: float = Field(gt=0)
+    k: float = Field(gt=0)
+    dof: float | None = Field(default=None, gt=0)
+
+    @field_validator("reference", "indicated", "U", "k")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @property
+    def error(self) -> float:
+        """Indication error e = indicated − reference."""
+        return self.indicated - self.reference
+
+    @property
+    def u(self) -> float:
+        return self.U / self.k
+
+    def scaled(self, f: float) -> Point:
+        if f == 1.0:
+            return self
+        return self.model_copy(
+            update={
+                "reference": self.reference * f,
+                "indicated": self.indicated * f,
+                "U": self.U * f,
+            }
+        )
+
+
+class Certificate(_Frozen):
+    """A calibration certificate (``certificates/<NUMBER>.toml`` or a DCC)."""
+
+    number: str = Field(min_length=1)
+    item: str = Field(min_length=1)
+    channel: str | None = None
+    issued_by: str = Field(min_length=1)
+    accreditation: str = ""
+    nmi: bool = False
+    calibrated: date
+    due: date
+    standards: tuple[str, ...] = ()
+    standard_certificates: Mapping[str, str] = Field(default_factory=dict)
+    unit: str
+    model: str = "interpolate"
+    points: tuple[Point, ...] = Field(min_length=1)
+    as_found: tuple[Point, ...] = ()
+    source: str = Field(default="", exclude=True)
+    source_unit: str = Field(default="", exclude=True)
+
+    @field_validator("calibrated", "due", mode="before")
+    @classmethod
+    def _date_only(cls, v: Any) -> Any:
+        if isinstance(v, datetime):
+            raise ValueError("must be a date (YYYY-MM-DD), not a date-time")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not _MODEL_RE.match(v):
+            raise ValueError(f"must be 'interpolate', 'linear' or 'polynomial:N' (got {v!r})")
+        return v
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v: str) -> str:
+        try:
+            return units.normalise(v)
+        except CalibrationError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("standards")
+    @classmethod
+    def _unique_standards(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"listed twice: {', '.join(dup)}")
+        return v
+
+    @property
+    def min_points(self) -> int:
+        """Points the model needs: 2 to interpolate or fit a line, N+1 for polynomial:N."""
+        m = _MODEL_RE.match(self.model)
+        if m and m.group(2):
+            return int(m.group(2)) + 1
+        return 2
+
+    def in_force_on(self, day: date) -> bool:
+        """Whether ``day`` lies within ``[calibrated, due]`` (both inclusive, UTC days)."""
+        return self.calibrated <= day <= self.due
+
+    @property
+    def found_points(self) -> tuple[Point, ...]:
+        """The as-found results: ``as_found`` if given, else the points (no adjustment)."""
+        return self.as_found or self.points
+
+
+# -- pydantic errors -> "file: path: message" ---------------------------------------------
+
+
+def _loc(loc: Sequence[int | str], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = "class" if part == "class_" else part
+            out += f".{name}" if out else name
+    return out or "(file)"
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    inp = err.get("input")
+    if kind == "missing":
+        return "required field missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')} (got {inp!r})"
+    if kind == "greater_than":
+        return f"must be > {ctx.get('gt')}"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx.get('ge')}"
+    if kind in ("float_type", "float_parsing", "finite_number"):
+        return f"must be a number (got {inp!r})"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer (got {inp!r})"
+    if kind in ("string_type",):
+        return f"must be a string (got {inp!r})"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false (got {inp!r})"
+    if kind.startswith("date"):
+        return f"must be a date (YYYY-MM-DD) (got {inp!r})"
+    if kind in ("tuple_type", "list_type"):
+        return "must be a list"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return "must be a table"
+    if kind == "too_short":
+        n = ctx.get("min_length")
+        return f"must have at least {n} item{'s' if n != 1 else ''}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    msg = str(err.get("msg", kind))
+    return msg.removeprefix("Value error, ")
+
+
+def validation_errors(exc: ValidationError, file: str, prefix: str = "") -> list[str]:
+    """A pydantic ValidationError as ``file: path: message`` lines."""
+    return [f"{file}: {_loc(e['loc'], prefix)}: {_message(e)}" for e in exc.errors()]
+
+
+# -- the snapshot ---------------------------------------------------------------------------
+
+
+def _freeze_groups(
+    groups: Mapping[str, list[Certificate]],
+) -> Mapping[str, tuple[Certificate, ...]]:
+    return MappingProxyType(
+        {k: tuple(sorted(v, key=lambda c: (c.calibrated, c.number))) for k, v in groups.items()}
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Registry:
+    """An immutable snapshot of a registry directory. Build it with :meth:`load`."""
+
+    root: Path
+    _equipment: Mapping[str, Equipment]
+    _certificates: Mapping[str, Certificate]
+    _by_item: Mapping[str, tuple[Certificate, ...]] = field(repr=False)
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path | str) -> Registry:
+        """Load and cross-check a registry directory; raise RegistryError listing all errors."""
+        return _load_directory(Path(path))
+
+    @classmethod
+    def from_records(
+        cls,
+        root: Path,
+        equipment: Iterable[Equipment],
+        certificates: Iterable[Certificate],
+    ) -> Registry:
+        """A snapshot of already validated records (the loader's last step)."""
+        eq = {e.id: e for e in equipment}
+        certs = {c.number: c for c in certificates}
+        groups: dict[str, list[Certificate]] = defaultdict(list)
+        for c in certs.values():
+            groups[c.item].append(c)
+        return cls(
+            root=root,
+            _equipment=MappingProxyType(dict(sorted(eq.items()))),
+            _certificates=MappingProxyType(dict(sorted(certs.items()))),
+            _by_item=_freeze_groups(groups),
+        )
+
+    # -- look-ups ------------------------------------------------------------------------
+
+    def equipment(self, eq_id: str) -> Equipment | None:
+        return self._equipment.get(eq_id)
+
+    def equipment_ids(self) -> list[str]:
+        return list(self._equipment)
+
+    def require(self, eq_id: str) -> Equipment:
+        eq = self._equipment.get(eq_id)
+        if eq is None:
+            known = ", ".join(self._equipment) or "none"
+            raise CalibrationError(f"unknown equipment {eq_id!r} (known: {known})")
+        return eq
+
+    def certificate(self, number: str) -> Certificate | None:
+        return self._certificates.get(number)
+
+    def certificates(
+        self, item: str | None = None, channel: str | None = None
+    ) -> tuple[Certificate, ...]:
+        """Certificates (superseded ones included), oldest first."""
+        if item is None:
+            return tuple(
+                sorted(self._certificates.values(), key=lambda c: (c.calibrated, c.number))
+            )
+        certs = self._by_item.get(item, ())
+        if channel is not None:
+            certs = tuple(c for c in certs if c.channel == channel)
+        return certs
+
+    def in_force(
+        self, item: str, at: datetime | date, channel: str | None = None
+    ) -> Certificate | None:
+        """The certificate in force at ``at``: the latest with ``calibrated <= date(at)``.
+
+        It may have expired; the status says so. ``channel=None`` considers every channel.
+        """
+        day = utc_date(at)
+        best: Certificate | None = None
+        for c in self.certificates(item, channel):
+            if c.calibrated <= day:
+                best = c
+        return best
+
+    def successor(self, cert: Certificate) -> Certificate | None:
+        """The next certificate of the same item and channel, if any."""
+        later = [
+            c
+            for c in self.certificates(cert.item, cert.channel)
+            if (c.calibrated, c.number) > (cert.calibrated, cert.number)
+        ]
+        return later[0] if later else None
+
+    def dependants(self, item: str) -> tuple[Certificate, ...]:
+        """Certificates that name ``item`` as a standard, oldest first."""
+        return tuple(c for c in self.certificates() if item in c.standards)
+
+    # -- calibration status, chains, corrections -----------------------------------------
+
+    def state(
+        self, eq_id: str, at: datetime | date, channel: str | None = None
+    ) -> _chain.CalibrationState:
+        """Calibration status at ``at`` with every reason (see :mod:`calibration.chain`)."""
+        return _chain.state(self, eq_id, at, channel)
+
+    def chain_tree(
+        self, eq_id: str, at: datetime | date, channel: str | None = None
+    ) -> _chain.ChainNode:
+        """The traceability tree of the certificate in force at ``at``."""
+        return _chain.tree(self, eq_id, at, channel)
+
+    def reverse_trace(
+        self, std_id: str, since: date | None = None, until: date | None = None
+    ) -> list[_chain.Affected]:
+        """Every certificate downstream of ``std_id``, to any depth, with its window."""
+        return _chain.reverse_trace(self, std_id, since=since, until=until)
+
+    def conforms(self, cert: Certificate) -> bool | None:
+        """As-found conformity of ``cert`` against its channel's tolerance (None: no MPE)."""
+        return _chain.conforms(self, cert)
+
+    def corrector(self, eq_id: str, channel: str | None, at: datetime | date) -> Corrector:
+        """The Corrector of the certificate in force at ``at`` (identity when none)."""
+        return _build_corrector(self, eq_id, channel, at)
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def _read_toml(path: Path, rel: str, errors: list[str]) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        errors.append(f"{rel}: (file): TOML syntax error: {exc}")
+    except (OSError, UnicodeDecodeError) as exc:
+        errors.append(f"{rel}: (file): cannot read: {exc}")
+    return None
+
+
+def _load_equipment(root: Path, errors: list[str]) -> dict[str, Equipment]:
+    folder = root / "equipment"
+    found: dict[str, Equipment] = {}
+    if not folder.is_dir():
+        errors.append(
+            "equipment/: (file): missing directory (one <ID>.toml per instrument or standard)"
+        )
+        return found
+    files = sorted(folder.glob("*.toml"))
+    if not files:
+        errors.append("equipment/: (file): no equipment files")
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        data = _read_toml(path, rel, errors)
+        if data is None:
+            continue
+        try:
+            eq = Equipment.model_validate(data).model_copy(update={"source": rel})
+        except ValidationError as exc:
+            errors.extend(validation_errors(exc, rel))
+            continue
+        if eq.id != path.stem:
+            errors.append(
+                f"{rel}: id: {eq.id!r} does not match the file name (expected {path.stem!r})"
+            )
+        if eq.id in found:
+            errors.append(
+                f"{rel}: id: duplicate equipment id {eq.id!r} (also in {found[eq.id].source})"
+            )
+            continue
+        found[eq.id] = eq
+    return found
+
+
+def _load_certificates(
+    root: Path, equipment: Mapping[str, Equipment], errors: list[str]
+) -> list[Certificate]:
+
+    folder = root / "certificates"
+    out: list[Certificate] = []
+    if not folder.is_dir():
+        errors.append(
+            "certificates/: (file): missing directory (one <NUMBER>.toml or .xml per certificate)"
+        )
+        return out
+    for path in sorted(p for p in folder.iterdir() if p.suffix in (".toml", ".xml")):
+        rel = path.relative_to(root).as_posix()
+        if path.suffix == ".toml":
+            data = _read_toml(path, rel, errors)
+        else:
+            try:
+                data = dcc.certificate_fields(dcc.read(path, source=rel), equipment)
+            except RegistryError as exc:
+                errors.extend(exc.errors)
+                continue
+        if data is None:
+            continue
+        try:
+            cert = Certificate.model_validate(data)
+        except ValidationError as exc:
+            errors.extend(validation_errors(exc, rel))
+            continue
+        out.append(cert.model_copy(update={"source": rel, "source_unit": cert.unit}))
+    return out
+
+
+def _check_certificate(
+    cert: Certificate,
+    equipment: Mapping[str, Equipment],
+    numbers: Mapping[str, Certificate],
+    errors: list[str],
+) -> Certificate | None:
+    """Cross-checks of one certificate; returns it in its channel's unit, or None."""
+    f = cert.source
+    ok = True
+    update: dict[str, Any] = {}
+    eq = equipment.get(cert.item)
+    if eq is None:
+        errors.append(f"{f}: item: unknown equipment {cert.item!r}")
+        ok = False
+    else:
+        ch = eq.channel(cert.channel)
+        if ch is None:
+            names = ", ".join(eq.channel_names)
+            if cert.channel is None:
+                errors.append(f"{f}: channel: required: {eq.id} has several channels ({names})")
+            else:
+                errors.append(
+                    f"{f}: channel: {eq.id} has no channel {cert.channel!r} (channels: {names})"
+                )
+            ok = False
+        else:
+            update["channel"] = ch.name
+            if not units.compatible(cert.unit, ch.unit):
+                errors.append(
+                    f"{f}: unit: {cert.unit!r} is not compatible with channel {ch.name!r} "
+                    f"unit {ch.unit!r} ({units.dimensionality(cert.unit)} vs {units.dimensionality(ch.unit)})"
+                )
+                ok = False
+            else:
+                try:
+                    k = units.factor(cert.unit, ch.unit)
+                except CalibrationError as exc:
+                    errors.append(f"{f}: unit: {exc}")
+                    ok = False
+                else:
+                    update["unit"] = ch.unit
+                    update["points"] = tuple(p.scaled(k) for p in cert.points)
+                    update["as_found"] = tuple(p.scaled(k) for p in cert.as_found)
+    if cert.due <= cert.calibrated:
+        errors.append(
+            f"{f}: due: {cert.due.isoformat()} is not after calibrated {cert.calibrated.isoformat()}"
+        )
+        ok = False
+    if len(cert.points) < cert.min_points:
+        errors.append(
+            f"{f}: points: model {cert.model!r} needs at least {cert.min_points} points "
+            f"(got {len(cert.points)})"
+        )
+        ok = False
+    indications = [p.indicated for p in cert.points]
+    if len(set(indications)) != len(indications):
+        errors.append(f"{f}: points: two points have the same indicated value")
+        ok = False
+    for i, s in enumerate(cert.standards):
+        if s not in equipment:
+            errors.append(f"{f}: standards[{i}]: unknown equipment {s!r}")
+            ok = False
+        elif s == cert.item:
+            errors.append(f"{f}: standards[{i}]: cycle in the traceability chain: {s} → {s}")
+            ok = False
+    for s, number in cert.standard_certificates.items():
+        if s not in cert.standards:
+            errors.append(f"{f}: standard_certificates.{s}: {s!r} is not one of the standards")
+            ok = False
+            continue
+        cited = numbers.get(number)
+        if cited is None:
+            errors.append(f"{f}: standard_certificates.{s}: unknown certificate {number!r}")
+            ok = False
+        elif cited.item != s:
+            errors.append(
+                f"{f}: standard_certificates.{s}: certificate {number!r} is for {cited.item!r}, not {s!r}"
+            )
+            ok = False
+    if not ok:
+        return None
+    return cert.model_copy(update=update)
+
+
+def _cycles(certs: Sequence[Certificate], errors: list[str]) -> None:
+    """Refuse cycles in the item → standard graph, naming the loop and a certificate."""
+    edges: dict[str, list[tuple[str, Certificate]]] = defaultdict(list)
+    for c in certs:
+        for s in c.standards:
+            if s != c.item:  # self-references are reported per certificate
+                edges[c.item].append((s, c))
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour: dict[str, int] = defaultdict(int)
+    reported: set[frozenset[str]] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        colour[node] = GREY
+        path.append(node)
+        for nxt, cert in sorted(edges.get(node, []), key=lambda e: (e[0], e[1].number)):
+            if colour[nxt] == GREY:
+                loop = [*path[path.index(nxt) :], nxt]
+                key = frozenset(loop)
+                if key not in reported:
+                    reported.add(key)
+                    i = cert.standards.index(nxt)
+                    errors.append(
+                        f"{cert.source}: standards[{i}]: cycle in the traceability chain: "
+                        + " → ".join(loop)
+                    )
+            elif colour[nxt] == WHITE:
+                visit(nxt, path)
+        path.pop()
+        colour[node] = BLACK
+
+    for start in sorted(edges):
+        if colour[start] == WHITE:
+            visit(start, [])
+
+
+def _load_directory(root: Path) -> Registry:
+    if not root.is_dir():
+        raise RegistryError([f"{root}: (file): not a directory"], root=str(root))
+    errors: list[str] = []
+    equipment = _load_equipment(root, errors)
+    parsed = _load_certificates(root, equipment, errors)
+    numbers: dict[str, Certificate] = {}
+    for c in parsed:
+        if c.number in numbers:
+            errors.append(
+                f"{c.source}: number: duplicate certificate number {c.number!r} "
+                f"(also in {numbers[c.number].source})"
+            )
+        else:
+            numbers[c.number] = c
+    checked = [
+        c2
+        for c in numbers.values()
+        if (c2 := _check_certificate(c, equipment, numbers, errors)) is not None
+    ]
+    _cycles(list(numbers.values()), errors)
+    if errors:
+        # Stable sort by file keeps each file's problems in the order they were found.
+        errors.sort(key=lambda e: e.split(": ", 1)[0])
+        raise RegistryError(errors, root=str(root))
+    return Registry.from_records(root, equipment.values(), checked)
+
+
+# -- corrections ----------------------------------------------------------------------------
+
+
+def _build_corrector(
+    reg: Registry, eq_id: str, channel: str | None, at: datetime | date
+) -> Corrector:
+    import numpy as np
+
+    from calibration.corrector import Corrector
+
+    eq = reg.require(eq_id)
+    ch = eq.channel(channel)
+    if ch is None:
+        raise CalibrationError(
+            f"{eq_id} has no channel {channel!r} (channels: {', '.join(eq.channel_names)})"
+        )
+    cert = reg.in_force(eq_id, at, ch.name)
+    common: dict[str, Any] = {
+        "resolution": ch.resolution,
+        "repeatability": ch.repeatability,
+        "coverage_factor": eq.coverage_factor,
+        "limits": ch.limits_tuple,
+        "decision_rule": ch.decision_rule,
+        "unit": ch.unit,
+        "equipment": eq.id,
+        "channel": ch.name,
+    }
+    if cert is None:
+        return Corrector.identity(**common)
+    pts = sorted(cert.points, key=lambda p: p.indicated)
+    dof = [p.dof for p in pts]
+    return Corrector.build(
+        indicated=np.array([p.indicated for p in pts], dtype=float),
+        reference=np.array([p.reference for p in pts], dtype=float),
+        U=np.array([p.U for p in pts], dtype=float),
+        k=np.array([p.k for p in pts], dtype=float),
+        model=cert.model,
+        dof=None
+        if all(d is None for d in dof)
+        else np.array([math.inf if d is None else d for d in dof], dtype=float),
+        certificate=cert.number,
+        **common,
+    )
