@@ -59,7 +59,10 @@ def _general_error(tokens: list[str], line: bytes) -> None:
 def _number(text: str, line: bytes) -> float:
     if not _NUMBER.match(text):
         raise FrameError(f"not a number: {text!r}", frame=line)
-    return float(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise FrameError(f"number out of range: {text[:20]!r}", frame=line)
+    return value
 
 
 def _unit(text: str, line: bytes) -> str:

@@ -90,7 +90,7 @@ def parse_frame(
         return _bad(equipment, channel, unit, "underload", stamp)
     if not _VALUE.match(value_text):
         raise FrameError(f"not a value: {value_text!r}", frame=line)
-    raw = float(value_text)
+    raw = float(value_text)  # at most 10 characters: always finite
     if sign == "-":
         raw = -raw
     unit_text = unit_text.strip()
