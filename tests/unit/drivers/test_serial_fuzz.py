@@ -85,6 +85,7 @@ frames = st.one_of(
 @example(frame=b"+   1e5000  g  \r\n")
 def test_parsers_only_raise_driver_errors(name: str, frame: bytes) -> None:
     parse = PARSERS[name]
+    result: object = None
     try:
         result = parse(frame)
     except (FrameError, DeviceError) as exc:
