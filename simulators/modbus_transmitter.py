@@ -189,8 +189,9 @@ class _Handler(ServerRequestHandler):
 
     def callback_connected(self) -> None:
         super().callback_connected()
-        self.sim.connections += 1
-        self.sim._handlers.add(self)
+        if not self.serial:
+            self.sim.connections += 1
+            self.sim._handlers.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sim._handlers.discard(self)
@@ -379,7 +380,7 @@ class ModbusTransmitterSim:
                 else round(self.rng.uniform(-0.5, 0.5), 3)
             )
             self.devices[unit] = Transmitter(unit, order, offset, Faults(slow_s=slow_s))
-        self.connections = 0  # connections accepted since construction (TCP), 1 per pty open
+        self.connections = 0  # TCP connections accepted since construction
         self.requests_total = 0
         self._handlers: set[_Handler] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -393,6 +394,7 @@ class ModbusTransmitterSim:
 
     @property
     def active_connections(self) -> int:
+        """Open TCP connections."""
         return len(self._handlers)
 
     def set_nan(self, unit: int) -> None:
