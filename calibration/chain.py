@@ -232,8 +232,11 @@ def mpe(tolerance: Tolerance, reference: float, unit: str) -> float:
         n_e = 0.5 if m <= half else 1.0 if m <= one else 1.5
         return n_e * r.e * (2.0 if r.verification == "in_service" else 1.0)
     assert t.oiml_r111 is not None
-    nominal_g = round(abs(reference) * units.factor(unit, "g"), 6)
-    row = _R111_MG.get(nominal_g)
+    mass_g = abs(reference) * units.factor(unit, "g")
+    # The nominal is the table's value nearest the point (a conventional mass differs
+    # from its nominal by far less than 0.1 %).
+    row = next((r for n, r in _R111_MG.items() if abs(mass_g - n) <= 1e-3 * n), None)
+    nominal_g = mass_g
     if row is None or t.oiml_r111.class_ not in row:
         raise CalibrationError(
             f"no OIML R111 class {t.oiml_r111.class_} MPE for a nominal of {nominal_g:g} g"

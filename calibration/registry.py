@@ -699,6 +699,15 @@ def _check_certificate(
     if len(set(indications)) != len(indications):
         errors.append(f"{f}: points: two points have the same indicated value")
         ok = False
+    if ok and eq is not None and (ch := eq.channel(update["channel"])) and ch.tolerance:
+        scale = units.factor(cert.unit, ch.unit)
+        for name, pts in (("points", cert.points), ("as_found", cert.as_found)):
+            for i, p in enumerate(pts):
+                try:
+                    _chain.mpe(ch.tolerance, p.reference * scale, ch.unit)
+                except CalibrationError as exc:
+                    errors.append(f"{f}: {name}[{i}].reference: {exc}")
+                    ok = False
     for i, s in enumerate(cert.standards):
         if s not in equipment:
             errors.append(f"{f}: standards[{i}]: unknown equipment {s!r}")
