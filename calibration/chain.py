@@ -152,7 +152,8 @@ class CalibrationState:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Affected:
-    """A certificate downstream of a standard, and the days it was in force (inclusive).
+    """A certificate downstream of a standard, and the days it was in force (inclusive;
+    ``window[1]`` is None while it has no successor).
 
     ``via`` is the path of items from the traced standard to this certificate's standard.
     Readings taken through this certificate during ``window`` are affected.
@@ -161,7 +162,7 @@ class Affected:
     item: str
     certificate: str
     channel: str | None
-    window: tuple[date, date]
+    window: tuple[date, date | None]
     via: tuple[str, ...]
     depth: int
 
@@ -171,7 +172,7 @@ class Affected:
             "certificate": self.certificate,
             "channel": self.channel,
             "from": self.window[0].isoformat(),
-            "to": self.window[1].isoformat(),
+            "to": self.window[1].isoformat() if self.window[1] else None,
             "via": list(self.via),
             "depth": self.depth,
         }
@@ -464,17 +465,16 @@ def reverse_trace(
 
     Only uses of ``std_id`` calibrated within ``[since, until]`` count (default: all). A
     downstream certificate's window runs from its calibration to the day before its
-    successor's calibration, or to its due date: readings corrected through it then are
-    affected, and so is every certificate its item took part in during that window.
+    successor's calibration, or stays open (``None``) while it has no successor — an
+    expired certificate is still the one readings are corrected with. Readings corrected
+    through it in its window are affected, and so is every certificate its item took part
+    in during that window. Depth first: each certificate is followed by its dependants.
     """
     reg.require(std_id)
     out: list[Affected] = []
     seen: set[str] = set()
-    queue: list[tuple[str, date, date | None, tuple[str, ...]]] = [
-        (std_id, since or date.min, until, (std_id,))
-    ]
-    while queue:
-        item, start, end, via = queue.pop(0)
+
+    def walk(item: str, start: date, end: date | None, via: tuple[str, ...]) -> None:
         for c in reg.dependants(item):
             if c.calibrated < start or (end is not None and c.calibrated > end):
                 continue
@@ -482,7 +482,7 @@ def reverse_trace(
                 continue
             seen.add(c.number)
             nxt = reg.successor(c)
-            w_end = c.due if nxt is None else min(c.due, nxt.calibrated - timedelta(days=1))
+            w_end = None if nxt is None else nxt.calibrated - timedelta(days=1)
             out.append(
                 Affected(
                     item=c.item,
@@ -493,5 +493,7 @@ def reverse_trace(
                     depth=len(via),
                 )
             )
-            queue.append((c.item, c.calibrated, w_end, (*via, c.item)))
+            walk(c.item, c.calibrated, w_end, (*via, c.item))
+
+    walk(std_id, since or date.min, until, (std_id,))
     return out

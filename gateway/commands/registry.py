@@ -1,0 +1,316 @@
+"""``calgate registry check|chain|trace|import-dcc``: the calibration registry for people.
+
+``check`` loads a registry directory and lists every problem (exit 78), else prints each
+item's calibration status today. ``chain`` prints an item's traceability tree at a time,
+each link with its status and reasons (``--json``: the tree of ARCHITECTURE.md 4.1).
+``trace`` is the reverse trace of a standard. ``import-dcc`` reads a PTB Digital
+Calibration Certificate, resolves its item and standards against the registry, copies it
+into ``certificates/`` and checks the whole registry again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from calibration import ChainNode, Registry, RegistryError
+from calibration.errors import CalibrationError
+
+__all__ = ["format_gum", "load_or_report", "parse_at", "register"]
+
+EX_OK = 0
+EX_USAGE = 64
+EX_CONFIG = 78  # sysexits.h
+
+
+# -- helpers shared with ``calgate correct`` -------------------------------------------------
+
+
+def parse_at(text: str) -> datetime:
+    """``--at``: a date (midnight UTC) or an ISO 8601 date-time (naive = UTC)."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            d = date.fromisoformat(text)
+            return datetime(d.year, d.month, d.day, tzinfo=UTC)
+        t = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--at: not a date or date-time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ): {text!r}"
+        ) from exc
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def load_or_report(directory: str) -> Registry | None:
+    """Load the registry, or print every error to stderr and return None (exit 78)."""
+    try:
+        return Registry.load(Path(directory))
+    except RegistryError as exc:
+        n = len(exc.errors)
+        print(
+            f"calgate: registry {directory} is not valid ({n} error{'s' if n != 1 else ''}):",
+            file=sys.stderr,
+        )
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return None
+
+
+def format_gum(value: float, U: float) -> tuple[str, str]:
+    """Value and U as displayed (GUM 7.2.6, ILAC P14): U to two significant digits, the
+    value rounded to the same decimal place. Full precision stays on the wire."""
+    if not (math.isfinite(U) and U > 0 and math.isfinite(value)):
+        return (f"{value:g}", f"{U:g}")
+    decimals = 1 - math.floor(math.log10(U))
+    U_r = round(U, decimals)
+    # 0.0996 rounds to 0.100: three digits; take the place of the rounded U again.
+    decimals = 1 - math.floor(math.log10(U_r))
+    U_r = round(U, decimals)
+    if decimals > 0:
+        return (f"{value:.{decimals}f}", f"{U_r:.{decimals}f}")
+    return (f"{round(value, decimals):.0f}", f"{U_r:.0f}")
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+_MARK = {
+    "valid": "ok",
+    "due_soon": "DUE SOON",
+    "expired": "EXPIRED",
+    "untraceable": "UNTRACEABLE",
+    "suspect": "SUSPECT",
+    "none": "NO CERTIFICATE",
+}
+
+
+def _node_line(node: ChainNode, root: bool) -> str:
+    status = _MARK.get(node.status, node.status)
+    if node.number is None:
+        return f"{node.item}: no certificate  [{status}]"
+    who = node.issued_by or "?"
+    if node.nmi:
+        who += " — NMI"
+    elif node.accreditation:
+        who += f", {node.accreditation}"
+    ch = f"/{node.channel}" if node.channel else ""
+    assert node.calibrated is not None
+    assert node.due is not None
+    when = f"calibrated {node.calibrated.isoformat()}, due {node.due.isoformat()}"
+    if not root:
+        when += f"; needed in force on {node.evaluated_on.isoformat()}"
+    return f"{node.number}  {node.item}{ch}  [{status}]  {when}  ({who})"
+
+
+def render_tree(node: ChainNode) -> list[str]:
+    lines = [_node_line(node, True)]
+    lines.extend(f"    ! {r}" for r in node.reasons)
+    lines.extend(_render_children(node, ""))
+    return lines
+
+
+def _render_children(node: ChainNode, prefix: str) -> list[str]:
+    lines: list[str] = []
+    for i, child in enumerate(node.standards):
+        last = i == len(node.standards) - 1
+        lines.append(prefix + ("└── " if last else "├── ") + _node_line(child, False))
+        inner = prefix + ("    " if last else "│   ")
+        lines.extend(f"{inner}    ! {r}" for r in child.reasons)
+        lines.extend(_render_children(child, inner))
+    return lines
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    reg = load_or_report(args.dir)
+    if reg is None:
+        return EX_CONFIG
+    at = args.at or datetime.now(UTC)
+    ids = reg.equipment_ids()
+    n_certs = len(reg.certificates())
+    print(f"{args.dir}: {len(ids)} equipment, {n_certs} certificates: no errors")
+    print(f"status on {at.date().isoformat()} (UTC):")
+    width = max(len(i) for i in ids) if ids else 0
+    bad = 0
+    for eq_id in ids:
+        eq = reg.require(eq_id)
+        for ch in eq.channels:
+            st = reg.state(eq_id, at, ch.name)
+            if st.status in ("expired", "untraceable", "suspect", "none"):
+                bad += 1
+            cert = st.certificate or "-"
+            due = st.due.isoformat() if st.due else "-"
+            conf = {True: "conforms", False: "DOES NOT CONFORM", None: ""}[st.conforms]
+            print(
+                f"  {eq_id:<{width}}  {ch.name:<9} {_MARK.get(st.status, st.status):<15} "
+                f"{cert:<20} due {due:<10}  {eq.role.replace('_', ' ')}"
+                + (f"  as found: {conf}" if conf else "")
+            )
+            for r in st.reasons:
+                print(f"  {'':<{width}}    ! {r}")
+    if args.strict and bad:
+        print(f"{bad} channel(s) expired, untraceable, suspect or without certificate")
+        return EX_CONFIG
+    return EX_OK
+
+
+def _chain(args: argparse.Namespace) -> int:
+    reg = load_or_report(args.dir)
+    if reg is None:
+        return EX_CONFIG
+    at = args.at or datetime.now(UTC)
+    try:
+        node = reg.chain_tree(args.item, at, args.channel)
+    except CalibrationError as exc:
+        print(f"calgate: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if args.json:
+        print(json.dumps(node.to_json(), ensure_ascii=False))
+        return EX_OK
+    ch = f" ({node.channel})" if node.channel else ""
+    print(f"{args.item}{ch} on {at.date().isoformat()}: {_MARK.get(node.status, node.status)}")
+    for line in render_tree(node):
+        print("  " + line)
+    return EX_OK
+
+
+def _trace(args: argparse.Namespace) -> int:
+    reg = load_or_report(args.dir)
+    if reg is None:
+        return EX_CONFIG
+    try:
+        since = date.fromisoformat(args.since) if args.since else None
+        until = date.fromisoformat(args.until) if args.until else None
+        affected = reg.reverse_trace(args.standard, since=since, until=until)
+    except (CalibrationError, ValueError) as exc:
+        print(f"calgate: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if args.json:
+        print(json.dumps([a.to_json() for a in affected], ensure_ascii=False))
+        return EX_OK
+    if not affected:
+        print(f"no certificate downstream of {args.standard}")
+        return EX_OK
+    print(f"downstream of {args.standard}: {len(affected)} certificate(s)")
+    for a in affected:
+        ch = f"/{a.channel}" if a.channel else ""
+        print(
+            f"  {'  ' * (a.depth - 1)}{a.certificate:<20} {a.item}{ch}: readings and "
+            f"calibrations from {a.window[0].isoformat()} to "
+            f"{a.window[1].isoformat() if a.window[1] else 'now (still in force)'} "
+            f"(via {' → '.join(a.via)})"
+        )
+    return EX_OK
+
+
+def _safe_name(number: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", number).strip("._") or "certificate"
+
+
+def _import_dcc(args: argparse.Namespace) -> int:
+    from calibration import dcc
+
+    src = Path(args.file)
+    root = Path(args.into)
+    reg = load_or_report(args.into)
+    if reg is None:
+        return EX_CONFIG
+    try:
+        doc = dcc.read(src, source=src.name)
+        equipment = {i: reg.require(i) for i in reg.equipment_ids()}
+        fields = dcc.certificate_fields(doc, equipment)
+    except RegistryError as exc:
+        print(f"calgate: {src} cannot be imported:", file=sys.stderr)
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return EX_CONFIG
+    if (existing := reg.certificate(doc.number)) is not None:
+        print(
+            f"calgate: {src}: certificate {doc.number} is already in the registry "
+            f"({existing.source})",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
+    dest = root / "certificates" / f"{_safe_name(doc.number)}.xml"
+    if dest.exists():
+        print(f"calgate: {dest} exists already", file=sys.stderr)
+        return EX_CONFIG
+    shutil.copyfile(src, dest)
+    try:
+        reg = Registry.load(root)
+    except RegistryError as exc:
+        dest.unlink()
+        print(f"calgate: {src} was not imported: the registry would not be valid:", file=sys.stderr)
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return EX_CONFIG
+    gens = ", ".join(f"D-SI {g}.x" for g in sorted(doc.dsi_generations)) or "no uncertainty"
+    std = ", ".join(
+        f"{s}" + (f" (certificate {c})" if (c := fields["standard_certificates"].get(s)) else "")
+        for s in fields["standards"]
+    )
+    print(f"imported {doc.number} into {dest}")
+    print(
+        f"  item        {fields['item']}" + (f" / {fields['channel']}" if fields["channel"] else "")
+    )
+    print(f"  issued by   {doc.issued_by}" + (" (NMI)" if doc.nmi else f", {doc.accreditation}"))
+    print(f"  calibrated  {doc.calibrated.isoformat()}, due {doc.due.isoformat()}")
+    print(
+        f"  points      {len(doc.points)} in {doc.unit} ({gens})"
+        + (f", {len(doc.as_found)} as found" if doc.as_found else "")
+    )
+    print(f"  standards   {std or 'none'}")
+    st = reg.state(fields["item"], datetime.now(UTC), fields["channel"])
+    print(f"  status now  {_MARK.get(st.status, st.status)}")
+    for r in st.reasons:
+        print(f"              ! {r}")
+    return EX_OK
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "registry",
+        help="check a calibration registry, print traceability chains, import DCCs",
+        description="The calibration registry: equipment and certificates (ARCHITECTURE.md 4.2).",
+    )
+    sub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+
+    c = sub.add_parser("check", help="load a registry; list every error (exit 78) or the statuses")
+    c.add_argument("dir", help="registry directory (equipment/, certificates/)")
+    c.add_argument("--at", type=parse_at, help="status at this date or date-time (default: now)")
+    c.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 78 also when a channel is expired, untraceable, suspect or has no certificate",
+    )
+    c.set_defaults(func=_check)
+
+    t = sub.add_parser("chain", help="an item's traceability chain as a tree, with validity")
+    t.add_argument("dir", help="registry directory")
+    t.add_argument("item", help="equipment id")
+    t.add_argument("--channel", help="channel (default: the only one, or the worst)")
+    t.add_argument("--at", type=parse_at, help="date or date-time (default: now)")
+    t.add_argument("--json", action="store_true", help="print the tree as JSON")
+    t.set_defaults(func=_chain)
+
+    r = sub.add_parser("trace", help="reverse trace: everything calibrated through a standard")
+    r.add_argument("dir", help="registry directory")
+    r.add_argument("standard", help="equipment id of the standard")
+    r.add_argument(
+        "--since", help="only uses on or after this date (e.g. its last good calibration)"
+    )
+    r.add_argument("--until", help="only uses on or before this date")
+    r.add_argument("--json", action="store_true", help="print a JSON list")
+    r.set_defaults(func=_trace)
+
+    d = sub.add_parser("import-dcc", help="import a PTB Digital Calibration Certificate (XML)")
+    d.add_argument("file", help="the DCC (.xml)")
+    d.add_argument("--into", required=True, help="registry directory")
+    d.set_defaults(func=_import_dcc)
