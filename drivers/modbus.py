@@ -418,10 +418,15 @@ class Link(Protocol):
 
 
 class TcpLink:
-    """The lean Modbus TCP client behind the :class:`Link` interface."""
+    """The lean Modbus TCP client behind the :class:`Link` interface.
+
+    Each connection gets a fresh protocol object, so a late ``connection_lost`` of an
+    old connection cannot fail the requests of the new one.
+    """
 
     def __init__(self, transport: TcpTransport) -> None:
         self.transport = transport
+        self.connects = 0
         self.client = ModbusTcpClient(transport.host, transport.port)
 
     @property
@@ -429,7 +434,11 @@ class TcpLink:
         return self.client.connected
 
     async def connect(self, timeout_s: float) -> None:
-        await self.client.connect(timeout_s)
+        self.client.close()
+        client = ModbusTcpClient(self.transport.host, self.transport.port)
+        await client.connect(timeout_s)
+        self.client = client
+        self.connects += 1
 
     def close(self) -> None:
         self.client.close()

@@ -114,12 +114,14 @@ def parse_read_pdu(pdu: bytes, function_code: int, count: int) -> bytes:
 
 
 class ModbusTcpClient(asyncio.Protocol):
-    """One TCP connection to a Modbus server or gateway; requests may be pipelined."""
+    """One TCP connection to a Modbus server or gateway; requests may be pipelined.
+
+    Connect once: after the connection is lost, make a new client.
+    """
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self.connects = 0  # successful connections, for metrics and tests
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer = bytearray()
@@ -143,7 +145,6 @@ class ModbusTcpClient(asyncio.Protocol):
             raise ConnectError(f"connect to {self.host}:{self.port} timed out") from exc
         except OSError as exc:
             raise ConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
-        self.connects += 1
 
     def close(self) -> None:
         if self._transport is not None:

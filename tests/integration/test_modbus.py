@@ -196,7 +196,7 @@ async def test_units_share_one_connection(sim: ModbusTransmitterSim, transport: 
     assert bus.resource is link
     if transport == "tcp":
         assert isinstance(link, TcpLink)
-        assert link.client.connects == 1
+        assert link.connects == 1
         assert sim.connections - connections == 1  # the server saw one connection
         assert sim.active_connections == 1
     else:
@@ -279,7 +279,7 @@ async def test_disconnect_reconnects_on_the_next_poll(sim: ModbusTransmitterSim)
             await driver.poll()
         assert not link.connected
         await driver.poll()
-        assert link.client.connects == 2
+        assert link.connects == 2
 
 
 async def test_reconnect_after_the_server_restarts(sim: ModbusTransmitterSim) -> None:
@@ -297,7 +297,7 @@ async def test_reconnect_after_the_server_restarts(sim: ModbusTransmitterSim) ->
         assert by_channel(readings)["input-pressure"].quality == "good"
         link = driver.bus.resource
         assert isinstance(link, TcpLink)
-        assert link.client.connects == 2
+        assert link.connects == 2
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -428,3 +428,16 @@ async def test_mismatched_serial_settings_on_one_port(sim: ModbusTransmitterSim)
             await second.poll()
         await second.close()
         assert (await first.poll())[0].quality == "good"
+
+
+async def test_rtu_port_that_goes_away_is_a_connect_error() -> None:
+    async with ModbusTransmitterSim(tcp=False, rtu=True, units=(1,), seed=2) as line:
+        driver = make(line, "rtu", 1)
+        await driver.open()
+        assert (await driver.poll())[0].quality == "good"
+        await line.stop()  # the pty is closed: like an unplugged USB adapter
+        with pytest.raises(ConnectError):
+            await driver.poll()
+        with pytest.raises(ConnectError):
+            await driver.poll()  # the port cannot be reopened
+        await driver.close()
