@@ -497,3 +497,44 @@ def reverse_trace(
 
     walk(std_id, since or date.min, until, (std_id,))
     return out
+
+
+# -- the chain as uncertainty inputs ----------------------------------------------------------
+
+
+def upstream_levels(
+    reg: Registry, eq_id: str, at: datetime | date, channel: str | None, value: float
+) -> list[tuple[str, float, float]]:
+    """``(certificate, u, dof)`` of each standard's certificate above ``eq_id``'s, at ``value``.
+
+    Follows the first standard at each level from the item's own standard up to the NMI
+    (the tree's leftmost path). ``u`` is U/k of that certificate's points interpolated
+    linearly at ``value`` (held at the edges), converted to the item's channel unit;
+    a level whose unit is not compatible (another quantity) ends the walk. ``dof`` is the
+    smallest of its points' (``inf`` when none is given).
+    """
+    import math
+
+    import numpy as np
+
+    from calibration import units
+
+    eq = reg.require(eq_id)
+    ch = eq.channel(channel)
+    root = tree(reg, eq_id, at, channel)
+    if ch is None or root.number is None:
+        return []
+    out: list[tuple[str, float, float]] = []
+    node = root
+    while node.standards:
+        node = node.standards[0]
+        cert = reg.certificate(node.number) if node.number else None
+        if cert is None or not units.compatible(cert.unit, ch.unit):
+            break
+        f = units.factor(cert.unit, ch.unit)
+        pts = sorted(cert.points, key=lambda p: p.indicated)
+        x = np.array([p.indicated * f for p in pts])
+        u = np.array([p.u * f for p in pts])
+        dofs = [p.dof for p in pts if p.dof is not None]
+        out.append((cert.number, float(np.interp(value, x, u)), min(dofs) if dofs else math.inf))
+    return out

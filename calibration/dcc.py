@@ -161,7 +161,7 @@ def dsi_unit(text: str) -> str:
     divide = False
     for m in _TOKEN.finditer(text):
         if text[pos : m.start()].strip():
-            raise CalibrationError(f"bad D-SI unit {text!r}")
+            raise CalibrationError(f"bad D-SI unit '{text}'")
         pos = m.end()
         word, arg = m.group(1), m.group(2)
         if word in _PREFIXES and not prefix:
@@ -170,16 +170,16 @@ def dsi_unit(text: str) -> str:
             divide = True
         elif word == "tothe":
             if not factors or arg is None:
-                raise CalibrationError(f"bad D-SI unit {text!r}: \\tothe needs a unit and {{n}}")
+                raise CalibrationError(f"bad D-SI unit '{text}': \\tothe needs a unit and {{n}}")
             factors[-1] = f"{factors[-1]}**{arg}"
         elif word in _UNITS:
             sym = _UNITS[word]
             factors.append(("/ " if divide else "") + prefix + sym)
             prefix, divide = "", False
         else:
-            raise CalibrationError(f"unknown D-SI unit element \\{word} in {text!r}")
+            raise CalibrationError(f"unknown D-SI unit element \\{word} in '{text}'")
     if text[pos:].strip() or not factors or prefix:
-        raise CalibrationError(f"bad D-SI unit {text!r}")
+        raise CalibrationError(f"bad D-SI unit '{text}'")
     expr = " ".join(f if f.startswith("/") else f"* {f}" for f in factors).removeprefix("* ")
     return units.normalise(expr)
 

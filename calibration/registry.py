@@ -396,9 +396,9 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')} (got {inp!r})"
     if kind == "greater_than":
-        return f"must be > {ctx.get('gt')}"
+        return f"must be > {ctx.get('gt'):g}"
     if kind == "greater_than_equal":
-        return f"must be >= {ctx.get('ge')}"
+        return f"must be >= {ctx.get('ge'):g}"
     if kind in ("float_type", "float_parsing", "finite_number"):
         return f"must be a number (got {inp!r})"
     if kind in ("int_type", "int_parsing", "int_from_float"):
@@ -424,7 +424,18 @@ def _message(err: Mapping[str, Any]) -> str:
 
 def validation_errors(exc: ValidationError, file: str, prefix: str = "") -> list[str]:
     """A pydantic ValidationError as ``file: path: message`` lines."""
-    return [f"{file}: {_loc(e['loc'], prefix)}: {_message(e)}" for e in exc.errors()]
+    errs = exc.errors()
+    locs = [tuple(e["loc"]) for e in errs]
+    out = []
+    for e in errs:
+        loc = tuple(e["loc"])
+        # A list whose only item failed is also "too short": report the item, not both.
+        if e["type"] == "too_short" and any(
+            len(other) > len(loc) and other[: len(loc)] == loc for other in locs
+        ):
+            continue
+        out.append(f"{file}: {_loc(e['loc'], prefix)}: {_message(e)}")
+    return out
 
 
 # -- the snapshot ---------------------------------------------------------------------------
@@ -575,7 +586,9 @@ def _read_toml(path: Path, rel: str, errors: list[str]) -> dict[str, Any] | None
     return None
 
 
-def _load_equipment(root: Path, errors: list[str]) -> dict[str, Equipment]:
+def _load_equipment(root: Path, errors: list[str], broken: set[str]) -> dict[str, Equipment]:
+    """Equipment files by id; ids of files that failed go to ``broken`` (their own errors
+    are reported; references to them are not reported again as unknown)."""
     folder = root / "equipment"
     found: dict[str, Equipment] = {}
     if not folder.is_dir():
@@ -590,11 +603,15 @@ def _load_equipment(root: Path, errors: list[str]) -> dict[str, Equipment]:
         rel = path.relative_to(root).as_posix()
         data = _read_toml(path, rel, errors)
         if data is None:
+            broken.add(path.stem)
             continue
         try:
             eq = Equipment.model_validate(data).model_copy(update={"source": rel})
         except ValidationError as exc:
             errors.extend(validation_errors(exc, rel))
+            broken.add(path.stem)
+            if isinstance(data.get("id"), str):
+                broken.add(data["id"])
             continue
         if eq.id != path.stem:
             errors.append(
@@ -646,6 +663,7 @@ def _check_certificate(
     equipment: Mapping[str, Equipment],
     numbers: Mapping[str, Certificate],
     errors: list[str],
+    broken: set[str],
 ) -> Certificate | None:
     """Cross-checks of one certificate; returns it in its channel's unit, or None."""
     f = cert.source
@@ -653,7 +671,8 @@ def _check_certificate(
     update: dict[str, Any] = {}
     eq = equipment.get(cert.item)
     if eq is None:
-        errors.append(f"{f}: item: unknown equipment {cert.item!r}")
+        if cert.item not in broken:
+            errors.append(f"{f}: item: unknown equipment {cert.item!r}")
         ok = False
     else:
         ch = eq.channel(cert.channel)
@@ -710,7 +729,8 @@ def _check_certificate(
                     ok = False
     for i, s in enumerate(cert.standards):
         if s not in equipment:
-            errors.append(f"{f}: standards[{i}]: unknown equipment {s!r}")
+            if s not in broken:
+                errors.append(f"{f}: standards[{i}]: unknown equipment {s!r}")
             ok = False
         elif s == cert.item:
             errors.append(f"{f}: standards[{i}]: cycle in the traceability chain: {s} → {s}")
@@ -773,7 +793,8 @@ def _load_directory(root: Path) -> Registry:
     if not root.is_dir():
         raise RegistryError([f"{root}: (file): not a directory"], root=str(root))
     errors: list[str] = []
-    equipment = _load_equipment(root, errors)
+    broken: set[str] = set()
+    equipment = _load_equipment(root, errors, broken)
     parsed = _load_certificates(root, equipment, errors)
     numbers: dict[str, Certificate] = {}
     for c in parsed:
@@ -787,7 +808,7 @@ def _load_directory(root: Path) -> Registry:
     checked = [
         c2
         for c in numbers.values()
-        if (c2 := _check_certificate(c, equipment, numbers, errors)) is not None
+        if (c2 := _check_certificate(c, equipment, numbers, errors, broken)) is not None
     ]
     _cycles(list(numbers.values()), errors)
     if errors:

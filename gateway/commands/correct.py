@@ -1,0 +1,200 @@
+"""``calgate correct DIR ITEM CHANNEL VALUE``: one reading corrected as the gateway would.
+
+Prints the corrected value with u, U and k (rounded for display per GUM 7.2.6 / ILAC
+P14: U to two significant digits, the value to the same decimal place), the calibration
+status with its reasons, the certificate and its chain to the NMI, the conformity against
+the channel's limits, and the uncertainty budget naming each certificate of the chain.
+``--json`` prints the MQTT Measurement payload (ARCHITECTURE.md 4.3, full precision,
+``seq`` 0) plus ``chain`` (certificate numbers, item → NMI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import numpy as np
+
+from calibration import Registry
+from calibration.errors import CalibrationError
+from drivers.base import Reading
+from gateway.commands.registry import (
+    EX_CONFIG,
+    EX_OK,
+    EX_USAGE,
+    format_gum,
+    load_or_report,
+    parse_at,
+)
+from gateway.model import CalStatus, Measurement
+
+__all__ = ["correct_one", "register"]
+
+
+def correct_one(
+    reg: Registry, item: str, channel: str, raw: float, at: datetime
+) -> tuple[Measurement, dict[str, Any]]:
+    """The Measurement of one raw value, and the facts shown beside it."""
+    eq = reg.require(item)
+    ch = eq.channel(channel)
+    if ch is None:
+        raise CalibrationError(
+            f"{item} has no channel {channel!r} (channels: {', '.join(eq.channel_names)})"
+        )
+    state = reg.state(item, at, ch.name)
+    corrector = reg.corrector(item, ch.name, at)
+    res = corrector.correct(np.array([raw], dtype=float))
+    value, u, U = float(res.value[0]), float(res.u[0]), float(res.U[0])
+    out_of_range = bool(res.out_of_range[0])
+    conformity = corrector.judge(res.value, res.U)[0]
+    flags = {"out_of_range"} if out_of_range else set()
+    reading = Reading(
+        equipment=item,
+        channel=ch.name,
+        raw=raw,
+        unit=ch.unit,
+        t_wall=at,
+        t_mono=time.monotonic(),
+    )
+    m = Measurement(
+        reading=reading,
+        value=value,
+        unit=ch.unit,
+        u=u,
+        U=U,
+        k=float(corrector.k),
+        quality="uncertain" if out_of_range else "good",
+        flags=frozenset(flags),
+        calibration=cast(CalStatus, state.status),
+        certificate=corrector.certificate,
+        conformity=conformity,
+        quantity=ch.quantity,
+    )
+    facts: dict[str, Any] = {
+        "state": state,
+        "channel": ch,
+        "equipment": eq,
+        "budget": _budget(reg, corrector, item, ch.name, at, raw, value),
+    }
+    return m, facts
+
+
+def _budget(
+    reg: Registry,
+    corrector: Any,
+    item: str,
+    channel: str,
+    at: datetime,
+    raw: float,
+    value: float,
+) -> list[str]:
+    """The uncertainty budget's lines (each chain certificate named), or [] if unavailable."""
+    budget_fn = getattr(corrector, "budget", None)
+    if budget_fn is None or corrector.certificate is None:
+        return []
+    from calibration.chain import upstream_levels
+    from calibration.uncertainty import ChainLevel
+
+    levels = [
+        ChainLevel(number, u, dof)
+        for number, u, dof in upstream_levels(reg, item, at, channel, value)
+    ]
+    try:
+        budget = budget_fn(raw, upstream=levels)
+    except (CalibrationError, TypeError, ValueError):
+        return []
+    lines: list[str] = budget.lines()
+    return lines
+
+
+def _correct(args: argparse.Namespace) -> int:
+    reg = load_or_report(args.dir)
+    if reg is None:
+        return EX_CONFIG
+    at = args.at or datetime.now(UTC)
+    try:
+        raw = float(args.value)
+        if not math.isfinite(raw):
+            raise ValueError
+    except ValueError:
+        print(f"calgate: VALUE must be a finite number (got {args.value!r})", file=sys.stderr)
+        return EX_USAGE
+    try:
+        m, facts = correct_one(reg, args.item, args.channel, raw, at)
+    except CalibrationError as exc:
+        print(f"calgate: {exc}", file=sys.stderr)
+        return EX_USAGE
+    state = facts["state"]
+    if args.json:
+        payload = m.payload(0)
+        payload["chain"] = list(state.chain)
+        print(json.dumps(payload, ensure_ascii=False))
+        return EX_OK
+    ch = facts["channel"]
+    unit = m.unit
+    print(f"{m.equipment} {m.channel} ({ch.quantity}) at {at.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+    print(f"  raw            {raw:g} {unit}")
+    if m.U is not None and m.U > 0:
+        v, Ur = format_gum(m.value, m.U)
+        print(f"  corrected      {v} {unit} ± {Ur} {unit}  (k = {m.k:g})")
+        print(f"                 full precision: value {m.value!r}, u {m.u!r}, U {m.U!r}")
+    else:
+        print(f"  corrected      {m.value:g} {unit}  (no uncertainty)")
+    if m.flags:
+        print(
+            f"  flags          {', '.join(sorted(m.flags))}  (outside the calibrated span: not extrapolated)"
+        )
+    status = state.status
+    print(f"  calibration    {status}")
+    for r in state.reasons:
+        print(f"                 ! {r}")
+    if m.certificate:
+        cert = reg.certificate(m.certificate)
+        assert cert is not None
+        who = cert.issued_by + (f", {cert.accreditation}" if cert.accreditation else "")
+        print(
+            f"  certificate    {cert.number} ({who}), calibrated {cert.calibrated.isoformat()}, "
+            f"due {cert.due.isoformat()}, model {cert.model}"
+        )
+        nmi = reg.certificate(state.chain[-1]) if state.chain else None
+        tail = " (NMI)" if nmi is not None and nmi.nmi else " (does not end at an NMI)"
+        print(f"  chain          {' → '.join(state.chain)}{tail}")
+    else:
+        print("  certificate    none: value = raw, u from resolution and repeatability only")
+    if ch.limits is not None:
+        lo = "-∞" if ch.limits.low is None else f"{ch.limits.low:g}"
+        hi = "+∞" if ch.limits.high is None else f"{ch.limits.high:g}"
+        print(
+            f"  conformity     {m.conformity}  (limits [{lo}, {hi}] {unit}, rule {ch.decision_rule})"
+        )
+    else:
+        print("  conformity     -  (no process limits on this channel)")
+    if ch.tolerance is not None:
+        verdict = {True: "conforms", False: "DOES NOT CONFORM", None: "-"}[state.conforms]
+        print(f"  as found       {verdict}  ({ch.tolerance.describe()}, rule {ch.decision_rule})")
+    budget = facts["budget"]
+    if budget:
+        print("  uncertainty budget:")
+        for line in budget:
+            print(f"    {line}")
+    return EX_OK
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "correct",
+        help="correct one value through the registry: u, U, k, status, conformity",
+        description="Correct one raw value as the gateway would, and show why.",
+    )
+    p.add_argument("dir", help="registry directory")
+    p.add_argument("item", help="equipment id")
+    p.add_argument("channel", help="channel name")
+    p.add_argument("value", help="raw value in the channel's unit")
+    p.add_argument("--at", type=parse_at, help="date or date-time (default: now)")
+    p.add_argument("--json", action="store_true", help="the MQTT Measurement payload plus chain")
+    p.set_defaults(func=_correct)

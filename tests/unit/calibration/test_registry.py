@@ -1,0 +1,139 @@
+"""Registry loading: the example lab, unit conversion at load, and every bad registry
+beside its expected error text (``bad_registries/<case>/expected.err``, telegraf-style)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from calibration import Registry, RegistryError
+from calibration.errors import CalibrationError
+from calibration.units import compatible, factor, parse_unit
+
+HERE = Path(__file__).parent
+EXAMPLES = HERE.parents[2] / "examples" / "registry"
+BAD = sorted(p for p in (HERE / "bad_registries").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def lab() -> Registry:
+    return Registry.load(EXAMPLES)
+
+
+def test_example_lab_loads(lab: Registry) -> None:
+    assert lab.equipment_ids() == [
+        "BAL-01", "BAL-02", "FTS-01", "PC-01", "PT-101", "PT-102",
+        "REF-P1", "REF-W1", "UTM-01", "WS-E2", "WS-F1", "WS-P1",
+    ]  # fmt: skip
+    assert len(lab.certificates()) == 15
+    bal = lab.equipment("BAL-01")
+    assert bal is not None
+    assert [c.name for c in bal.channels] == ["weight"]
+    ch = bal.channels[0]
+    assert (ch.quantity, ch.unit, ch.resolution, ch.decision_rule) == ("mass", "g", 0.01, "guarded")
+    assert ch.tolerance is not None
+    assert ch.tolerance.oiml_r76 is not None
+    assert ch.tolerance.oiml_r76.class_ == "II"
+    assert lab.equipment("NOPE") is None
+
+
+def test_certificate_units_are_converted_at_load(lab: Registry) -> None:
+    # PT-101's certificate is in kPa, its channel in mbar: x10, U included.
+    c = lab.certificate("PCL-2026-0906")
+    assert c is not None
+    assert (c.unit, c.source_unit) == ("mbar", "kPa")
+    assert c.points[0].reference == pytest.approx(20.008)
+    assert c.points[0].indicated == pytest.approx(20.21)
+    assert pytest.approx(0.30) == c.points[0].U
+    assert c.points[0].k == 2
+    # PT-102's in bar: x1000.
+    c = lab.certificate("PCL-2025-1201")
+    assert c is not None
+    assert c.points[-1].reference == pytest.approx(2500.11)
+    assert pytest.approx(1.10) == c.points[-1].U
+    # WS-E2's in mg, the channel in g.
+    c = lab.certificate("MCS-2025-0610")
+    assert c is not None
+    assert c.points[0].reference == pytest.approx(100.00005)
+    assert pytest.approx(0.00005) == c.points[0].U
+
+
+def test_superseded_certificates_are_kept(lab: Registry) -> None:
+    numbers = [c.number for c in lab.certificates("BAL-01")]
+    assert numbers == ["MCS-2025-1015", "MCS-2026-1022"]
+    assert lab.in_force("BAL-01", date(2025, 10, 14)) is None
+    first = lab.in_force("BAL-01", date(2025, 10, 15))
+    assert first is not None
+    assert first.number == "MCS-2025-1015"
+    # the day before the new calibration, late in the evening UTC, still the old one
+    old = lab.in_force("BAL-01", datetime(2026, 10, 21, 23, 59, tzinfo=UTC))
+    assert old is not None
+    assert old.number == "MCS-2025-1015"
+    new = lab.in_force("BAL-01", datetime(2026, 10, 22, 0, 0, tzinfo=UTC))
+    assert new is not None
+    assert new.number == "MCS-2026-1022"
+    nxt = lab.successor(first)
+    assert nxt is not None
+    assert nxt.number == "MCS-2026-1022"
+    assert lab.successor(new) is None
+
+
+def test_dcc_certificates_load_with_the_registry(lab: Registry) -> None:
+    c = lab.certificate("MCS-2026-0310")
+    assert c is not None
+    assert c.source == "certificates/MCS-2026-0310.xml"
+    assert (c.item, c.channel, c.calibrated, c.due) == (
+        "BAL-02",
+        "weight",
+        date(2026, 3, 10),
+        date(2028, 3, 10),
+    )
+    assert c.standards == ("WS-F1",)
+    assert dict(c.standard_certificates) == {"WS-F1": "MCS-2023-0220"}
+    n = lab.certificate("NIM-LP-2025-0417")
+    assert n is not None
+    assert n.nmi
+    assert n.item == "REF-P1"
+    assert len(n.points) == 6
+
+
+@pytest.mark.parametrize("case", BAD, ids=[p.name for p in BAD])
+def test_bad_registry_lists_every_error(case: Path) -> None:
+    expected = (case / "expected.err").read_text(encoding="utf-8").splitlines()
+    with pytest.raises(RegistryError) as info:
+        Registry.load(case)
+    assert info.value.errors == expected
+    assert isinstance(info.value, ValueError)
+    # the message carries the count and every line
+    assert str(info.value).splitlines()[1:] == expected
+
+
+def test_not_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError) as info:
+        Registry.load(tmp_path / "missing")
+    assert info.value.errors == [f"{tmp_path / 'missing'}: (file): not a directory"]
+
+
+def test_registry_is_immutable(lab: Registry) -> None:
+    with pytest.raises(AttributeError):
+        lab.root = Path("/")  # type: ignore[misc]
+    c = lab.certificate("MCS-2026-1022")
+    assert c is not None
+    with pytest.raises(ValueError, match="frozen"):
+        c.number = "X"  # type: ignore[misc]
+
+
+def test_units() -> None:
+    assert factor("bar", "kPa") == pytest.approx(100.0)
+    assert factor("mbar", "kPa") == pytest.approx(0.1)
+    assert factor("mg", "g") == pytest.approx(0.001)
+    assert compatible("kN", "N")
+    assert not compatible("g", "kPa")
+    with pytest.raises(CalibrationError, match="not compatible"):
+        factor("g", "kPa")
+    with pytest.raises(CalibrationError, match="offset units"):
+        factor("degC", "K")
+    with pytest.raises(CalibrationError, match="unknown unit"):
+        parse_unit("bananas")
