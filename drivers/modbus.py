@@ -28,7 +28,7 @@ import asyncio
 import logging
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl, urlsplit
@@ -78,6 +78,7 @@ WIDTH: dict[str, int] = {
 _CODE = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
 FUNCTION_CODE: dict[str, int] = {"holding": 3, "input": 4}
 MAX_REGISTERS = 125  # per read request (Modbus spec)
+_PYMODBUS_TIMEOUT_S = 60.0
 
 # ---------------------------------------------------------------------------- config
 
@@ -412,9 +413,9 @@ class Link(Protocol):
 
     def close(self) -> None: ...
 
-    async def read(
+    def read(
         self, unit: int, function_code: int, address: int, count: int, timeout_s: float
-    ) -> bytes: ...
+    ) -> Awaitable[bytes]: ...
 
 
 class TcpLink:
@@ -443,10 +444,11 @@ class TcpLink:
     def close(self) -> None:
         self.client.close()
 
-    async def read(
+    def read(
         self, unit: int, function_code: int, address: int, count: int, timeout_s: float
-    ) -> bytes:
-        return await self.client.read_registers(unit, function_code, address, count, timeout_s)
+    ) -> Awaitable[bytes]:
+        # the client's future itself: no coroutine frame per request on the hot path
+        return self.client.read_registers(unit, function_code, address, count, timeout_s)
 
 
 class RtuLink:
@@ -457,7 +459,7 @@ class RtuLink:
     timeout into a FrameError carrying them.
     """
 
-    def __init__(self, transport: RtuTransport, timeout_s: float) -> None:
+    def __init__(self, transport: RtuTransport) -> None:
         from pymodbus.client import AsyncModbusSerialClient
         from pymodbus.framer import FramerType
 
@@ -471,7 +473,9 @@ class RtuLink:
             bytesize=transport.bytesize,
             parity=transport.parity,
             stopbits=transport.stopbits,
-            timeout=timeout_s,
+            # each request is bounded by its driver's timeout_s (asyncio.timeout in read),
+            # so pymodbus's own timer, shared by every unit on the port, stays out of the way
+            timeout=_PYMODBUS_TIMEOUT_S,
             retries=0,
             reconnect_delay=0,  # reconnect lazily on the next poll, never in the background
             trace_packet=self._trace,
@@ -490,7 +494,7 @@ class RtuLink:
         try:
             async with asyncio.timeout(timeout_s):
                 ok = await self._client.connect()
-        except TimeoutError:
+        except (TimeoutError, OSError, ValueError):  # ValueError: settings the port refuses
             ok = False
         if not ok:
             self._client.close()
@@ -508,7 +512,7 @@ class RtuLink:
         self._rx = b""
         client = self._client
         try:
-            async with asyncio.timeout(timeout_s + 0.05):
+            async with asyncio.timeout(timeout_s):
                 if function_code == 3:
                     response = await client.read_holding_registers(
                         address, count=count, device_id=unit
@@ -578,6 +582,7 @@ class ModbusDriver(Driver, kind="modbus"):
         ]
         self._requests = [(g.function_code, g.address, g.count) for g in self.groups]
         self._joined = False
+        self._ready: Link | None = None  # the bus's link, once checked and connected
 
     # life cycle: users of a bus share its link; the last one out closes it
 
@@ -599,6 +604,7 @@ class ModbusDriver(Driver, kind="modbus"):
         if not self._joined:
             return
         self._joined = False
+        self._ready = None
         bus = self.bus
         bus.users -= 1
         if bus.users <= 0 and bus.resource is not None:
@@ -611,10 +617,7 @@ class ModbusDriver(Driver, kind="modbus"):
         link: Link | None = self.bus.resource
         if link is None:
             transport = self._transport
-            if isinstance(transport, TcpTransport):
-                link = TcpLink(transport)
-            else:
-                link = RtuLink(transport, self.config.timeout_s)
+            link = TcpLink(transport) if isinstance(transport, TcpTransport) else RtuLink(transport)
             self.bus.resource = link
         elif (
             isinstance(link, RtuLink)
@@ -627,6 +630,7 @@ class ModbusDriver(Driver, kind="modbus"):
             )
         if not link.connected:
             await link.connect(self.config.timeout_s)
+        self._ready = link
         return link
 
     async def poll(self) -> list[Reading]:
@@ -635,11 +639,12 @@ class ModbusDriver(Driver, kind="modbus"):
         timeout_s = self.config.timeout_s
         try:
             async with self.bus:
-                link = await self._link()
-                datas = [
-                    await link.read(unit, fc, address, count, timeout_s)
-                    for fc, address, count in self._requests
-                ]
+                link = self._ready
+                if link is None or link is not self.bus.resource or not link.connected:
+                    link = await self._link()
+                datas = []
+                for fc, address, count in self._requests:
+                    datas.append(await link.read(unit, fc, address, count, timeout_s))
         except DriverError as exc:
             exc.equipment = self.equipment
             raise
