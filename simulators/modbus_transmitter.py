@@ -53,7 +53,7 @@ import random
 import struct
 import tty
 from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Self
 
@@ -132,7 +132,6 @@ class Transmitter:
     override: float | None = None  # NaN or ±inf instead of the pressure
     requests: int = 0  # requests addressed to this unit (answered or not)
     last_pressure: float = math.nan
-    _reads: dict[int, list[int]] = field(default_factory=dict)
 
     def live_registers(self, pressure: float) -> list[int]:
         order = self.word_order
