@@ -1,0 +1,292 @@
+"""Transitions → Events: out of tolerance and back, calibration status, connection, device errors.
+
+Events fire on transitions only. A value hovering at a limit does not flood: once out of
+tolerance, a channel is back in only when its value is inside the limits by a hysteresis
+margin (the reading's expanded uncertainty, at least ``hysteresis_fraction`` of the span
+between the limits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from gateway.model import Event, Measurement, Severity
+
+__all__ = ["EquipmentState", "Monitor"]
+
+_OUT = frozenset({"fail", "conditional_fail"})
+
+CALIBRATION_EVENTS: dict[str, tuple[str, Severity]] = {
+    "due_soon": ("calibration_due_soon", "warning"),
+    "expired": ("calibration_expired", "critical"),
+    "untraceable": ("traceability_broken", "critical"),
+    "suspect": ("calibration_suspect", "critical"),
+}
+
+
+@dataclass
+class ChannelState:
+    out_of_tolerance: bool = False
+    last: Measurement | None = None
+    last_oot: datetime | None = None
+
+
+@dataclass
+class EquipmentState:
+    """What is known of one equipment now: for /status, MQTT status, and transitions."""
+
+    id: str
+    connection: str = "unknown"  # unknown | online | offline
+    last_error: str | None = None
+    device_error: str | None = None
+    calibration: str = "none"
+    certificate: str | None = None
+    due: date | None = None
+    chain: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    conforms: bool | None = None
+    channels: dict[str, ChannelState] = field(default_factory=dict)
+    last_oot: dict[str, Any] | None = None
+    polls: int = 0
+    errors: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """The retained MQTT status payload and the /status entry of this equipment."""
+        return {
+            "equipment": self.id,
+            "connection": self.connection,
+            "last_error": self.last_error,
+            "calibration": self.calibration,
+            "certificate": self.certificate,
+            "due": self.due.isoformat() if self.due else None,
+            "chain": list(self.chain),
+            "reasons": list(self.reasons),
+            "instrument_conforms": self.conforms,
+            "last_oot": self.last_oot,
+            "channels": {
+                name: {
+                    "out_of_tolerance": st.out_of_tolerance,
+                    "last": st.last.payload(0) | {"seq": None} if st.last else None,
+                }
+                for name, st in self.channels.items()
+            },
+        }
+
+    def status_key(self) -> tuple[Any, ...]:
+        """The fields whose change re-publishes the retained status (not every reading)."""
+        return (
+            self.connection,
+            self.calibration,
+            self.certificate,
+            self.due,
+            self.chain,
+            self.reasons,
+            self.conforms,
+            repr(self.last_oot),
+            tuple(sorted((n, c.out_of_tolerance) for n, c in self.channels.items())),
+        )
+
+
+class Monitor:
+    """Keeps :class:`EquipmentState` per equipment and returns the Events of each change."""
+
+    def __init__(
+        self,
+        *,
+        hysteresis_fraction: float = 0.01,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.hysteresis_fraction = hysteresis_fraction
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self.states: dict[str, EquipmentState] = {}
+
+    def state(self, equipment: str) -> EquipmentState:
+        st = self.states.get(equipment)
+        if st is None:
+            st = self.states[equipment] = EquipmentState(equipment)
+        return st
+
+    def forget(self, equipment: str) -> None:
+        self.states.pop(equipment, None)
+
+    # -- readings ---------------------------------------------------------------------
+
+    def measurements(
+        self, ms: Sequence[Measurement], limits: Callable[[str, str], Any]
+    ) -> list[Event]:
+        events: list[Event] = []
+        for m in ms:
+            st = self.state(m.equipment)
+            ch = st.channels.get(m.channel)
+            if ch is None:
+                ch = st.channels[m.channel] = ChannelState()
+            ch.last = m
+            if m.conformity is None or m.quality == "bad" or not math.isfinite(m.value):
+                continue
+            if not ch.out_of_tolerance and m.conformity in _OUT:
+                ch.out_of_tolerance = True
+                ch.last_oot = m.t_wall
+                lo, hi = _limits(limits(m.equipment, m.channel))
+                st.last_oot = {
+                    "channel": m.channel,
+                    "ts": m.t_wall.isoformat(),
+                    "value": m.value,
+                    "U": m.U,
+                    "low": lo,
+                    "high": hi,
+                    "conformity": m.conformity,
+                }
+                events.append(
+                    Event(
+                        type="out_of_tolerance",
+                        severity="warning",
+                        equipment=m.equipment,
+                        channel=m.channel,
+                        t_wall=m.t_wall,
+                        message=f"{m.channel} = {m.value:.6g} {m.unit} outside [{lo}, {hi}] ({m.conformity})",
+                        detail={
+                            "value": m.value,
+                            "U": m.U,
+                            "unit": m.unit,
+                            "low": lo,
+                            "high": hi,
+                            "conformity": m.conformity,
+                            "certificate": m.certificate,
+                        },
+                    )
+                )
+            elif ch.out_of_tolerance and m.conformity == "pass" and self._inside(m, limits):
+                ch.out_of_tolerance = False
+                lo, hi = _limits(limits(m.equipment, m.channel))
+                events.append(
+                    Event(
+                        type="back_in_tolerance",
+                        severity="info",
+                        equipment=m.equipment,
+                        channel=m.channel,
+                        t_wall=m.t_wall,
+                        message=f"{m.channel} = {m.value:.6g} {m.unit} back inside [{lo}, {hi}]",
+                        detail={"value": m.value, "U": m.U, "unit": m.unit, "low": lo, "high": hi},
+                    )
+                )
+        return events
+
+    def _inside(self, m: Measurement, limits: Callable[[str, str], Any]) -> bool:
+        lo, hi = _limits(limits(m.equipment, m.channel))
+        margin = m.U or 0.0
+        if lo is not None and hi is not None:
+            margin = max(margin, self.hysteresis_fraction * (hi - lo))
+        return (lo is None or m.value >= lo + margin) and (hi is None or m.value <= hi - margin)
+
+    # -- connection -------------------------------------------------------------------
+
+    def online(self, equipment: str) -> list[Event]:
+        st = self.state(equipment)
+        st.polls += 1
+        was = st.connection
+        st.connection = "online"
+        st.last_error = None
+        if was == "offline":
+            return [
+                Event(
+                    type="equipment_online",
+                    severity="info",
+                    equipment=equipment,
+                    t_wall=self._clock(),
+                    message=f"{equipment} answers again",
+                )
+            ]
+        return []
+
+    def offline(self, equipment: str, error: BaseException) -> list[Event]:
+        st = self.state(equipment)
+        st.errors += 1
+        st.last_error = str(error)
+        if st.connection == "offline":
+            return []
+        st.connection = "offline"
+        return [
+            Event(
+                type="equipment_offline",
+                severity="critical",
+                equipment=equipment,
+                t_wall=self._clock(),
+                message=f"{equipment} does not answer: {error}",
+                detail={"error": type(error).__name__},
+            )
+        ]
+
+    def device_error(self, equipment: str, error: BaseException, code: object) -> list[Event]:
+        """The instrument answered with an error: one event per new error code."""
+        st = self.state(equipment)
+        st.errors += 1
+        st.last_error = str(error)
+        key = str(code)
+        if st.device_error == key:
+            return []
+        st.device_error = key
+        return [
+            Event(
+                type="device_error",
+                severity="warning",
+                equipment=equipment,
+                t_wall=self._clock(),
+                message=f"{equipment} reports an error: {error}",
+                detail={"code": code if isinstance(code, int | str) else key},
+            )
+        ]
+
+    def frame_error(self, equipment: str, error: BaseException) -> None:
+        st = self.state(equipment)
+        st.errors += 1
+        st.last_error = str(error)
+
+    def device_ok(self, equipment: str) -> None:
+        self.state(equipment).device_error = None
+
+    # -- calibration ------------------------------------------------------------------
+
+    def calibration(self, equipment: str, cal_state: Any) -> list[Event]:
+        """Update from a registry CalibrationState; an event when the status changes."""
+        st = self.state(equipment)
+        old = st.calibration
+        st.calibration = cal_state.status
+        st.certificate = cal_state.certificate
+        st.due = cal_state.due
+        st.chain = tuple(cal_state.chain)
+        st.reasons = tuple(cal_state.reasons)
+        st.conforms = getattr(cal_state, "conforms", None)
+        new = cal_state.status
+        if new == old or new not in CALIBRATION_EVENTS:
+            return []
+        etype, severity = CALIBRATION_EVENTS[new]
+        reasons = "; ".join(cal_state.reasons) or new
+        return [
+            Event(
+                type=etype,
+                severity=severity,
+                equipment=equipment,
+                t_wall=self._clock(),
+                message=f"{equipment}: calibration {new}: {reasons}",
+                detail={
+                    "status": new,
+                    "previous": old,
+                    "certificate": cal_state.certificate,
+                    "due": cal_state.due.isoformat() if cal_state.due else None,
+                    "reasons": list(cal_state.reasons),
+                    "chain": list(cal_state.chain),
+                },
+            )
+        ]
+
+
+def _limits(lim: Any) -> tuple[float | None, float | None]:
+    if lim is None:
+        return None, None
+    if isinstance(lim, tuple | list):
+        return lim[0], lim[1]
+    return getattr(lim, "low", None), getattr(lim, "high", None)

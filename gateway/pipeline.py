@@ -1,0 +1,232 @@
+"""Readings → Measurements: correction through the registry, status and conformity.
+
+The registry snapshot is immutable; the pipeline keeps one :class:`ChannelPlan` per
+equipment channel (its Corrector, unit factor and calibration state), built when first
+needed and rebuilt when the UTC date changes or a new snapshot is swapped in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from drivers.base import Quality, Reading
+from gateway.model import CalStatus, Measurement
+
+__all__ = ["ChannelPlan", "Pipeline", "unit_factor"]
+
+log = logging.getLogger(__name__)
+
+# Calibration states under which a corrected value cannot be trusted as "good".
+DOUBTFUL: frozenset[str] = frozenset({"expired", "untraceable", "suspect"})
+
+
+@lru_cache(maxsize=256)
+def unit_factor(src: str, dst: str) -> float | None:
+    """Multiplicative factor from ``src`` to ``dst`` units, or None when incompatible."""
+    if src == dst or not src or not dst:
+        return 1.0
+    from calibration.units import factor
+
+    try:
+        return float(factor(src, dst))
+    except Exception:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPlan:
+    equipment: str
+    channel: str
+    corrector: Any | None  # calibration.Corrector; None without a registry
+    unit: str | None  # the registry channel's unit (None: keep the instrument's)
+    quantity: str | None
+    calibration: CalStatus
+    certificate: str | None
+    built_on: date
+
+
+class Pipeline:
+    """Corrects each poll's readings. Not thread-safe: runs on the event loop."""
+
+    def __init__(
+        self, registry: Any | None, *, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self._registry = registry
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._plans: dict[tuple[str, str], ChannelPlan] = {}
+
+    @property
+    def registry(self) -> Any | None:
+        return self._registry
+
+    def swap_registry(self, registry: Any | None) -> None:
+        """A new snapshot applies from the next reading on (atomic on the event loop)."""
+        self._registry = registry
+        self._plans = {}
+
+    def plan(self, equipment: str, channel: str, at: datetime | None = None) -> ChannelPlan:
+        at = at or self._clock()
+        key = (equipment, channel)
+        plan = self._plans.get(key)
+        if plan is not None and plan.built_on == at.date():
+            return plan
+        plan = self._build(equipment, channel, at)
+        self._plans[key] = plan
+        return plan
+
+    def _build(self, equipment: str, channel: str, at: datetime) -> ChannelPlan:
+        reg = self._registry
+        if reg is None or reg.equipment(equipment) is None:
+            return ChannelPlan(equipment, channel, None, None, None, "none", None, at.date())
+        eq = reg.equipment(equipment)
+        ch = next((c for c in eq.channels if c.name == channel), None)
+        if ch is None:
+            return ChannelPlan(equipment, channel, None, None, None, "none", None, at.date())
+        corrector = reg.corrector(equipment, channel, at)
+        state = reg.state(equipment, at)
+        status: CalStatus = "none" if corrector.certificate is None else state.status
+        return ChannelPlan(
+            equipment,
+            channel,
+            corrector,
+            ch.unit,
+            getattr(ch, "quantity", None),
+            status,
+            corrector.certificate,
+            at.date(),
+        )
+
+    def process(self, readings: Sequence[Reading]) -> list[Measurement]:
+        """Correct one poll's readings; the readings of one channel as one array."""
+        if not readings:
+            return []
+        at = self._clock()
+        if len(readings) == 1 or len({r.channel for r in readings}) == len(readings):
+            return [self._one(r, self.plan(r.equipment, r.channel, at)) for r in readings]
+        out: list[Measurement] = []
+        groups: dict[tuple[str, str], list[Reading]] = {}
+        for r in readings:
+            groups.setdefault((r.equipment, r.channel), []).append(r)
+        for (eq, ch), group in groups.items():
+            out.extend(self._many(group, self.plan(eq, ch, at)))
+        return out
+
+    def _convert(self, r: Reading, plan: ChannelPlan) -> tuple[float, str, frozenset[str]]:
+        """The raw value in the channel's unit (flag ``unit_mismatch`` when impossible)."""
+        if plan.unit is None or r.unit == plan.unit:
+            return r.raw, plan.unit or r.unit, r.flags
+        factor = unit_factor(r.unit, plan.unit)
+        if factor is None:
+            return r.raw, r.unit, r.flags | {"unit_mismatch"}
+        return r.raw * factor, plan.unit, r.flags
+
+    def _one(self, r: Reading, plan: ChannelPlan) -> Measurement:
+        raw, unit, flags = self._convert(r, plan)
+        corrector = plan.corrector
+        quality: Quality = r.quality
+        if corrector is None or "unit_mismatch" in flags:
+            return Measurement(
+                reading=r,
+                value=raw,
+                unit=unit,
+                quality=quality,
+                flags=flags,
+                calibration="none" if corrector is None else plan.calibration,
+                certificate=None,
+                quantity=plan.quantity,
+            )
+        if quality == "bad" or not math.isfinite(raw):
+            return Measurement(
+                reading=r,
+                value=math.nan,
+                unit=unit,
+                k=corrector.k,
+                quality="bad",
+                flags=flags,
+                calibration=plan.calibration,
+                certificate=plan.certificate,
+                quantity=plan.quantity,
+            )
+        value, u, big_u, out_of_range = corrector.correct_one(raw)
+        if out_of_range:
+            flags = flags | {"out_of_range"}
+            quality = "uncertain"
+        if plan.calibration in DOUBTFUL and quality == "good":
+            quality = "uncertain"
+        conformity = corrector.judge(np.array([value]), np.array([big_u]))[0]
+        return Measurement(
+            reading=r,
+            value=value,
+            unit=unit,
+            u=u,
+            U=big_u,
+            k=corrector.k,
+            quality=quality,
+            flags=flags,
+            calibration=plan.calibration,
+            certificate=plan.certificate,
+            conformity=conformity,
+            quantity=plan.quantity,
+        )
+
+    def _many(self, group: list[Reading], plan: ChannelPlan) -> list[Measurement]:
+        corrector = plan.corrector
+        if corrector is None or len(group) == 1:
+            return [self._one(r, plan) for r in group]
+        conv = [self._convert(r, plan) for r in group]
+        raws = np.array([c[0] for c in conv], dtype=float)
+        good = np.isfinite(raws) & np.array([r.quality != "bad" for r in group])
+        res = corrector.correct(np.where(good, raws, corrector.span[0]))
+        verdicts = corrector.judge(res.value, res.U)
+        out: list[Measurement] = []
+        for i, r in enumerate(group):
+            _, unit, flags = conv[i]
+            if "unit_mismatch" in flags:
+                out.append(self._one(r, plan))
+                continue
+            if not good[i]:
+                out.append(
+                    Measurement(
+                        reading=r,
+                        value=math.nan,
+                        unit=unit,
+                        k=corrector.k,
+                        quality="bad",
+                        flags=flags,
+                        calibration=plan.calibration,
+                        certificate=plan.certificate,
+                        quantity=plan.quantity,
+                    )
+                )
+                continue
+            quality: Quality = r.quality
+            if res.out_of_range[i]:
+                flags = flags | {"out_of_range"}
+                quality = "uncertain"
+            if plan.calibration in DOUBTFUL and quality == "good":
+                quality = "uncertain"
+            out.append(
+                Measurement(
+                    reading=r,
+                    value=float(res.value[i]),
+                    unit=unit,
+                    u=float(res.u[i]),
+                    U=float(res.U[i]),
+                    k=corrector.k,
+                    quality=quality,
+                    flags=flags,
+                    calibration=plan.calibration,
+                    certificate=plan.certificate,
+                    conformity=verdicts[i],
+                    quantity=plan.quantity,
+                )
+            )
+        return out
