@@ -29,7 +29,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from calibration.registry import Certificate, Registry, Tolerance
+    from calibration.registry import Certificate, Registry
 
 __all__ = [
     "PRECEDENCE",
@@ -38,8 +38,6 @@ __all__ = [
     "ChainNode",
     "Issue",
     "conforms",
-    "judge_error",
-    "mpe",
     "reverse_trace",
     "state",
     "tree",
@@ -184,81 +182,27 @@ class Affected:
 def conforms(reg: Registry, cert: Certificate) -> bool | None:
     """Whether every as-found point's error is within the channel's MPE under its rule.
 
-    ``None`` when the channel has no tolerance. Points without ``as_found`` are the
-    certificate's points (the item was not adjusted). A non-binary ``conditional_pass``
-    counts as conforming, ``conditional_fail`` as not.
+    ``None`` when the channel has no tolerance. A certificate without ``as_found`` points
+    records an unadjusted item: its points are the as-found results. A non-binary
+    ``conditional_pass`` conforms, a ``conditional_fail`` does not
+    (:func:`calibration.conformity.instrument_conformity`).
     """
+    from calibration.conformity import instrument_conformity
+
     eq = reg.equipment(cert.item)
     ch = eq.channel(cert.channel) if eq else None
     if ch is None or ch.tolerance is None:
         return None
-    for p in cert.found_points:
-        limit = mpe(ch.tolerance, p.reference, ch.unit)
-        if judge_error(p.error, p.U, limit, ch.decision_rule) not in ("pass", "conditional_pass"):
-            return False
-    return True
-
-
-_R76_STEPS = {  # class -> upper bounds (in e) of the 0.5 e and 1 e bands (OIML R 76-1)
-    "I": (50_000, 200_000),
-    "II": (5_000, 20_000),
-    "III": (500, 2_000),
-    "IIII": (50, 200),
-}
-_R111_MG = {  # nominal in g -> MPE in mg per class (METROLOGY.md 3)
-    1000.0: {"E1": 0.5, "E2": 1.6, "F1": 5.0, "F2": 16, "M1": 50, "M2": 160, "M3": 500},
-    200.0: {"E1": 0.10, "E2": 0.3, "F1": 1.0, "F2": 3.0, "M1": 10, "M2": 30, "M3": 100},
-    100.0: {"E1": 0.05, "E2": 0.16, "F1": 0.5, "F2": 1.6, "M1": 5.0, "M2": 16, "M3": 50},
-}
-
-
-def mpe(tolerance: Tolerance, reference: float, unit: str) -> float:
-    """The maximum permissible error (±, in ``unit``) at ``reference`` (METROLOGY.md 3)."""
-    from calibration import units
-    from calibration.errors import CalibrationError
-
-    t = tolerance
-    if t.mpe is not None:
-        return t.mpe
-    if t.mpe_percent_of_span is not None and t.span is not None:
-        return t.mpe_percent_of_span / 100.0 * t.span
-    if t.mpe_percent_of_reading is not None:
-        return t.mpe_percent_of_reading / 100.0 * abs(reference)
-    if t.en837_class is not None and t.span is not None:
-        return t.en837_class / 100.0 * t.span
-    if t.oiml_r76 is not None:
-        r = t.oiml_r76
-        m = abs(reference) / r.e
-        half, one = _R76_STEPS[r.class_]
-        n_e = 0.5 if m <= half else 1.0 if m <= one else 1.5
-        return n_e * r.e * (2.0 if r.verification == "in_service" else 1.0)
-    assert t.oiml_r111 is not None
-    mass_g = abs(reference) * units.factor(unit, "g")
-    # The nominal is the table's value nearest the point (a conventional mass differs
-    # from its nominal by far less than 0.1 %).
-    row = next((r for n, r in _R111_MG.items() if abs(mass_g - n) <= 1e-3 * n), None)
-    nominal_g = mass_g
-    if row is None or t.oiml_r111.class_ not in row:
-        raise CalibrationError(
-            f"no OIML R111 class {t.oiml_r111.class_} MPE for a nominal of {nominal_g:g} g"
-        )
-    return row[t.oiml_r111.class_] * units.factor("mg", unit)
-
-
-def judge_error(error: float, U: float, limit: float, rule: str) -> str:
-    """ILAC G8 decision on an error against ±limit with the point's own U."""
-    e = abs(error)
-    if rule == "simple":
-        return "pass" if e <= limit else "fail"
-    if rule == "guarded":
-        return "pass" if e <= limit - U else "fail"
-    if e <= limit - U:
-        return "pass"
-    if e <= limit:
-        return "conditional_pass"
-    if e < limit + U:
-        return "conditional_fail"
-    return "fail"
+    pts = cert.found_points
+    verdict = instrument_conformity(
+        indicated=[p.indicated for p in pts],
+        reference=[p.reference for p in pts],
+        U=[p.U for p in pts],
+        tolerance=ch.tolerance,
+        rule=ch.decision_rule,
+        unit=ch.unit,
+    )
+    return verdict.conforms
 
 
 # -- the tree -------------------------------------------------------------------------------

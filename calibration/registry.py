@@ -38,7 +38,9 @@ from pydantic import (
 )
 
 from calibration import chain as _chain
+from calibration import conformity as _conformity
 from calibration import dcc, units
+from calibration.conformity import Tolerance
 from calibration.errors import CalibrationError, RegistryError
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ __all__ = [
     "Range",
     "Registry",
     "Tolerance",
+    "describe_tolerance",
     "utc_date",
 ]
 
@@ -60,9 +63,6 @@ Role = Literal["reference_standard", "working_standard", "check_standard", "inst
 EquipmentStatus = Literal["active", "out_of_service", "retired"]
 DecisionRule = Literal["simple", "guarded", "non_binary"]
 
-EN837_CLASSES = (0.1, 0.25, 0.6, 1.0, 1.6, 2.5, 4.0)
-R76_CLASSES = ("I", "II", "III", "IIII")
-R111_CLASSES = ("E1", "E2", "F1", "F2", "M1", "M1-2", "M2", "M2-3", "M3")
 _MODEL_RE = re.compile(r"^(interpolate|linear|polynomial:([1-9][0-9]?))$")
 
 
@@ -110,87 +110,21 @@ class Limits(_Frozen):
         return (self.low, self.high)
 
 
-class OimlR76(_Frozen):
-    class_: Literal["I", "II", "III", "IIII"] = Field(alias="class")
-    e: float = Field(gt=0)
-    verification: Literal["initial", "in_service"] = "in_service"
-
-
-class OimlR111(_Frozen):
-    class_: Literal["E1", "E2", "F1", "F2", "M1", "M1-2", "M2", "M2-3", "M3"] = Field(alias="class")
-
-
-class Tolerance(_Frozen):
-    """The channel's maximum permissible error: exactly one of the variants of 4.2."""
-
-    mpe: float | None = Field(default=None, gt=0)
-    mpe_percent_of_span: float | None = Field(default=None, gt=0)
-    mpe_percent_of_reading: float | None = Field(default=None, gt=0)
-    en837_class: float | None = None
-    span: float | None = Field(default=None, gt=0)
-    oiml_r76: OimlR76 | None = None
-    oiml_r111: OimlR111 | None = None
-
-    @field_validator("en837_class")
-    @classmethod
-    def _en837(cls, v: float | None) -> float | None:
-        if v is not None and v not in EN837_CLASSES:
-            raise ValueError(
-                f"must be one of {', '.join(f'{c:g}' for c in EN837_CLASSES)} (got {v:g})"
-            )
-        return v
-
-    @model_validator(mode="after")
-    def _one_variant(self) -> Tolerance:
-        kinds = [
-            k
-            for k in (
-                "mpe",
-                "mpe_percent_of_span",
-                "mpe_percent_of_reading",
-                "en837_class",
-                "oiml_r76",
-                "oiml_r111",
-            )
-            if getattr(self, k) is not None
-        ]
-        if len(kinds) != 1:
-            raise ValueError(
-                "give exactly one of mpe, mpe_percent_of_span, mpe_percent_of_reading, "
-                f"en837_class, oiml_r76, oiml_r111 (got {', '.join(kinds) or 'none'})"
-            )
-        needs_span = kinds[0] in ("mpe_percent_of_span", "en837_class")
-        if needs_span and self.span is None:
-            raise ValueError(f"{kinds[0]} needs span")
-        if not needs_span and self.span is not None:
-            raise ValueError("span is only used with mpe_percent_of_span or en837_class")
-        return self
-
-    @property
-    def kind(self) -> str:
-        for k in ("mpe", "mpe_percent_of_span", "mpe_percent_of_reading", "en837_class"):
-            if getattr(self, k) is not None:
-                return k
-        return "oiml_r76" if self.oiml_r76 is not None else "oiml_r111"
-
-    def table(self) -> dict[str, Any]:
-        """The tolerance as written in TOML (``class`` keys restored)."""
-        return self.model_dump(by_alias=True, exclude_none=True)
-
-    def describe(self) -> str:
-        if self.mpe is not None:
-            return f"MPE ±{self.mpe:g}"
-        if self.mpe_percent_of_span is not None:
-            return f"MPE ±{self.mpe_percent_of_span:g} % of span {self.span:g}"
-        if self.mpe_percent_of_reading is not None:
-            return f"MPE ±{self.mpe_percent_of_reading:g} % of reading"
-        if self.en837_class is not None:
-            return f"EN 837 class {self.en837_class:g}, span {self.span:g}"
-        if self.oiml_r76 is not None:
-            r = self.oiml_r76
-            return f"OIML R76 class {r.class_}, e = {r.e:g}, {r.verification.replace('_', '-')}"
-        assert self.oiml_r111 is not None
-        return f"OIML R111 class {self.oiml_r111.class_}"
+def describe_tolerance(t: Tolerance) -> str:
+    """A tolerance as a quality manager reads it: ``OIML R76 class II, e = 0.01, in-service``."""
+    if t.mpe is not None:
+        return f"MPE ±{t.mpe:g}"
+    if t.mpe_percent_of_span is not None:
+        return f"MPE ±{t.mpe_percent_of_span:g} % of span {t.span:g}"
+    if t.mpe_percent_of_reading is not None:
+        return f"MPE ±{t.mpe_percent_of_reading:g} % of reading"
+    if t.en837_class is not None:
+        return f"EN 837 class {t.en837_class:g}, span {t.span:g}"
+    if t.oiml_r76 is not None:
+        r = t.oiml_r76
+        return f"OIML R76 class {r.class_}, e = {r.e:g}, {r.verification.replace('_', '-')}"
+    assert t.oiml_r111 is not None
+    return f"OIML R111 class {t.oiml_r111.class_}"
 
 
 def _pair(v: Any) -> Any:
@@ -273,7 +207,7 @@ class Point(_Frozen):
     indicated: float
     U: float = Field(gt=0)
     k: float = Field(gt=0)
-    dof: float | None = Field(default=None, gt=0)
+    dof: float | None = Field(default=None, ge=1)
 
     @field_validator("reference", "indicated", "U", "k")
     @classmethod
@@ -723,7 +657,7 @@ def _check_certificate(
         for name, pts in (("points", cert.points), ("as_found", cert.as_found)):
             for i, p in enumerate(pts):
                 try:
-                    _chain.mpe(ch.tolerance, p.reference * scale, ch.unit)
+                    _conformity.mpe(ch.tolerance, p.reference * scale, ch.unit)
                 except CalibrationError as exc:
                     errors.append(f"{f}: {name}[{i}].reference: {exc}")
                     ok = False

@@ -21,13 +21,16 @@ from typing import Any, cast
 import numpy as np
 
 from calibration import Registry
+from calibration.corrector import Corrector
 from calibration.errors import CalibrationError
+from calibration.registry import describe_tolerance
+from calibration.rounding import round_result
+from calibration.uncertainty import Budget, ChainLevel
 from drivers.base import Reading
 from gateway.commands.registry import (
     EX_CONFIG,
     EX_OK,
     EX_USAGE,
-    format_gum,
     load_or_report,
     parse_at,
 )
@@ -86,30 +89,22 @@ def correct_one(
 
 def _budget(
     reg: Registry,
-    corrector: Any,
+    corrector: Corrector,
     item: str,
     channel: str,
     at: datetime,
     raw: float,
     value: float,
-) -> list[str]:
-    """The uncertainty budget's lines (each chain certificate named), or [] if unavailable."""
-    budget_fn = getattr(corrector, "budget", None)
-    if budget_fn is None or corrector.certificate is None:
-        return []
+) -> Budget:
+    """The GTC uncertainty budget; with a certificate, each certificate of the chain up to
+    the NMI is named with its share of the certificate's u (nothing counted twice)."""
     from calibration.chain import upstream_levels
-    from calibration.uncertainty import ChainLevel
 
     levels = [
         ChainLevel(number, u, dof)
         for number, u, dof in upstream_levels(reg, item, at, channel, value)
     ]
-    try:
-        budget = budget_fn(raw, upstream=levels)
-    except (CalibrationError, TypeError, ValueError):
-        return []
-    lines: list[str] = budget.lines()
-    return lines
+    return corrector.budget(raw, upstream=levels or None)
 
 
 def _correct(args: argparse.Namespace) -> int:
@@ -140,7 +135,7 @@ def _correct(args: argparse.Namespace) -> int:
     print(f"{m.equipment} {m.channel} ({ch.quantity}) at {at.strftime('%Y-%m-%dT%H:%M:%SZ')}")
     print(f"  raw            {raw:g} {unit}")
     if m.U is not None and m.U > 0:
-        v, Ur = format_gum(m.value, m.U)
+        v, Ur = round_result(m.value, m.U)
         print(f"  corrected      {v} {unit} ± {Ur} {unit}  (k = {m.k:g})")
         print(f"                 full precision: value {m.value!r}, u {m.u!r}, U {m.U!r}")
     else:
@@ -176,12 +171,13 @@ def _correct(args: argparse.Namespace) -> int:
         print("  conformity     -  (no process limits on this channel)")
     if ch.tolerance is not None:
         verdict = {True: "conforms", False: "DOES NOT CONFORM", None: "-"}[state.conforms]
-        print(f"  as found       {verdict}  ({ch.tolerance.describe()}, rule {ch.decision_rule})")
-    budget = facts["budget"]
-    if budget:
-        print("  uncertainty budget:")
-        for line in budget:
-            print(f"    {line}")
+        print(
+            f"  as found       {verdict}  ({describe_tolerance(ch.tolerance)}, rule {ch.decision_rule})"
+        )
+    budget: Budget = facts["budget"]
+    print(f"  uncertainty budget ({unit}; GTC, inputs named back to the NMI):")
+    for line in budget.lines():
+        print(f"    {line}")
     return EX_OK
 
 

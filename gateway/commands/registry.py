@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 from calibration import ChainNode, Registry, RegistryError
 from calibration.errors import CalibrationError
 
-__all__ = ["format_gum", "load_or_report", "parse_at", "register"]
+__all__ = ["load_or_report", "parse_at", "register"]
 
 EX_OK = 0
 EX_USAGE = 64
@@ -60,21 +59,6 @@ def load_or_report(directory: str) -> Registry | None:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return None
-
-
-def format_gum(value: float, U: float) -> tuple[str, str]:
-    """Value and U as displayed (GUM 7.2.6, ILAC P14): U to two significant digits, the
-    value rounded to the same decimal place. Full precision stays on the wire."""
-    if not (math.isfinite(U) and U > 0 and math.isfinite(value)):
-        return (f"{value:g}", f"{U:g}")
-    decimals = 1 - math.floor(math.log10(U))
-    U_r = round(U, decimals)
-    # 0.0996 rounds to 0.100: three digits; take the place of the rounded U again.
-    decimals = 1 - math.floor(math.log10(U_r))
-    U_r = round(U, decimals)
-    if decimals > 0:
-        return (f"{value:.{decimals}f}", f"{U_r:.{decimals}f}")
-    return (f"{round(value, decimals):.0f}", f"{U_r:.0f}")
 
 
 # -- rendering -------------------------------------------------------------------------------
