@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 
 from drivers.errors import ConnectError, DeviceError, DeviceTimeout, DriverError, FrameError
 
@@ -150,7 +151,7 @@ class ModbusTcpClient(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-        self._fail_all(ConnectError, "connection closed")
+        self._fail_all(lambda: ConnectError("connection closed"))
 
     def read_registers(
         self, unit: int, function_code: int, address: int, count: int, timeout_s: float
@@ -180,7 +181,7 @@ class ModbusTcpClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        self._fail_all(ConnectError, f"connection to {self.host}:{self.port} lost")
+        self._fail_all(lambda: ConnectError(f"connection to {self.host}:{self.port} lost"))
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -188,7 +189,8 @@ class ModbusTcpClient(asyncio.Protocol):
         try:
             adus, used = split_adus(buffer)
         except FrameError as exc:
-            self._fail_all(FrameError, str(exc))
+            message, frame = exc.args[0], exc.frame
+            self._fail_all(lambda: FrameError(message, frame=frame))
             if self._transport is not None:
                 self._transport.close()
             return
@@ -221,9 +223,9 @@ class ModbusTcpClient(asyncio.Protocol):
                 DeviceTimeout(f"no reply from unit {entry[3]} within {timeout_s} s")
             )
 
-    def _fail_all(self, kind: type[DriverError], message: str) -> None:
+    def _fail_all(self, error: Callable[[], DriverError]) -> None:
         pending, self._pending = self._pending, {}
         for future, _fc, _count, _unit, timer in pending.values():
             timer.cancel()
             if not future.done():
-                future.set_exception(kind(message))
+                future.set_exception(error())

@@ -27,8 +27,10 @@ address  type      value
 Faults (``sim.faults[unit].arm(Fault.X, count)``), decided per request:
 
 - NO_REPLY: no answer. SLOW: the answer after ``slow_s``.
-- GARBAGE: over TCP a reply with the request's transaction id whose PDU is inconsistent
-  (byte count 255); over RTU the right reply with a broken CRC.
+- GARBAGE: with ``garbage="reply"`` (default), over TCP a reply with the request's
+  transaction id whose PDU is inconsistent (byte count 255), over RTU the right reply
+  with a broken CRC; with ``garbage="noise"``, 8 to 40 random bytes (over TCP with a
+  non-zero protocol id, so the stream is unframeable and the client must reconnect).
 - DISCONNECT: over TCP the connection is closed instead of answering; over RTU (there is
   no connection on a serial line) the device falls silent for that request.
 - DEVICE_ERROR: exception response 4 (server device failure).
@@ -55,7 +57,7 @@ import tty
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -246,7 +248,11 @@ class _Handler(ServerRequestHandler):
         response.transaction_id = request.transaction_id
         response.dev_id = request.dev_id
         frame = bytearray(self.framer.buildFrame(response))
-        if self.serial:
+        if self.sim.garbage == "noise":
+            frame = bytearray(self.sim.rng.randbytes(self.sim.rng.randint(8, 40)))
+            if not self.serial:
+                frame[2] |= 0x01  # protocol id high byte: never a Modbus TCP frame
+        elif self.serial:
             frame[-1] ^= 0x5A  # a broken CRC
         else:
             junk = bytes([request.function_code, 0xFF]) + self.sim.rng.randbytes(3)
@@ -355,6 +361,7 @@ class ModbusTransmitterSim:
         manifold: Manifold | None = None,
         baudrate: int = 19200,
         slow_s: float = 3.0,
+        garbage: Literal["reply", "noise"] = "reply",
         seed: int | None = None,
     ) -> None:
         if not tcp and not rtu:
@@ -364,6 +371,7 @@ class ModbusTransmitterSim:
         self.tcp = tcp
         self.rtu = rtu
         self.baudrate = baudrate
+        self.garbage = garbage
         self.rng = random.Random(seed)
         self.manifold = manifold if manifold is not None else Manifold(seed=seed)
         self.devices: dict[int, Transmitter] = {}

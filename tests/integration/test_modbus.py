@@ -441,3 +441,20 @@ async def test_rtu_port_that_goes_away_is_a_connect_error() -> None:
         with pytest.raises(ConnectError):
             await driver.poll()  # the port cannot be reopened
         await driver.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_line_noise_is_a_frame_error(sim: ModbusTransmitterSim, transport: str) -> None:
+    sim.garbage = "noise"
+    async with make(sim, transport, 1, live_channels("ABCD")[:1]) as driver:
+        link = driver.bus.resource
+        assert isinstance(link, TcpLink | RtuLink)
+        await driver.poll()
+        sim.faults[1].arm(Fault.GARBAGE, 1)
+        with pytest.raises(FrameError) as info:
+            await driver.poll()
+        assert len(info.value.frame) >= 8 if transport == "rtu" else info.value.frame
+        readings = await driver.poll()
+        assert readings[0].quality == "good"
+        # TCP: an unframeable stream is dropped and reconnected; RTU keeps the port open
+        assert link.connects == (2 if transport == "tcp" else 1)
