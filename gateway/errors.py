@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["CalgateError", "ConfigError", "SinkError"]
+__all__ = ["CalgateError", "ConfigError", "OutboxError", "SinkError"]
 
 
 class CalgateError(Exception):
@@ -21,3 +21,7 @@ class ConfigError(CalgateError, ValueError):
 
 class SinkError(CalgateError):
     """A sink could not deliver (broker or database unreachable, batch rejected)."""
+
+
+class OutboxError(CalgateError):
+    """The outbox database cannot be opened or written, or the outbox is closed."""

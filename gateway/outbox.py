@@ -1,0 +1,901 @@
+"""The durable outbox: every Measurement and Event is committed to SQLite before it is sent.
+
+ARCHITECTURE.md §3 "Outbox". One table of rows, ``id`` = ``seq``: each row holds what each
+sink sends, serialised once at :meth:`Outbox.add` — the MQTT topic and JSON payload, and
+the InfluxDB line (time = acquisition, ns). One cursor per sink (the highest seq below
+which everything is acked) lives in a second table.
+
+The hot path is cheap because everything is batched: ``add`` encodes and buffers; one
+transaction commits up to ``commit_rows`` rows, at most ``commit_interval_s`` after the
+first (WAL, ``synchronous=NORMAL``: a commit is a ``write()``, not an fsync, and it
+survives kill -9). Only committed rows are handed to sinks, from an in-memory tail of
+recent rows (a sink that fell behind reads SQLite instead). Acks may come out of order
+(MQTT PUBACKs); a cursor advances over the handed-out rows that are all acked, and
+cursors are persisted in batches — after a crash a sink resumes at its cursor and may
+send a few rows again (at-least-once; ``seq`` lets consumers de-duplicate).
+
+The outbox is bounded by bytes and by age: over a bound, the oldest rows go (sent or
+not), are counted, and a ``data_dropped`` Event enters the outbox. Rows acked by every
+sink are deleted in the background, and the WAL is checkpointed in a worker thread, so
+the event loop never waits for an fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from gateway.errors import OutboxError
+from gateway.model import Event, Measurement, rfc3339
+from gateway.settings import OutboxSettings
+
+__all__ = [
+    "DROP_EQUIPMENT",
+    "KIND_EVENT",
+    "KIND_MEASUREMENT",
+    "Outbox",
+    "OutboxStats",
+    "Row",
+    "event_line",
+    "measurement_line",
+]
+
+log = logging.getLogger(__name__)
+
+KIND_MEASUREMENT = 0
+KIND_EVENT = 1
+#: The ``equipment`` of the outbox's own events (``data_dropped``).
+DROP_EQUIPMENT = "gateway"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ZERO = timedelta(0)
+_ROW_OVERHEAD = 40  # bytes per row beyond its blobs, for the byte bound
+_MAX_PENDING = 200_000  # rows buffered while SQLite refuses commits (disk full...)
+
+
+class Row(NamedTuple):
+    """One committed outbox row, as the sinks see it."""
+
+    seq: int
+    t: float  # wall-clock time it was added (s since the epoch), for age and lag
+    kind: int
+    equipment: str
+    topic: str
+    payload: bytes  # MQTT JSON
+    line: bytes  # InfluxDB line protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    depth: dict[str, int]  # rows not yet acked, per sink
+    lag_s: dict[str, float]  # age of the oldest unacked row, per sink
+    dropped: int  # rows dropped by the bounds since start
+    committed: int  # rows committed since start
+    pending: int  # rows added, not yet committed
+    rows_bytes: int  # bytes of the rows kept (the bounded quantity)
+    db_bytes: int  # database + WAL file sizes
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, date):
+        return obj.isoformat()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    return str(obj)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
+_ENCODER_NAN = json.JSONEncoder(separators=(",", ":"), allow_nan=True, default=_json_default)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON; a non-finite number becomes null (JSON has no NaN)."""
+    try:
+        return _ENCODER.encode(obj)
+    except ValueError:
+        return _ENCODER_NAN.encode(_finite(json.loads(_ENCODER_NAN.encode(obj))))
+
+
+def _ns(t: datetime) -> int:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    d = t - _EPOCH
+    return (d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
+
+
+_TAG_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\\": "\\\\"})
+_STR_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\", "\n": "\\n"})
+
+
+def _tag(v: str) -> str:
+    return v.translate(_TAG_ESCAPES)
+
+
+def _str(v: str) -> str:
+    return '"' + v.translate(_STR_ESCAPES) + '"'
+
+
+def _float_fields(parts: list[str], names: Sequence[str], values: Sequence[float | None]) -> None:
+    for name, x in zip(names, values, strict=True):
+        if x is not None and math.isfinite(x):
+            parts.append(f"{name}={float(x)!r}")
+
+
+_M_FLOATS = ("raw", "value", "u", "U", "k")
+
+
+def measurement_line(m: Measurement, seq: int, site: str, key: str | None = None) -> str:
+    """The line of ARCHITECTURE.md 4.4 (measurement ``reading``) for one Measurement.
+
+    ``key`` is the precomputed ``reading,tags`` prefix (the outbox caches it).
+    """
+    r = m.reading
+    if key is None:
+        key = _reading_key(site, r.equipment, r.channel, m.quantity, m.unit)
+    parts: list[str] = []
+    _float_fields(parts, _M_FLOATS, (r.raw, m.value, m.u, m.U, m.k))
+    parts.append(f"quality={_str(m.quality)}")
+    parts.append(f"calibration={_str(m.calibration)}")
+    if m.certificate is not None:
+        parts.append(f"certificate={_str(m.certificate)}")
+    if m.conformity is not None:
+        parts.append(f"conformity={_str(m.conformity)}")
+    parts.append(f"seq={seq}i")
+    return f"{key} {','.join(parts)} {_ns(r.t_wall)}"
+
+
+def _reading_key(site: str, equipment: str, channel: str, quantity: str | None, unit: str) -> str:
+    tags = [f"channel={_tag(channel)}", f"equipment={_tag(equipment)}"]
+    if quantity:
+        tags.append(f"quantity={_tag(quantity)}")
+    tags.append(f"site={_tag(site)}")
+    if unit:
+        tags.append(f"unit={_tag(unit)}")
+    return "reading," + ",".join(tags)
+
+
+_jstr = json.encoder.encode_basestring_ascii
+
+
+def _jnum(x: float | None) -> str:
+    """A number as ``json`` writes it (``float.__repr__``); null when absent or non-finite."""
+    if x is None or not math.isfinite(x):
+        return "null"
+    return repr(float(x))
+
+
+def _ts(t: datetime) -> str:
+    if t.utcoffset() == _ZERO:
+        return t.isoformat(timespec="microseconds")[:-6] + "Z"
+    return rfc3339(t)
+
+
+class _Encoder:
+    """Measurement → (topic, JSON payload, line), with per-channel parts cached.
+
+    The JSON is written directly (no dict, no ``json.dumps``): it equals
+    ``json.dumps(m.payload(seq))`` field for field, which the unit tests check.
+    """
+
+    def __init__(self, site: str, topic_prefix: str) -> None:
+        self.site = site
+        self.base = f"{topic_prefix}/{site}/"
+        self._heads: dict[tuple[str, str, str | None, str], tuple[str, str, str, str]] = {}
+        self._strs: dict[str | None, str] = {None: "null"}
+        self._lstrs: dict[str, str] = {}
+        self._flags: dict[frozenset[str], str] = {frozenset(): "[]"}
+
+    def _head(self, eq: str, ch: str, quantity: str | None, unit: str) -> tuple[str, str, str, str]:
+        k = (eq, ch, quantity, unit)
+        head = self._heads.get(k)
+        if head is None:
+            head = self._heads[k] = (
+                f"{self.base}{eq}/{ch}/reading",
+                f',"equipment":{_jstr(eq)},"channel":{_jstr(ch)},"raw":',
+                f',"unit":{_jstr(unit)},"u":',
+                _reading_key(self.site, eq, ch, quantity, unit),
+            )
+        return head
+
+    def _s(self, v: str | None) -> str:
+        out = self._strs.get(v)
+        if out is None:
+            out = _jstr(v) if v is not None else "null"
+            if len(self._strs) < 10000:
+                self._strs[v] = out
+        return out
+
+    def _ls(self, v: str) -> str:
+        out = self._lstrs.get(v)
+        if out is None:
+            out = _str(v)
+            if len(self._lstrs) < 10000:
+                self._lstrs[v] = out
+        return out
+
+    def measurement(self, m: Measurement, seq: int) -> tuple[str, bytes, bytes]:
+        r = m.reading
+        topic, jhead, junit, lkey = self._head(r.equipment, r.channel, m.quantity, m.unit)
+        raw, value, u, U, k = _jnum(r.raw), _jnum(m.value), _jnum(m.u), _jnum(m.U), _jnum(m.k)
+        flags = self._flags.get(m.flags)
+        if flags is None:
+            flags = "[" + ",".join(_jstr(f) for f in sorted(m.flags)) + "]"
+            if len(self._flags) < 1000:
+                self._flags[m.flags] = flags
+        s = self._s
+        payload = (
+            f'{{"ts":"{_ts(r.t_wall)}","seq":{seq}{jhead}{raw},"value":{value}{junit}{u},'
+            f'"U":{U},"k":{k},"quality":{s(m.quality)},"flags":{flags},'
+            f'"calibration":{s(m.calibration)},"certificate":{s(m.certificate)},'
+            f'"conformity":{s(m.conformity)}}}'
+        )
+        fields = [
+            f"{name}={v}"
+            for name, v in (("raw", raw), ("value", value), ("u", u), ("U", U), ("k", k))
+            if v != "null"
+        ]
+        ls = self._ls
+        fields.append(f"quality={ls(m.quality)},calibration={ls(m.calibration)}")
+        if m.certificate is not None:
+            fields.append(f"certificate={ls(m.certificate)}")
+        if m.conformity is not None:
+            fields.append(f"conformity={ls(m.conformity)}")
+        line = f"{lkey} {','.join(fields)},seq={seq}i {_ns(r.t_wall)}"
+        return topic, payload.encode(), line.encode()
+
+
+def event_line(e: Event, seq: int, site: str) -> str:
+    """The line of ARCHITECTURE.md 4.4 (measurement ``event``) for one Event."""
+    tags = (
+        f"event,equipment={_tag(e.equipment)},severity={_tag(e.severity)},"
+        f"site={_tag(site)},type={_tag(e.type)}"
+    )
+    parts: list[str] = []
+    if e.channel is not None:
+        parts.append(f"channel={_str(e.channel)}")
+    parts.append(f"message={_str(e.message)}")
+    parts.append(f"seq={seq}i")
+    parts.append(f"detail={_str(dumps(dict(e.detail)))}")
+    return f"{tags} {','.join(parts)} {_ns(e.t_wall)}"
+
+
+# --------------------------------------------------------------------------- the outbox
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rows (
+    id INTEGER PRIMARY KEY,
+    t REAL NOT NULL,
+    kind INTEGER NOT NULL,
+    equipment TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    line BLOB NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_INSERT = (
+    "INSERT INTO rows (id, t, kind, equipment, topic, payload, line, size) VALUES (?,?,?,?,?,?,?,?)"
+)
+_SELECT = "SELECT id, t, kind, equipment, topic, payload, line FROM rows"
+
+
+class Outbox:
+    """The SQLite outbox of one gateway; all methods are called from the event loop's thread.
+
+    ``sinks`` names the sinks that read it (``"mqtt"``, ``"influx"``); each has its own
+    cursor. ``site`` and ``topic_prefix`` go into every topic and line when a row is added.
+    Start :meth:`run` as a task (bounds by age, deletes delivered rows, checkpoints), and
+    :meth:`close` after the sinks have stopped.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        settings: OutboxSettings | None = None,
+        *,
+        sinks: Sequence[str] = ("mqtt", "influx"),
+        site: str = "lab",
+        topic_prefix: str = "calgate",
+        clock: Any = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.settings = settings or OutboxSettings()
+        self.sinks: tuple[str, ...] = tuple(sinks)
+        self.site = site
+        self.topic_prefix = topic_prefix
+        self._clock = clock
+        self._base = f"{topic_prefix}/{site}/"
+        self._encoder = _Encoder(site, topic_prefix)
+
+        self._pending: list[Row] = []
+        self._tail: list[Row] = []
+        self._commit_handle: asyncio.TimerHandle | None = None
+        self._commit_due = math.inf  # loop time the scheduled commit fires
+        self._cursor: dict[str, int] = {}
+        self._fetched: dict[str, int] = {}
+        self._inflight: dict[str, deque[int]] = {}
+        self._acked: dict[str, set[int]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._cursors_dirty = False
+        self._persisted_cursor: dict[str, int] = {}
+        self._dropped = 0
+        self._committed = 0
+        self._closed = False
+        self._checkpointing = False
+        self._commit_failures = 0
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = self._connect()
+            self._load()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+
+    # ------------------------------------------------------------------ opening
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in a worker thread
+        con.executescript(_SCHEMA)
+        return con
+
+    def _load(self) -> None:
+        con = self._con
+        max_id = con.execute("SELECT coalesce(max(id), 0) FROM rows").fetchone()[0]
+        row = con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        stored: dict[str, int] = dict(con.execute("SELECT sink, seq FROM cursors"))
+        self._next: int = max(
+            int(max_id) + 1, int(row[0]) if row else 1, *(q + 1 for q in stored.values())
+        )
+        self._committed_seq = self._next - 1
+        first = con.execute("SELECT coalesce(min(id), 0) FROM rows").fetchone()[0]
+        for sink in self.sinks:
+            # A new sink starts at the oldest row kept: it gets the backlog.
+            cur = stored.get(sink, max(int(first) - 1, 0))
+            self._cursor[sink] = cur
+            self._persisted_cursor[sink] = stored.get(sink, -1)
+            self._fetched[sink] = cur
+            self._inflight[sink] = deque()
+            self._acked[sink] = set()
+            self._wake[sink] = asyncio.Event()
+        self._cursors_dirty = any(self._persisted_cursor[s] != self._cursor[s] for s in self.sinks)
+        self._bytes = int(con.execute("SELECT coalesce(sum(size), 0) FROM rows").fetchone()[0])
+
+    # ------------------------------------------------------------------ adding
+
+    def add(self, records: Iterable[Measurement | Event]) -> None:
+        """Encode and buffer records; they are committed within ``commit_interval_s``.
+
+        Never blocks on I/O beyond one batched commit; call from the event loop (or, with
+        no loop running, call :meth:`commit` yourself).
+        """
+        if self._closed:
+            raise OutboxError("outbox is closed")
+        self._encode(records)
+        if len(self._pending) >= self.settings.commit_rows:
+            self.commit()
+        elif self._pending:
+            self._schedule_commit(self.settings.commit_interval_s)
+
+    def _encode(self, records: Iterable[Measurement | Event]) -> None:
+        now = self._clock()
+        append = self._pending.append
+        encode = self._encoder.measurement
+        base = self._base
+        seq = self._next
+        try:
+            for rec in records:
+                if type(rec) is Measurement:
+                    topic, payload, line = encode(rec, seq)
+                    append(
+                        Row(seq, now, KIND_MEASUREMENT, rec.reading.equipment, topic, payload, line)
+                    )
+                elif isinstance(rec, Event):
+                    append(
+                        Row(
+                            seq,
+                            now,
+                            KIND_EVENT,
+                            rec.equipment,
+                            f"{base}{rec.equipment}/event",
+                            dumps(rec.payload(seq)).encode(),
+                            event_line(rec, seq, self.site).encode(),
+                        )
+                    )
+                elif isinstance(rec, Measurement):  # a subclass: the generic path
+                    append(
+                        Row(
+                            seq,
+                            now,
+                            KIND_MEASUREMENT,
+                            rec.equipment,
+                            f"{base}{rec.equipment}/{rec.channel}/reading",
+                            dumps(rec.payload(seq)).encode(),
+                            measurement_line(rec, seq, self.site).encode(),
+                        )
+                    )
+                else:
+                    raise TypeError(f"outbox takes Measurement or Event, not {type(rec).__name__}")
+                seq += 1
+        finally:
+            self._next = seq
+
+    def _schedule_commit(self, delay_s: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: the caller commits
+        due = loop.time() + delay_s
+        if self._commit_handle is not None:
+            if self._commit_due <= due:
+                return
+            self._commit_handle.cancel()
+        self._commit_due = due
+        self._commit_handle = loop.call_at(due, self._commit_soon)
+
+    def _commit_soon(self) -> None:
+        self._commit_handle = None
+        self._commit_due = math.inf
+        self.commit()
+
+    def commit(self) -> int:
+        """Commit buffered rows and cursors now, in one transaction; return the row count.
+
+        On a SQLite error (disk full, I/O error) the rows stay buffered and the commit is
+        retried later; buffered rows beyond a bound are dropped and counted.
+        """
+        if self._commit_handle is not None:
+            self._commit_handle.cancel()
+            self._commit_handle = None
+            self._commit_due = math.inf
+        if self._closed:
+            return 0
+        rows = self._pending
+        if not rows and not self._cursors_dirty:
+            return 0
+        self._pending = []
+        con = self._con
+        size = 0
+        cursors = dict(self._cursor)
+        try:
+            con.execute("BEGIN")
+            if rows:
+                params = []
+                for r in rows:
+                    n = (
+                        len(r.payload)
+                        + len(r.line)
+                        + len(r.topic)
+                        + len(r.equipment)
+                        + _ROW_OVERHEAD
+                    )
+                    size += n
+                    params.append((r.seq, r.t, r.kind, r.equipment, r.topic, r.payload, r.line, n))
+                con.executemany(_INSERT, params)
+                con.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
+                    (rows[-1].seq + 1,),
+                )
+            if self._cursors_dirty:
+                con.executemany(
+                    "INSERT OR REPLACE INTO cursors (sink, seq) VALUES (?, ?)", cursors.items()
+                )
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            self._commit_failed(rows, exc)
+            return 0
+        self._commit_failures = 0
+        if self._cursors_dirty:
+            self._persisted_cursor.update(cursors)
+            self._cursors_dirty = any(cursors[s] != self._cursor[s] for s in self.sinks)
+        if not rows:
+            return 0
+        self._bytes += size
+        self._committed += len(rows)
+        self._committed_seq = rows[-1].seq
+        tail = self._tail
+        if tail and tail[-1].seq + 1 != rows[0].seq:
+            tail.clear()  # keep the tail contiguous (rows were lost in between)
+        tail.extend(rows)
+        limit = self.settings.tail_rows
+        if len(tail) > 2 * limit + 1000:
+            del tail[: len(tail) - limit]
+        for ev in self._wake.values():
+            ev.set()
+        if self._bytes > self.settings.max_bytes:
+            self._drop_for_bytes()
+        return len(rows)
+
+    def _commit_failed(self, rows: list[Row], exc: sqlite3.Error) -> None:
+        self._commit_failures += 1
+        if self._commit_failures == 1 or self._commit_failures % 100 == 0:
+            log.error("outbox commit failed (%d rows kept in memory): %s", len(rows), exc)
+        rows.extend(self._pending)
+        self._pending = rows
+        excess = len(rows) - _MAX_PENDING
+        if excess > 0:
+            lost = rows[:excess]
+            del rows[:excess]
+            self._dropped += excess
+            self._note_drop(lost[0].seq, lost[-1].seq, excess, "commit_failed")
+        self._schedule_commit(1.0)
+
+    # ------------------------------------------------------------------ delivering
+
+    def fetch_nowait(self, sink: str, limit: int) -> list[Row]:
+        """Up to ``limit`` committed rows after those already handed to ``sink``."""
+        pos = self._fetched[sink]
+        if pos >= self._committed_seq:
+            return []
+        tail = self._tail
+        if tail and tail[0].seq <= pos + 1:
+            i = pos + 1 - tail[0].seq
+            rows = tail[i : i + limit]
+        else:
+            rows = [
+                Row(*r)
+                for r in self._con.execute(
+                    f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (pos, limit)
+                )
+            ]
+        if rows:
+            self._fetched[sink] = rows[-1].seq
+            self._inflight[sink].extend([r.seq for r in rows])
+        return rows
+
+    async def fetch(self, sink: str, limit: int, timeout_s: float | None = None) -> list[Row]:
+        """Like :meth:`fetch_nowait`, waiting for a commit when there is nothing new.
+
+        Returns ``[]`` when ``timeout_s`` passes first.
+        """
+        wake = self._wake[sink]
+        while True:
+            rows = self.fetch_nowait(sink, limit)
+            if rows or self._closed:
+                return rows
+            wake.clear()
+            if timeout_s is None:
+                await wake.wait()
+            else:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await wake.wait()
+                except TimeoutError:
+                    return self.fetch_nowait(sink, limit)
+
+    def ack_one(self, sink: str, seq: int) -> None:
+        """``seq`` was delivered by ``sink`` (a PUBACK; may come out of order)."""
+        q = self._inflight[sink]
+        if q and q[0] == seq:
+            q.popleft()
+            self._cursor[sink] = seq
+            if q and self._acked[sink]:
+                self._advance(sink)
+            self._cursor_moved()
+        elif seq > self._cursor[sink]:
+            self._acked[sink].add(seq)
+            if q and q[0] in self._acked[sink]:
+                self._advance(sink)
+                self._cursor_moved()
+
+    def ack(self, sink: str, seqs: Iterable[int]) -> None:
+        """Several rows delivered by ``sink`` (a 2xx for a batch)."""
+        acked = self._acked[sink]
+        acked.update(seqs)
+        if self._advance(sink):
+            self._cursor_moved()
+
+    def _advance(self, sink: str) -> bool:
+        q = self._inflight[sink]
+        acked = self._acked[sink]
+        moved = False
+        while q and q[0] in acked:
+            s = q.popleft()
+            acked.discard(s)
+            self._cursor[sink] = s
+            moved = True
+        if not q and acked:
+            acked.clear()  # acks of rows no longer handed out (stale)
+        return moved
+
+    def _cursor_moved(self) -> None:
+        if not self._cursors_dirty:
+            self._cursors_dirty = True
+            self._schedule_commit(self.settings.cursor_interval_s)
+
+    def rewind(self, sink: str) -> None:
+        """Forget what ``sink`` was handed but did not ack: the next fetch starts after
+        its cursor (after a reconnect, everything not acked is sent again)."""
+        self._fetched[sink] = self._cursor[sink]
+        self._inflight[sink].clear()
+        self._acked[sink].clear()
+        self._wake[sink].set()
+
+    def cursor(self, sink: str) -> int:
+        return self._cursor[sink]
+
+    def depth(self, sink: str) -> int:
+        """Committed rows ``sink`` has not acked yet (plus those still buffered)."""
+        return max(self._next - 1 - self._cursor[sink], 0)
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last row added (committed or not)."""
+        return self._next - 1
+
+    @property
+    def committed_seq(self) -> int:
+        return self._committed_seq
+
+    # ------------------------------------------------------------------ bounds
+
+    def _note_drop(self, oldest: int, newest: int, count: int, reason: str) -> None:
+        log.warning(
+            "outbox: dropped %d undelivered rows (seq %d..%d): %s", count, oldest, newest, reason
+        )
+        self._encode(
+            [
+                Event(
+                    type="data_dropped",
+                    severity="warning",
+                    equipment=DROP_EQUIPMENT,
+                    message=f"outbox dropped {count} undelivered rows ({reason})",
+                    t_wall=datetime.now(UTC),
+                    detail={
+                        "count": count,
+                        "oldest_seq": oldest,
+                        "newest_seq": newest,
+                        "reason": reason,
+                    },
+                )
+            ]
+        )
+        self._schedule_commit(self.settings.commit_interval_s)
+
+    def _delete_upto(self, upto: int, *, reason: str | None) -> None:
+        """Delete every stored row with ``id <= upto``; count the unsent ones as dropped."""
+        unsent_from = min(self._cursor.values()) + 1 if self.sinks else upto + 1
+        con = self._con
+        n_unsent, first_unsent = 0, 0
+        if reason is not None and unsent_from <= upto:
+            n_unsent, first_unsent = con.execute(
+                "SELECT count(*), coalesce(min(id), 0) FROM rows WHERE id >= ? AND id <= ?",
+                (unsent_from, upto),
+            ).fetchone()
+        freed = con.execute(
+            "SELECT coalesce(sum(size), 0) FROM rows WHERE id <= ?", (upto,)
+        ).fetchone()[0]
+        try:
+            con.execute("BEGIN")
+            con.execute("DELETE FROM rows WHERE id <= ?", (upto,))
+            for sink in self.sinks:
+                if self._cursor[sink] < upto:
+                    self._skip_to(sink, upto)
+            con.executemany(
+                "INSERT OR REPLACE INTO cursors (sink, seq) VALUES (?, ?)", self._cursor.items()
+            )
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            log.error("outbox: cannot delete old rows: %s", exc)
+            return
+        self._persisted_cursor.update(self._cursor)
+        self._bytes -= int(freed)
+        tail = self._tail
+        if tail and tail[0].seq <= upto:
+            del tail[: min(upto - tail[0].seq + 1, len(tail))]
+        if n_unsent and reason is not None:
+            self._dropped += int(n_unsent)
+            self._note_drop(int(first_unsent), upto, int(n_unsent), reason)
+
+    def _skip_to(self, sink: str, seq: int) -> None:
+        self._cursor[sink] = seq
+        if self._fetched[sink] < seq:
+            self._fetched[sink] = seq
+        q = self._inflight[sink]
+        while q and q[0] <= seq:
+            q.popleft()
+        acked = self._acked[sink]
+        if acked:
+            self._acked[sink] = {s for s in acked if s > seq}
+
+    def _drop_for_bytes(self) -> None:
+        # Rows every sink has acked go first (no loss), then the oldest unsent ones.
+        self._delete_delivered()
+        limit = self.settings.max_bytes
+        if self._bytes <= limit:
+            return
+        target = self._bytes - (limit - limit // 50)  # drop 2 % below the bound
+        freed, upto, pos = 0, 0, 0
+        con = self._con
+        while freed < target:
+            chunk = con.execute(
+                "SELECT id, size FROM rows WHERE id > ? ORDER BY id LIMIT 2000", (pos,)
+            ).fetchall()
+            if not chunk:
+                break
+            for rid, size in chunk:
+                freed += size
+                upto = rid
+                if freed >= target:
+                    break
+            pos = chunk[-1][0]
+        if upto:
+            self._delete_upto(upto, reason="max_bytes")
+
+    def _drop_for_age(self) -> None:
+        cutoff = self._clock() - self.settings.max_age_s
+        con = self._con
+        upto, pos = 0, 0
+        while True:
+            chunk = con.execute(
+                "SELECT id, t FROM rows WHERE id > ? ORDER BY id LIMIT 2000", (pos,)
+            ).fetchall()
+            old = [rid for rid, t in chunk if t < cutoff]
+            if old:
+                upto = old[-1]
+            if len(old) < len(chunk) or not chunk:
+                break
+            pos = chunk[-1][0]
+        if upto:
+            self._delete_upto(upto, reason="max_age")
+
+    def _delete_delivered(self) -> None:
+        done = min(self._cursor.values()) if self.sinks else self._committed_seq
+        first = self._con.execute("SELECT min(id) FROM rows").fetchone()[0]
+        if first is not None and first <= done:
+            self._delete_upto(done, reason=None)
+        tail = self._tail
+        if tail and tail[0].seq <= done:
+            del tail[: min(done - tail[0].seq + 1, len(tail))]
+        excess = len(tail) - self.settings.tail_rows
+        if excess > 0:
+            del tail[:excess]
+
+    def maintain(self) -> None:
+        """One round of upkeep: age bound, delete delivered rows, trim the tail."""
+        if self._closed:
+            return
+        try:
+            self._drop_for_age()
+            self._delete_delivered()
+            if self._bytes > self.settings.max_bytes:
+                self._drop_for_bytes()
+        except sqlite3.Error as exc:
+            log.error("outbox upkeep failed: %s", exc)
+
+    async def run(self) -> None:
+        """Upkeep every ``maintenance_interval_s`` until cancelled; checkpoints the WAL
+        in a worker thread when it grows."""
+        while not self._closed:
+            await asyncio.sleep(self.settings.maintenance_interval_s)
+            self.maintain()
+            await self.checkpoint(min_wal_bytes=4 * 1024 * 1024)
+
+    async def checkpoint(self, *, min_wal_bytes: int = 0) -> None:
+        """Copy the WAL into the database, in a thread (fsyncs never block the loop)."""
+        try:
+            if os.stat(f"{self.path}-wal").st_size < min_wal_bytes:
+                return
+        except FileNotFoundError:
+            return
+        if self._checkpointing or self._closed:
+            return
+        self._checkpointing = True
+        try:
+            await asyncio.to_thread(self._checkpoint_blocking)
+        finally:
+            self._checkpointing = False
+
+    def _checkpoint_blocking(self) -> None:
+        con = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        try:
+            con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning("outbox checkpoint failed: %s", exc)
+        finally:
+            con.close()
+
+    # ------------------------------------------------------------------ status
+
+    def stats(self) -> OutboxStats:
+        now = self._clock()
+        depth: dict[str, int] = {}
+        lag: dict[str, float] = {}
+        for sink in self.sinks:
+            cur = self._cursor[sink]
+            depth[sink] = max(self._committed_seq - cur, 0) + len(self._pending)
+            t = self._row_time_after(cur)
+            lag[sink] = max(now - t, 0.0) if t is not None else 0.0
+        db = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                db += os.stat(f"{self.path}{suffix}").st_size
+        return OutboxStats(
+            depth=depth,
+            lag_s=lag,
+            dropped=self._dropped,
+            committed=self._committed,
+            pending=len(self._pending),
+            rows_bytes=self._bytes,
+            db_bytes=db,
+        )
+
+    def _row_time_after(self, seq: int) -> float | None:
+        tail = self._tail
+        if tail and tail[0].seq <= seq + 1 <= tail[-1].seq:
+            return tail[seq + 1 - tail[0].seq].t
+        if seq < self._committed_seq and not self._closed:
+            row = self._con.execute(
+                "SELECT t FROM rows WHERE id > ? ORDER BY id LIMIT 1", (seq,)
+            ).fetchone()
+            if row is not None:
+                return float(row[0])
+        if self._pending:
+            return self._pending[0].t
+        return None
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Commit what is buffered, persist cursors, and close the database."""
+        if self._closed:
+            return
+        self._cursors_dirty = True
+        self.commit()
+        self._closed = True
+        for ev in self._wake.values():
+            ev.set()
+        try:
+            self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning("outbox checkpoint at close failed: %s", exc)
+        self._con.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

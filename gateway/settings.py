@@ -1,0 +1,222 @@
+"""The ``[mqtt]``, ``[influxdb]`` and ``[outbox]`` tables of ``calgate.toml`` (ARCHITECTURE.md 4.5).
+
+Secrets never sit in the TOML: a table names where to find them (``password_env``,
+``password_file``, ``password_credential``; ``token_*`` for InfluxDB 2). They are read
+once, when the table is validated, and kept as :class:`pydantic.SecretStr`, so neither
+``repr`` nor a log line shows them. A literal ``password`` or ``token`` key is refused
+with a message that says what to write instead.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+__all__ = ["InfluxSettings", "MqttSettings", "OutboxSettings", "resolve_secret"]
+
+_FORBIDDEN = {
+    "password": "password_env, password_file or password_credential",
+    "token": "token_env, token_file or token_credential",
+    "secret": "an *_env or *_file setting",
+}
+
+
+def resolve_secret(
+    env: str | None, file: str | None, credential: str | None, *, what: str
+) -> SecretStr | None:
+    """The secret from the first configured source (credential, file, environment).
+
+    None when no source is configured; ``ValueError`` when one is configured but yields
+    nothing (a configured password must not silently become no password).
+    """
+    tried: list[str] = []
+    if credential:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if "/" in credential or credential in (".", ".."):
+            raise ValueError(f"{what}_credential must be a plain file name")
+        if directory and (Path(directory) / credential).is_file():
+            return SecretStr(_read(Path(directory) / credential, what))
+        tried.append(f"credential {credential!r}")
+    if file:
+        path = Path(file).expanduser()
+        if file.startswith("%d/"):
+            path = Path(os.environ.get("CREDENTIALS_DIRECTORY", "/nonexistent")) / file[3:]
+        if path.is_file():
+            return SecretStr(_read(path, what))
+        tried.append(f"file {file!r} (missing)")
+    if env:
+        value = os.environ.get(env)
+        if value is not None:
+            return SecretStr(value)
+        tried.append(f"environment variable {env!r} (not set)")
+    if tried:
+        raise ValueError(f"{what}: no secret found in " + ", ".join(tried))
+    return None
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what}: cannot read {path}: {exc}") from None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def _refuse_literal_secrets(data: Any) -> Any:
+    if isinstance(data, dict):
+        for key, instead in _FORBIDDEN.items():
+            if key in data:
+                raise ValueError(
+                    f"{key}: secrets may not be written in the config file; use {instead}"
+                )
+    return data
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_secrets(cls, data: Any) -> Any:
+        return _refuse_literal_secrets(data)
+
+
+class MqttSettings(_Settings):
+    """``[mqtt]``: the broker, TLS, credentials and the publish window."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = Field(default="calgate", min_length=1, pattern=r"^[^#+]+$")
+    client_id: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    password_credential: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False
+    keepalive_s: int = Field(default=30, ge=5, le=65535)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    qos: Literal[1] = 1
+    max_inflight: int = Field(default=1000, ge=1, le=65535)
+    batch_size: int = Field(default=500, ge=1)
+    backoff_min_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    flush_timeout_s: float = Field(default=5.0, ge=0)
+
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSettings:
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"url: scheme must be mqtt:// or mqtts://, got {self.url!r}")
+        if not parts.hostname:
+            raise ValueError(f"url: no host in {self.url!r}")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from None
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            p = getattr(self, name)
+            if p is not None and not p.is_file():
+                raise ValueError(f"{name}: no such file {p}")
+        self._password = resolve_secret(
+            self.password_env, self.password_file, self.password_credential, what="password"
+        )
+        if self._password is not None and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+    @property
+    def password(self) -> SecretStr | None:
+        return self._password
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("mqtts://")
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urllib.parse.urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+
+class InfluxSettings(_Settings):
+    """``[influxdb]``: ``api = "v2"`` (influxdb-client) or ``"v1"`` (``/write`` of 1.x)."""
+
+    api: Literal["v2", "v1"] = "v2"
+    url: str = "http://127.0.0.1:8086"
+    # v2
+    org: str = ""
+    bucket: str | None = None
+    token_env: str | None = None
+    token_file: str | None = None
+    token_credential: str | None = None
+    # v1
+    database: str | None = None
+    retention_policy: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    password_credential: str | None = None
+    # batching and retries
+    batch_size: int = Field(default=5000, ge=1)
+    flush_interval_s: float = Field(default=1.0, ge=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+    backoff_min_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    flush_timeout_s: float = Field(default=5.0, ge=0)
+
+    _token: SecretStr | None = PrivateAttr(default=None)
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self) -> InfluxSettings:
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url: must be http(s)://host[:port], got {self.url!r}")
+        if self.api == "v2":
+            if not self.bucket:
+                raise ValueError('bucket: required with api = "v2"')
+            self._token = resolve_secret(
+                self.token_env, self.token_file, self.token_credential, what="token"
+            )
+        else:
+            if not self.database:
+                raise ValueError('database: required with api = "v1"')
+            self._password = resolve_secret(
+                self.password_env, self.password_file, self.password_credential, what="password"
+            )
+            if self._password is not None and not self.username:
+                raise ValueError("a password needs a username")
+        return self
+
+    @property
+    def token(self) -> SecretStr | None:
+        return self._token
+
+    @property
+    def password(self) -> SecretStr | None:
+        return self._password
+
+
+class OutboxSettings(_Settings):
+    """``[outbox]``: the durable queue's bounds and commit batching."""
+
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    max_age_s: float = Field(default=7 * 86400.0, gt=0)
+    commit_interval_s: float = Field(default=0.005, ge=0)
+    commit_rows: int = Field(default=500, ge=1)
+    cursor_interval_s: float = Field(default=0.5, gt=0)
+    maintenance_interval_s: float = Field(default=1.0, gt=0)
+    tail_rows: int = Field(default=20000, ge=0)
