@@ -447,9 +447,13 @@ class ModbusTransmitterSim:
         task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
+        """Serve; OSError when the TCP port cannot be bound."""
         if self.tcp and self._tcp_server is None:
             server = _TcpServer(self, self._simdevices(), self.port)
-            await server.serve_forever(background=True)
+            try:
+                await server.serve_forever(background=True)
+            except RuntimeError as exc:  # pymodbus: "Could not start listen"
+                raise OSError(f"cannot listen on {self.host}:{self.port}") from exc
             listener: Any = server.transport
             self.port = int(listener.sockets[0].getsockname()[1])
             self._tcp_server = server

@@ -458,3 +458,10 @@ async def test_line_noise_is_a_frame_error(sim: ModbusTransmitterSim, transport:
         assert readings[0].quality == "good"
         # TCP: an unframeable stream is dropped and reconnected; RTU keeps the port open
         assert link.connects == (2 if transport == "tcp" else 1)
+
+
+async def test_a_busy_port_is_an_os_error(sim: ModbusTransmitterSim) -> None:
+    other = ModbusTransmitterSim(port=sim.port, units=(1,))
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{sim.port}"):
+        await other.start()
+    await other.stop()
