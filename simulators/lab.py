@@ -85,6 +85,7 @@ class Lab:
             raise
         # Something to weigh and a pressure to hold, so the demo shows corrected values.
         self.balance.place(100.0)
+        self.manifold.output = True
         self.sbi.place(200.0)
         self.manifold.setpoint = 1000.0
         if self.machine is not None and hasattr(self.machine, "set_force"):

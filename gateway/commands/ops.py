@@ -1,0 +1,158 @@
+"""``calgate run``, ``calgate check-config`` and ``calgate probe``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.cli import EX_CONFIG
+from gateway.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the gateway service (systemd runs this)")
+    p.add_argument("-c", "--config", type=Path, required=True, help="calgate.toml")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate config and registry; list every error")
+    p.add_argument("-c", "--config", type=Path, required=True, help="calgate.toml")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("probe", help="poll each equipment once and print its measurements")
+    p.add_argument("-c", "--config", type=Path, required=True, help="calgate.toml")
+    p.add_argument("ids", nargs="*", metavar="ID", help="equipment ids (default: all)")
+    p.add_argument("--json", action="store_true", help="one Measurement per line, as JSON")
+    p.set_defaults(func=cmd_probe)
+
+
+def _print_errors(errors: list[str]) -> int:
+    for line in errors:
+        print(line, file=sys.stderr)
+    print(f"{len(errors)} error(s)", file=sys.stderr)
+    return EX_CONFIG
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.service import load_everything
+
+    try:
+        config, registry = load_everything(args.config)
+    except ConfigError as exc:
+        return _print_errors(exc.errors)
+    n_ch = sum(len(e.driver.model_dump().get("channels") or [None]) for e in config.equipment)
+    print(
+        f"{config.path}: OK: {len(config.equipment)} equipment, {n_ch} channel(s); "
+        f"registry {config.registry_dir}: {len(registry.equipment_ids())} equipment"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.service import Gateway, load_everything
+
+    try:
+        config, registry = load_everything(args.config)
+    except ConfigError as exc:
+        return _print_errors(exc.errors)
+    gateway = Gateway(config, registry)
+    try:
+        asyncio.run(gateway.serve_forever())
+    except ConfigError as exc:
+        return _print_errors(exc.errors)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _print_errors(exc.errors)
+    registry = _optional_registry(config.registry_dir)
+    known = {e.id for e in config.equipment}
+    unknown = [i for i in args.ids if i not in known]
+    if unknown:
+        print(
+            f"unknown equipment: {', '.join(unknown)} (configured: {', '.join(sorted(known))})",
+            file=sys.stderr,
+        )
+        return 2
+    entries = [e for e in config.equipment if not args.ids or e.id in args.ids]
+    return asyncio.run(_probe(entries, registry, as_json=args.json))
+
+
+def _optional_registry(path: Path) -> Any | None:
+    """The registry when it loads; probe works without one (value = raw, calibration none)."""
+    from calibration import Registry, RegistryError
+
+    if not path.exists():
+        print(f"note: no registry at {path}: values are raw, calibration none", file=sys.stderr)
+        return None
+    try:
+        return Registry.load(path)
+    except RegistryError as exc:
+        print(
+            f"note: registry {path} does not load ({len(exc.errors)} error(s)); values are raw",
+            file=sys.stderr,
+        )
+        return None
+
+
+async def _probe(entries: list[Any], registry: Any | None, *, as_json: bool) -> int:
+    from drivers.base import Buses
+    from drivers.errors import DriverError
+    from gateway.pipeline import Pipeline
+    from gateway.service import make_driver
+
+    pipeline = Pipeline(registry)
+    buses = Buses()
+    failures = 0
+
+    async def one(entry: Any) -> tuple[Any, list[Any] | DriverError]:
+        driver = make_driver(entry, registry, buses)
+        try:
+            async with driver:
+                return entry, await driver.poll()
+        except DriverError as exc:
+            return entry, exc
+
+    results = await asyncio.gather(*(one(e) for e in entries))
+    for entry, res in results:
+        if isinstance(res, DriverError):
+            failures += 1
+            if as_json:
+                print(
+                    json.dumps(
+                        {"equipment": entry.id, "error": str(res), "kind": type(res).__name__}
+                    )
+                )
+            else:
+                print(f"{entry.id:<10} ERROR {type(res).__name__}: {res}")
+            continue
+        for m in pipeline.process(res):
+            if as_json:
+                print(json.dumps(m.payload(0) | {"seq": None}))
+            else:
+                print(format_measurement(m))
+    return 1 if failures else 0
+
+
+def format_measurement(m: Any) -> str:
+    """One line for a person: id, channel, value ± U (rounded per GUM 7.2.6), status."""
+    from calibration.rounding import format_value
+
+    shown = format_value(m.value, m.U) if m.U is not None and m.U > 0 else f"{m.value:.6g}"
+    extra = f" k={m.k:g}" if m.k else ""
+    conf = f" conformity={m.conformity}" if m.conformity else ""
+    flags = f" [{', '.join(sorted(m.flags))}]" if m.flags else ""
+    return (
+        f"{m.equipment:<10} {m.channel:<10} {shown} {m.unit}{extra}  raw={m.reading.raw:.6g}"
+        f"  {m.quality}  cal={m.calibration} cert={m.certificate or '-'}{conf}{flags}"
+    )

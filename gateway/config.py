@@ -1,0 +1,261 @@
+"""``calgate.toml``: load, validate per driver, and cross-check against the registry.
+
+Validation is two-phase (STYLE.md "Config"): the top-level tables first, then each
+``[[equipment]]`` table by its ``driver`` key through that driver's own pydantic model.
+Every problem is collected and reported at once as ``file: path.to.field: message``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from drivers import load_all as load_drivers
+from drivers.base import DriverConfig
+from gateway.errors import ConfigError
+from gateway.settings import InfluxSettings, MqttSettings, OutboxSettings
+from gateway.status import HttpSettings
+
+__all__ = [
+    "Config",
+    "EquipmentEntry",
+    "GatewaySettings",
+    "check_against_registry",
+    "format_loc",
+    "load_config",
+]
+
+# Keys of an [[equipment]] table that belong to the gateway, not to the driver.
+GATEWAY_KEYS = frozenset({"uncalibrated"})
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default="edge-01", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    site: str = Field(default="lab", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    registry: Path = Path("registry")
+    state_dir: Path = Path("/var/lib/calgate")
+    status_interval_s: float = Field(default=60.0, gt=0)
+    backoff_min_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+
+
+class _TopLevel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gateway: GatewaySettings = GatewaySettings()
+    mqtt: MqttSettings | None = None
+    influxdb: InfluxSettings | None = None
+    http: HttpSettings = HttpSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    equipment: list[dict[str, Any]] = []
+
+
+@dataclass(frozen=True, slots=True)
+class EquipmentEntry:
+    """One ``[[equipment]]`` table: the driver's validated config and the gateway's keys."""
+
+    driver: DriverConfig
+    uncalibrated: frozenset[str] = frozenset()
+    index: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.driver.id
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    gateway: GatewaySettings
+    mqtt: MqttSettings | None
+    influxdb: InfluxSettings | None
+    http: HttpSettings
+    outbox: OutboxSettings
+    equipment: tuple[EquipmentEntry, ...] = field(default_factory=tuple)
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.gateway.registry
+
+    @property
+    def state_dir(self) -> Path:
+        return self.gateway.state_dir
+
+
+def format_loc(loc: Iterable[int | str], prefix: str = "") -> str:
+    """``("equipment", 2, "channels", 0, "type")`` → ``equipment[2].channels[0].type``."""
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _errors(exc: ValidationError, fname: str, prefix: str = "") -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        where = format_loc(loc, prefix) or "(top level)"
+        lines.append(f"{fname}: {where}: {err['msg']}")
+    return lines
+
+
+def _parse_equipment(
+    tables: Sequence[Mapping[str, Any]], fname: str, errors: list[str]
+) -> list[EquipmentEntry]:
+    drivers = load_drivers()
+    entries: list[EquipmentEntry] = []
+    seen: dict[str, int] = {}
+    for i, table in enumerate(tables):
+        where = f"equipment[{i}]"
+        kind = table.get("driver")
+        if kind is None:
+            errors.append(
+                f"{fname}: {where}.driver: field required (one of {', '.join(sorted(drivers))})"
+            )
+            continue
+        cls = drivers.get(str(kind))
+        if cls is None:
+            errors.append(
+                f"{fname}: {where}.driver: unknown driver {kind!r} (one of {', '.join(sorted(drivers))})"
+            )
+            continue
+        own = {k: v for k, v in table.items() if k not in GATEWAY_KEYS}
+        try:
+            cfg = cls.Config.model_validate(own)
+        except ValidationError as exc:
+            errors.extend(_errors(exc, fname, where))
+            continue
+        unc = table.get("uncalibrated", [])
+        if isinstance(unc, bool):
+            unc_set = frozenset({"*"}) if unc else frozenset()
+        elif isinstance(unc, list) and all(isinstance(x, str) for x in unc):
+            unc_set = frozenset(unc)
+        else:
+            errors.append(f"{fname}: {where}.uncalibrated: must be true or a list of channel names")
+            continue
+        if cfg.id in seen:
+            errors.append(
+                f"{fname}: {where}.id: duplicate equipment id {cfg.id!r} (also equipment[{seen[cfg.id]}])"
+            )
+            continue
+        seen[cfg.id] = i
+        entries.append(EquipmentEntry(driver=cfg, uncalibrated=unc_set, index=i))
+    return entries
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate ``calgate.toml``; raise :class:`ConfigError` listing every problem.
+
+    Relative ``registry`` and ``state_dir`` paths are resolved against the file's folder.
+    """
+    path = Path(path)
+    fname = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{fname}: file not found", errors=[f"{fname}: file not found"]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{fname}: {exc}", errors=[f"{fname}: {exc}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{fname}: TOML syntax: {exc}"
+        raise ConfigError(msg, errors=[msg]) from exc
+
+    errors: list[str] = []
+    top: _TopLevel | None = None
+    try:
+        top = _TopLevel.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(e for e in _errors(exc, fname) if not _is_equipment_detail(e, fname))
+    tables = raw.get("equipment", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        errors.append(f"{fname}: equipment: must be an array of tables ([[equipment]])")
+        tables = []
+    entries = _parse_equipment(tables, fname, errors)
+    if errors or top is None:
+        raise ConfigError(f"{fname}: {len(errors)} error(s)", errors=errors)
+
+    base = path.resolve().parent
+    gw = top.gateway.model_copy(
+        update={
+            "registry": (base / top.gateway.registry).resolve(),
+            "state_dir": (base / top.gateway.state_dir).resolve(),
+        }
+    )
+    return Config(
+        path=path.resolve(),
+        gateway=gw,
+        mqtt=top.mqtt,
+        influxdb=top.influxdb,
+        http=top.http,
+        outbox=top.outbox,
+        equipment=tuple(entries),
+    )
+
+
+def _is_equipment_detail(line: str, fname: str) -> bool:
+    return line.startswith(f"{fname}: equipment[")
+
+
+def check_against_registry(config: Config, registry: Any, *, at: Any = None) -> list[str]:
+    """Cross-check the config with a loaded registry; return every problem found.
+
+    Each configured equipment id must be in the registry; each channel the gateway will
+    publish must be a registry channel of that equipment, and calibrated (a certificate in
+    force now) unless listed in the table's ``uncalibrated``.
+    """
+    from datetime import UTC, datetime
+
+    at = at or datetime.now(UTC)
+    fname = str(config.path)
+    problems: list[str] = []
+    for entry in config.equipment:
+        where = f"equipment[{entry.index}]"
+        eq = registry.equipment(entry.id)
+        if eq is None:
+            problems.append(
+                f"{fname}: {where}.id: {entry.id!r} is not in the registry ({config.registry_dir})"
+            )
+            continue
+        reg_channels = {ch.name for ch in eq.channels}
+        for name, cwhere in configured_channels(entry, reg_channels):
+            if name not in reg_channels:
+                problems.append(
+                    f"{fname}: {where}{cwhere}: channel {name!r} is not a channel of "
+                    f"{entry.id} in the registry (has: {', '.join(sorted(reg_channels)) or 'none'})"
+                )
+                continue
+            if "*" in entry.uncalibrated or name in entry.uncalibrated:
+                continue
+            corrector = registry.corrector(entry.id, name, at)
+            if corrector.certificate is None:
+                problems.append(
+                    f"{fname}: {where}{cwhere}: channel {name!r} of {entry.id} has no "
+                    "certificate in force; calibrate it or list it in `uncalibrated`"
+                )
+    return problems
+
+
+def configured_channels(
+    entry: EquipmentEntry, registry_channels: set[str]
+) -> list[tuple[str, str]]:
+    """The channel names an equipment will publish, with their path in the table."""
+    cfg = entry.driver
+    channels = getattr(cfg, "channels", None)
+    if channels:
+        return [(ch.name, f".channels[{j}].name") for j, ch in enumerate(channels)]
+    single = getattr(cfg, "channel", None)
+    if single:
+        return [(single, ".channel")]
+    if len(registry_channels) == 1:
+        return [(next(iter(registry_channels)), "")]
+    return [("<unnamed>", ".channel")]

@@ -1,0 +1,483 @@
+"""The gateway service: wires drivers, the pipeline, the monitor, the outbox and sinks.
+
+``Gateway.serve_forever()`` runs one TaskGroup: sinks first (so they flush last), the
+status server, one supervised task per equipment, the calibration watcher. SIGHUP
+reloads config and registry; SIGTERM/SIGINT stop cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from drivers.base import Buses, Driver, Reading
+from drivers.errors import ConnectError, DeviceError, DeviceTimeout, DriverError, FrameError
+from gateway.config import Config, EquipmentEntry, check_against_registry, load_config
+from gateway.errors import ConfigError
+
+__all__ = ["Gateway", "load_everything", "make_driver"]
+
+log = logging.getLogger(__name__)
+
+
+def load_everything(path: Path | str) -> tuple[Config, Any]:
+    """Config and registry, cross-checked; ConfigError lists every problem of all three."""
+    from calibration import Registry, RegistryError
+
+    errors: list[str] = []
+    config: Config | None = None
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+        _fail(errors)
+    registry = None
+    try:
+        registry = Registry.load(config.registry_dir)
+    except RegistryError as exc:
+        errors.extend(f"{config.registry_dir}/{e}" for e in exc.errors)
+    except FileNotFoundError:
+        errors.append(f"{config.path}: gateway.registry: no registry at {config.registry_dir}")
+    if registry is not None:
+        errors.extend(check_against_registry(config, registry))
+    if errors:
+        _fail(errors)
+    return config, registry
+
+
+def _fail(errors: list[str]) -> NoReturn:
+    raise ConfigError(f"{len(errors)} configuration error(s)", errors=errors)
+
+
+def make_driver(entry: EquipmentEntry, registry: Any | None, buses: Buses) -> Driver:
+    """The driver of an equipment table; a single-channel instrument's channel name
+    comes from its registry equipment when the table does not name it."""
+    from drivers import DRIVERS
+
+    cfg = entry.driver
+    if "channel" in type(cfg).model_fields and getattr(cfg, "channel", None) is None and registry:
+        eq = registry.equipment(entry.id)
+        if eq is not None and len(eq.channels) == 1:
+            cfg = cfg.model_copy(update={"channel": eq.channels[0].name})
+    return DRIVERS[cfg.driver](cfg, buses=buses)
+
+
+class Gateway:
+    """The running service; also the PollHooks of every Supervisor.
+
+    ``start()`` brings everything up inside the caller's loop and returns; ``stop()``
+    takes it down (equipment first, sinks last so they flush). ``serve_forever()`` is
+    ``calgate run``: start, wait for SIGTERM/SIGINT, reload on SIGHUP, stop.
+    """
+
+    def __init__(self, config: Config, registry: Any, *, embedded: bool = False) -> None:
+        from gateway.metrics import Metrics
+        from gateway.monitor import Monitor
+        from gateway.pipeline import Pipeline
+
+        self.config = config
+        self.registry = registry
+        self.buses = Buses()
+        self.pipeline = Pipeline(registry)
+        self.monitor = Monitor()
+        self.metrics = Metrics()
+        self.events: deque[Any] = deque(maxlen=200)  # recent events, for the demo's table
+        self.outbox: Any = None
+        self.mqtt: Any = None
+        self.influx: Any = None
+        self.extra_sinks: list[Any] = []  # e.g. the demo's local history
+        self.status_server: Any = None
+        self._equipment: dict[str, tuple[asyncio.Task[None], EquipmentEntry, Any]] = {}
+        self._service_tasks: list[asyncio.Task[Any]] = []
+        self._published: dict[str, tuple[Any, ...]] = {}
+        self._stop: asyncio.Event | None = None
+        self._reload_lock: asyncio.Lock | None = None
+        self._beat = time.monotonic()
+        self.started = False
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def sink_names(self) -> list[str]:
+        names = []
+        if self.config.mqtt is not None:
+            names.append("mqtt")
+        if self.config.influxdb is not None:
+            names.append("influx")
+        names.extend(s.name for s in self.extra_sinks)
+        return names
+
+    async def start(self) -> None:
+        from gateway.outbox import Outbox
+
+        cfg = self.config
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        prefix = cfg.mqtt.topic_prefix if cfg.mqtt else "calgate"
+        self.outbox = Outbox(
+            cfg.state_dir / "outbox.sqlite",
+            cfg.outbox,
+            sinks=self.sink_names(),
+            site=cfg.gateway.site,
+            topic_prefix=prefix,
+        )
+        self._spawn(self.outbox.run(), "outbox")
+        await self._start_sinks()
+        self._register_scrape_hooks()
+        if cfg.http.enabled:
+            from gateway.status import StatusServer
+
+            self.status_server = StatusServer(
+                cfg.http.listen, status=self.status, health=self.health, metrics=self.metrics
+            )
+            await self.status_server.start()
+        for entry in cfg.equipment:
+            self._start_equipment(entry)
+        self.check_calibration()
+        self._spawn(self._calibration_watch(), "calibration-watch")
+        self._spawn(self._heartbeat(), "heartbeat")
+        self.started = True
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._service_tasks.append(task)
+        task.add_done_callback(self._service_task_done)
+        return task
+
+    def _service_task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.critical("service task %s crashed: %r", task.get_name(), exc, exc_info=exc)
+            if self._stop is not None:
+                self._stop.set()
+
+    async def _start_sinks(self) -> None:
+        cfg = self.config
+        if cfg.mqtt is not None:
+            from gateway.sinks.mqtt import MqttSink
+
+            self.mqtt = MqttSink(
+                cfg.mqtt,
+                self.outbox,
+                gateway_id=cfg.gateway.id,
+                site=cfg.gateway.site,
+                metrics=self.metrics,
+            )
+            await self.mqtt.start()
+            self.mqtt.publish_gateway_status(self.gateway_status())
+        if cfg.influxdb is not None:
+            from gateway.sinks.influx import InfluxSink
+
+            self.influx = InfluxSink(cfg.influxdb, self.outbox, metrics=self.metrics)
+            await self.influx.start()
+        for sink in self.extra_sinks:
+            await sink.start()
+
+    async def stop(self) -> None:
+        """Stop polling, commit what was read, let the sinks flush, close everything."""
+        for eq_id in list(self._equipment):
+            await self._stop_equipment(eq_id)
+        for task in self._service_tasks:
+            task.cancel()
+        for task in self._service_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._service_tasks.clear()
+        if self.outbox is not None:
+            self.outbox.commit()
+        if self.mqtt is not None:
+            self.mqtt.publish_gateway_status(
+                {"state": "offline", "gateway": self.config.gateway.id}
+            )
+        for sink in [*self.extra_sinks, self.influx, self.mqtt]:
+            if sink is not None:
+                with contextlib.suppress(Exception):
+                    await sink.stop()
+        if self.status_server is not None:
+            await self.status_server.stop()
+        if self.outbox is not None:
+            self.outbox.close()
+        self.started = False
+
+    async def serve_forever(self) -> None:
+        """``calgate run``: start, notify systemd, wait for a signal, stop."""
+        from gateway import sdnotify
+
+        loop = asyncio.get_running_loop()
+        await self.start()
+        assert self._stop is not None
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
+        sdnotify.ready()
+        sdnotify.status(f"polling {len(self._equipment)} equipment")
+        watchdog = asyncio.create_task(sdnotify.watchdog_task(self.alive), name="watchdog")
+        log.info("calgate %s running: %d equipment", self.config.gateway.id, len(self._equipment))
+        try:
+            await self._stop.wait()
+        finally:
+            sdnotify.stopping()
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            await self.stop()
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    # -- equipment ------------------------------------------------------------------------
+
+    def _start_equipment(self, entry: EquipmentEntry) -> None:
+        from gateway.scheduler import Backoff, Supervisor
+
+        if not entry.driver.enabled:
+            return
+        driver = make_driver(entry, self.registry, self.buses)
+        gw = self.config.gateway
+        sup = Supervisor(
+            driver,
+            self,
+            interval_s=entry.driver.interval_s,
+            backoff=Backoff(gw.backoff_min_s, gw.backoff_max_s),
+        )
+        self.monitor.state(entry.id)
+        task = asyncio.create_task(sup.run(), name=f"equipment:{entry.id}")
+        task.add_done_callback(self._equipment_done)
+        self._equipment[entry.id] = (task, entry, sup)
+
+    def _equipment_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # a bug in a driver: report it, keep the others going
+            name = task.get_name().removeprefix("equipment:")
+            log.error("equipment %s stopped on an unexpected error: %r", name, exc, exc_info=exc)
+            self.monitor.offline(name, exc)
+            self._publish_status(name)
+
+    async def _stop_equipment(self, eq_id: str) -> None:
+        item = self._equipment.pop(eq_id, None)
+        if item is None:
+            return
+        task = item[0]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    # -- PollHooks ------------------------------------------------------------------------
+
+    def readings(self, equipment: str, readings: list[Reading], latency_s: float) -> None:
+        events = self.monitor.online(equipment)
+        self.monitor.device_ok(equipment)
+        ms = self.pipeline.process(readings)
+        events += self.monitor.measurements(ms, self._limits)
+        m = self.metrics
+        m.polls.inc(equipment)
+        m.poll_latency.observe(equipment, value=latency_s)
+        m.equipment_up.set(equipment, value=1.0)
+        for x in ms:
+            m.readings.inc(equipment, x.channel, x.quality)
+        self.outbox.add(ms)
+        if events:
+            self._emit(events)
+        self._publish_status(equipment)
+
+    def failure(self, equipment: str, error: DriverError) -> None:
+        from gateway.scheduler import classify
+
+        m = self.metrics
+        m.polls.inc(equipment)
+        m.poll_errors.inc(equipment, classify(error))
+        if isinstance(error, ConnectError | DeviceTimeout):
+            m.equipment_up.set(equipment, value=0.0)
+            events = self.monitor.offline(equipment, error)
+        elif isinstance(error, DeviceError):
+            events = self.monitor.online(equipment) + self.monitor.device_error(
+                equipment, error, error.code
+            )
+        else:
+            assert isinstance(error, FrameError | DriverError)
+            self.monitor.frame_error(equipment, error)
+            events = []
+        log.debug("%s: %s", equipment, error)
+        if events:
+            self._emit(events)
+        self._publish_status(equipment)
+
+    def missed(self, equipment: str, count: int) -> None:
+        self.metrics.missed_deadlines.inc(equipment, amount=float(count))
+
+    # -- events and status ----------------------------------------------------------------
+
+    def _emit(self, events: list[Any]) -> None:
+        self.events.extend(events)
+        self.outbox.add(events)
+        for e in events:
+            log.info("event %s %s: %s", e.type, e.equipment, e.message)
+
+    def _limits(self, equipment: str, channel: str) -> Any:
+        reg = self.registry
+        eq = reg.equipment(equipment) if reg is not None else None
+        if eq is None:
+            return None
+        ch = next((c for c in eq.channels if c.name == channel), None)
+        return ch.limits if ch is not None else None
+
+    def _publish_status(self, equipment: str) -> None:
+        st = self.monitor.state(equipment)
+        key = st.status_key()
+        if self._published.get(equipment) == key:
+            return
+        self._published[equipment] = key
+        if self.mqtt is not None:
+            payload = st.summary()
+            payload.pop("channels", None)
+            payload["ts"] = datetime.now(UTC).isoformat()
+            self.mqtt.publish_status(equipment, payload)
+
+    def check_calibration(self, at: datetime | None = None) -> None:
+        """Re-evaluate every equipment's calibration status (the date may have passed)."""
+        at = at or datetime.now(UTC)
+        reg = self.registry
+        if reg is None:
+            return
+        events = []
+        for eq_id in list(self._equipment):
+            if reg.equipment(eq_id) is None:
+                continue
+            state = reg.state(eq_id, at)
+            events += self.monitor.calibration(eq_id, state)
+            days = (state.due - at.date()).days if state.due else None
+            self.metrics.set_calibration(eq_id, state.status, days)
+            self._publish_status(eq_id)
+        if events:
+            self._emit(events)
+
+    async def _calibration_watch(self) -> None:
+        interval = self.config.gateway.status_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.check_calibration()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    def alive(self) -> bool:
+        """For the systemd watchdog: the loop turns and the outbox commits."""
+        return time.monotonic() - self._beat < 5.0 and self.outbox is not None
+
+    def health(self) -> tuple[bool, list[str]]:
+        problems = []
+        if not self.started:
+            problems.append("not started")
+        if time.monotonic() - self._beat > 5.0:
+            problems.append("event loop stalled")
+        if self.outbox is not None:
+            stats = self.outbox.stats()
+            if stats.pending > 100_000:
+                problems.append(f"outbox cannot commit ({stats.pending} rows pending)")
+        dead = [k for k, (t, _, _) in self._equipment.items() if t.done()]
+        if dead:
+            problems.append(f"poll tasks ended: {', '.join(dead)}")
+        return (not problems, problems)
+
+    def gateway_status(self) -> dict[str, Any]:
+        return {
+            "state": "online",
+            "gateway": self.config.gateway.id,
+            "site": self.config.gateway.site,
+            "equipment": sorted(e.id for e in self.config.equipment),
+            "started": datetime.now(UTC).isoformat(),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """``GET /status``: the gateway, every equipment's state, the outbox and sinks."""
+        out: dict[str, Any] = {
+            "gateway": {"id": self.config.gateway.id, "site": self.config.gateway.site},
+            "equipment": {k: self.monitor.state(k).summary() for k in sorted(self._equipment)},
+        }
+        if self.outbox is not None:
+            s = self.outbox.stats()
+            out["outbox"] = {
+                "depth": s.depth, "lag_s": s.lag_s, "dropped": s.dropped,
+                "committed": s.committed, "bytes": s.rows_bytes,
+            }  # fmt: skip
+        return out
+
+    def _register_scrape_hooks(self) -> None:
+        def outbox_stats() -> None:
+            if self.outbox is None:
+                return
+            s = self.outbox.stats()
+            for sink, depth in s.depth.items():
+                self.metrics.outbox_depth.set(sink, value=float(depth))
+            for sink, lag in s.lag_s.items():
+                self.metrics.sink_lag.set(sink, value=float(lag))
+            self.metrics.outbox_dropped.labels().value = float(s.dropped)
+
+        self.metrics.on_scrape(outbox_stats)
+
+    # -- reload ---------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read config and registry; keep polling what did not change.
+
+        A bad config or registry is refused (logged with every error) and the running
+        one kept. New certificates apply from the next reading; added equipment starts,
+        removed equipment stops, changed equipment restarts.
+        """
+        from gateway import sdnotify
+
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            sdnotify.reloading()
+            try:
+                config, registry = load_everything(self.config.path)
+            except ConfigError as exc:
+                for line in exc.errors:
+                    log.error("reload refused: %s", line)
+                sdnotify.ready()
+                return
+            self.registry = registry
+            self.pipeline.swap_registry(registry)
+            new = {e.id: e for e in config.equipment}
+            for eq_id, (_, entry, _) in list(self._equipment.items()):
+                if eq_id not in new or new[eq_id].driver != entry.driver:
+                    await self._stop_equipment(eq_id)
+                    if eq_id not in new:
+                        self.monitor.forget(eq_id)
+            self.config = _replace_equipment(self.config, config)
+            for eq_id, entry in new.items():
+                if eq_id not in self._equipment:
+                    self._start_equipment(entry)
+            self.check_calibration()
+            log.info("reloaded: %d equipment", len(self._equipment))
+            sdnotify.ready()
+
+
+def _replace_equipment(old: Config, new: Config) -> Config:
+    """The running config with the new equipment list and registry (sinks stay as started)."""
+    from dataclasses import replace
+
+    return replace(
+        old,
+        equipment=new.equipment,
+        gateway=old.gateway.model_copy(
+            update={
+                "registry": new.gateway.registry,
+                "status_interval_s": new.gateway.status_interval_s,
+            }
+        ),
+    )
