@@ -191,7 +191,7 @@ class MtSicsConfig(SerialConfig):
     ``S`` (the balance waits for a stable weight: set ``timeout_s`` above its
     stabilisation time)."""
 
-    driver: Literal["mt-sics"]
+    driver: Literal["mt-sics"] = "mt-sics"
     command: Literal["S", "SI"] = "SI"
 
 

@@ -113,7 +113,7 @@ class SbiConfig(SerialConfig):
     """A Sartorius balance in SBI mode; older models default to 1200 baud 7O1.
     ``unit`` is the balance's unit, used while the frame's unit field is blank."""
 
-    driver: Literal["sartorius-sbi"]
+    driver: Literal["sartorius-sbi"] = "sartorius-sbi"
     baudrate: int = 1200
     bytesize: Literal[5, 6, 7, 8] = 7
     parity: Parity = "O"

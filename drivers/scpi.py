@@ -178,7 +178,7 @@ class ScpiPressureConfig(SerialConfig):
     """A SCPI pressure controller. ``unit`` None: ask ``:UNIT:PRES?``; ``in_limits``:
     add the in-limits flag to each reading (one more transaction per poll)."""
 
-    driver: Literal["scpi-pressure"]
+    driver: Literal["scpi-pressure"] = "scpi-pressure"
     unit: str | None = None
     in_limits: bool = True
 

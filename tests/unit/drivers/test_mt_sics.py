@@ -159,3 +159,25 @@ def test_registered_kinds() -> None:
     assert DRIVERS is drivers
     assert drivers["mt-sics"] is MtSics
     assert {"mt-sics", "sartorius-sbi", "scpi-pressure"} <= drivers.keys()
+
+
+@pytest.mark.parametrize(
+    "port",
+    [
+        "socket://127.0.0.1",
+        "socket://:4001",
+        "socket://host:notaport",
+        "rfc2217://h:1",
+        "socket://h:1/x",
+    ],
+)
+def test_config_refuses_malformed_ports(port: str) -> None:
+    with pytest.raises(ValidationError, match="port"):
+        MtSicsConfig(id="B", port=port)
+
+
+@pytest.mark.parametrize(
+    "port", ["/dev/ttyUSB0", "COM3", "socket://192.0.2.7:4001", "socket://[::1]:4001"]
+)
+def test_config_accepts_devices_and_socket_urls(port: str) -> None:
+    assert MtSicsConfig(id="B", port=port).bus_key() == port
