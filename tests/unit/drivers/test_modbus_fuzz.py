@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import struct
+import tty
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.errors import DeviceError, DriverError, FrameError
-from drivers.modbus import WIDTH, ChannelDecoder
+from drivers.errors import DeviceError, DeviceTimeout, DriverError, FrameError
+from drivers.modbus import WIDTH, ChannelDecoder, RtuLink, RtuTransport
 from drivers.modbus_tcp import ModbusTcpClient, parse_read_pdu, split_adus
 
 ORDERS = {1: ["AB", "BA", "ABCD"], 2: ["ABCD", "CDAB", "BADC", "DCBA"]}
@@ -132,5 +135,65 @@ def test_client_protocol_survives_random_chunks(chunks: list[bytes]) -> None:
                 assert len(future.result()) == 4
             else:
                 assert isinstance(exc, DriverError)
+
+    asyncio.run(run())
+
+
+def crc16(frame: bytes) -> bytes:
+    """Modbus RTU CRC (poly 0xA001, init 0xFFFF), low byte first."""
+    crc = 0xFFFF
+    for byte in frame:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")
+
+
+@st.composite
+def rtu_replies(draw: st.DrawFn) -> bytes:
+    """Line noise, or a frame with a valid CRC around a random (often almost right) PDU."""
+    if draw(st.booleans()):
+        return draw(st.binary(min_size=1, max_size=60))
+    unit = draw(st.sampled_from([1, 1, 2, draw(st.integers(0, 255))]))
+    fc = draw(st.sampled_from([3, 3, 0x83, draw(st.integers(0, 255))]))
+    body = draw(st.binary(max_size=12))
+    if draw(st.booleans()):
+        body = bytes([draw(st.sampled_from([4, len(body), draw(st.integers(0, 255))]))]) + body
+    frame = bytes([unit, fc]) + body
+    return frame + crc16(frame)
+
+
+@pytest.mark.integration
+@settings(max_examples=40, deadline=None)
+@given(rtu_replies())
+def test_rtu_link_with_random_replies_over_a_pty(reply: bytes) -> None:
+    """The RTU path (pymodbus framer behind RtuLink) over a real pty: a random reply gives
+    registers, FrameError, DeviceError or DeviceTimeout, and nothing else."""
+
+    async def run() -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        link = RtuLink(RtuTransport(os.ttyname(slave)))
+        try:
+            await link.connect(1.0)
+            loop = asyncio.get_running_loop()
+            request = asyncio.create_task(link.read(1, 3, 0, 2, 0.15))
+            readable = asyncio.Event()
+            loop.add_reader(master, readable.set)
+            try:
+                await asyncio.wait_for(readable.wait(), 1.0)
+                assert os.read(master, 256)[:2] == bytes([1, 3])
+                os.write(master, reply)
+            finally:
+                loop.remove_reader(master)
+            try:
+                data = await request
+            except (FrameError, DeviceError, DeviceTimeout):
+                return
+            assert len(data) == 4
+        finally:
+            link.close()
+            os.close(master)
+            os.close(slave)
 
     asyncio.run(run())
