@@ -360,14 +360,10 @@ def reading_from_datavalue(
     variant = dv.Value
     value = variant.Value if variant is not None else None
     if quality == "bad":
-        raw = math.nan
-        if value is not None:
-            with contextlib.suppress(TypeError):
-                raw = convert_value(value)  # kept for diagnosis; still bad
         return Reading(
             equipment=equipment,
             channel=channel,
-            raw=raw,
+            raw=math.nan,
             unit=unit,
             t_wall=t_wall,
             t_mono=t_mono,

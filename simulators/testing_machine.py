@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import asyncua.ua as _ua
+from asyncua.common.callback import CallbackType
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
@@ -183,6 +184,8 @@ class TestingMachineSim:
         self.held_force_kn: float | None = None
         self.namespace_index = -1
         self.updates = 0
+        #: nodes per Read request of each client request (a multi-node read is one entry)
+        self.read_requests: list[int] = []
         self._t_start = 0.0
         self._statuses: dict[str, ua.StatusCode] = {}
         self._server: Server | None = None
@@ -303,6 +306,7 @@ class TestingMachineSim:
         if self.users is not None:
             tokens.append(ua.UserNameIdentityToken)
         server.set_identity_tokens(tokens)
+        server.subscribe_server_callback(CallbackType.PreRead, self._on_read)
         idx = await server.register_namespace(NAMESPACE)
         self.namespace_index = idx
         machine = await server.nodes.objects.add_object(
@@ -378,6 +382,10 @@ class TestingMachineSim:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _on_read(self, event: Any, _dispatcher: Any) -> None:
+        if event.is_external:
+            self.read_requests.append(len(event.request_params.NodesToRead))
 
     # ------------------------------------------------------------------ updates
 
