@@ -303,7 +303,7 @@ def _real_list(r: _Reader, lst: Any, path: str) -> _Values | None:
         return None
     unit_words = unit_text.split()
     if len(set(unit_words)) != 1:
-        r.error(f"{path}.unitXMLList", f"one unit for the whole list, please (got {unit_text!r})")
+        r.error(f"{path}.unitXMLList", f"one unit for the whole list, please (got '{unit_text}')")
         return None
     unit = r.unit(unit_words[0], f"{path}.unitXMLList")
     if unit is None:
@@ -402,14 +402,19 @@ _ROLES = {
 
 def _points(r: _Reader, lst: Any, path: str) -> tuple[list[DccPoint], str, set[int]] | None:
     found: dict[str, list[_Values]] = {}
+    failed = False
     for i, q in enumerate(lst.xpath("dcc:quantity", namespaces=_NS)):
         refs = (q.get("refType") or "").split()
         role = next((_ROLES[t] for t in refs if t in _ROLES), None)
         if role is None:
             continue
         v = _quantity(r, q, f"{path}.quantity[{i}]")
-        if v is not None:
+        if v is None:
+            failed = True
+        else:
             found.setdefault(role, []).append(v)
+    if failed:  # its own error is reported; do not add "missing" ones on top
+        return None
     if "reference" not in found:
         r.error(path, "no quantity with refType basic_referenceValue")
         return None
