@@ -117,6 +117,14 @@ def _parse_equipment(
     seen: dict[str, int] = {}
     for i, table in enumerate(tables):
         where = f"equipment[{i}]"
+        eq_id = table.get("id")
+        if isinstance(eq_id, str):
+            if eq_id in seen:
+                errors.append(
+                    f"{fname}: {where}.id: duplicate equipment id {eq_id!r} (also equipment[{seen[eq_id]}])"
+                )
+                continue
+            seen[eq_id] = i
         kind = table.get("driver")
         if kind is None:
             errors.append(
@@ -143,12 +151,6 @@ def _parse_equipment(
         else:
             errors.append(f"{fname}: {where}.uncalibrated: must be true or a list of channel names")
             continue
-        if cfg.id in seen:
-            errors.append(
-                f"{fname}: {where}.id: duplicate equipment id {cfg.id!r} (also equipment[{seen[cfg.id]}])"
-            )
-            continue
-        seen[cfg.id] = i
         entries.append(EquipmentEntry(driver=cfg, uncalibrated=unc_set, index=i))
     return entries
 

@@ -1,0 +1,111 @@
+"""calgate.toml validation: every error listed with its file and path; check-config exits 78."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from labconfig import EXAMPLE_REGISTRY
+
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.errors import ConfigError
+
+BROKEN = f"""
+[gateway]
+id = "edge 01"
+registry = "{EXAMPLE_REGISTRY}"
+bogus = 1
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+password = "hunter2"
+
+[[equipment]]
+id = "BAL-01"
+driver = "mt-sics"
+baudrate = "fast"
+port = "/dev/ttyUSB0"
+
+[[equipment]]
+id = "PT-101"
+driver = "modbus"
+url = "tcp://127.0.0.1:502"
+  [[equipment.channels]]
+  name = "pressure"
+  register = "input"
+  address = 0
+  type = "float24"
+  word_order = "CDAB"
+
+[[equipment]]
+id = "X-1"
+driver = "telepathy"
+
+[[equipment]]
+id = "BAL-01"
+driver = "mt-sics"
+port = "/dev/ttyUSB1"
+"""
+
+
+def test_a_broken_config_lists_every_error_with_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "calgate.toml"
+    path.write_text(BROKEN)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    errors = info.value.errors
+    text = "\n".join(errors)
+    assert all(line.startswith(f"{path}: ") for line in errors)
+    assert f"{path}: gateway.id: " in text
+    assert f"{path}: gateway.bogus: " in text
+    assert f"{path}: mqtt" in text
+    assert "password" in text
+    assert "hunter2" not in text
+    assert f"{path}: equipment[0].baudrate: " in text
+    assert f"{path}: equipment[1].channels[0].type: " in text
+    assert f"{path}: equipment[2].driver: unknown driver 'telepathy'" in text
+    assert f"{path}: equipment[3].id: duplicate equipment id 'BAL-01'" in text
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "calgate.toml"
+    path.write_text("[gateway\nid = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors[0].startswith(f"{path}: TOML syntax:")
+
+
+def test_check_config_cross_checks_the_registry_and_exits_78(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "calgate.toml"
+    path.write_text(
+        f'[gateway]\nregistry = "{EXAMPLE_REGISTRY}"\nstate_dir = "{tmp_path}"\n'
+        '[[equipment]]\nid = "NOPE-1"\ndriver = "mt-sics"\nport = "/dev/null"\n'
+        '[[equipment]]\nid = "PT-101"\ndriver = "modbus"\nurl = "tcp://127.0.0.1:502"\n'
+        '[[equipment.channels]]\nname = "temperature"\naddress = 0\ntype = "float32"\n'
+    )
+    assert main(["check-config", "-c", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert f"{path}: equipment[0].id: 'NOPE-1' is not in the registry" in err
+    assert (
+        f"{path}: equipment[1].channels[0].name: channel 'temperature' is not a channel of PT-101"
+        in err
+    )
+    assert "2 error(s)" in err
+
+
+def test_check_config_accepts_the_example_lab(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parents[3] / "examples" / "calgate-lab.toml"
+    assert main(["check-config", "-c", str(example)]) == 0
+    assert "OK: 6 equipment" in capsys.readouterr().out
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "calgate.toml"
+    path.parent.mkdir()
+    path.write_text('[gateway]\nregistry = "reg"\nstate_dir = "state"\n')
+    cfg = load_config(path)
+    assert cfg.registry_dir == (tmp_path / "sub" / "reg").resolve()
+    assert cfg.state_dir == (tmp_path / "sub" / "state").resolve()
