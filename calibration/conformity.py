@@ -16,8 +16,7 @@
 - Maximum permissible errors (METROLOGY.md 3): a fixed ±MPE, a percentage of span or of
   reading, an EN 837-1 accuracy class (percent of span), OIML R 76-1 (weighing
   instruments, in verification scale intervals e, bounds inclusive, in service twice the
-  initial MPE) and OIML R 111-1 (weights; only the rows of METROLOGY.md, see
-  :data:`R111_MPE_MG`).
+  initial MPE) and OIML R 111-1 (weights from 1 mg to 50 kg, see :data:`R111_MPE_MG`).
 - Instrument conformity: every as-found point's error (indicated − reference) within
   ±MPE(reference) under the channel's decision rule, with the point's own U.
 """
@@ -60,6 +59,7 @@ DecisionRule = Literal["simple", "guarded", "non_binary"]
 DECISION_RULES: tuple[str, ...] = ("simple", "guarded", "non_binary")
 OUTCOMES: tuple[str, ...] = ("pass", "conditional_pass", "conditional_fail", "fail")
 ACCEPTED: frozenset[str] = frozenset({"pass", "conditional_pass"})
+_SLACK = 1e-12
 
 
 # -- decision rules -------------------------------------------------------------------------
@@ -83,20 +83,27 @@ def decide(
         return None
     # Distance inside the nearest limit (negative when outside): the whole decision.
     inside = math.inf
+    scale = abs(y)
     if high is not None:
         inside = high - y
+        scale = max(scale, abs(high))
     if low is not None:
         inside = min(inside, y - low)
+        scale = max(scale, abs(low))
+    # Bounds are inclusive, and a value on a bound in decimal (10.8 against 11 − 0.2) must
+    # not fall off it by the last bit of binary arithmetic: compare with a slack of a few
+    # thousand ulps of the values involved (y and the limits), far below any metrological meaning.
+    slack = _SLACK * scale
     if rule == "simple":
-        return "pass" if inside >= 0.0 else "fail"
+        return "pass" if inside >= -slack else "fail"
     if rule == "guarded":
-        return "pass" if inside >= U else "fail"
+        return "pass" if inside >= U - slack else "fail"
     if rule == "non_binary":
-        if inside >= U:
+        if inside >= U - slack:
             return "pass"
-        if inside >= 0.0:
+        if inside >= -slack:
             return "conditional_pass"
-        if -inside < U:
+        if -inside < U - slack:
             return "conditional_fail"
         return "fail"
     check_rule(rule)
@@ -168,12 +175,43 @@ R76_BANDS: dict[str, tuple[tuple[float, float], ...]] = {
     "IIII": ((50, 0.5), (200, 1.0), (1_000, 1.5)),
 }
 
-# OIML R 111-1 MPE (mg) by nominal value (g): only the rows METROLOGY.md gives (a
-# secondary transcription); other nominal values raise CalibrationError rather than guess.
+# OIML R 111-1:2004 Table 1, MPE (mg) by nominal value (g), classes E1-M3 from 1 mg to
+# 50 kg. The 1 kg, 200 g and 100 g rows are METROLOGY.md's; the others were checked
+# against two independent secondary transcriptions (a weight maker's table and a
+# test-weight selection guide) that agree with each other. Rows above 50 kg (and the
+# classes M1-2, M2-3 that exist only there) are left out: such a nominal value raises
+# CalibrationError rather than guess. A class with no MPE at a nominal value (M2 below
+# 100 mg, M3 below 1 g) is absent from that row.
+_R111_CLASSES = ("E1", "E2", "F1", "F2", "M1", "M2", "M3")
+_R111_ROWS: tuple[tuple[float, tuple[float | None, ...]], ...] = (
+    (50_000.0, (25, 80, 250, 800, 2500, 8000, 25000)),
+    (20_000.0, (10, 30, 100, 300, 1000, 3000, 10000)),
+    (10_000.0, (5.0, 16, 50, 160, 500, 1600, 5000)),
+    (5_000.0, (2.5, 8.0, 25, 80, 250, 800, 2500)),
+    (2_000.0, (1.0, 3.0, 10, 30, 100, 300, 1000)),
+    (1_000.0, (0.5, 1.6, 5.0, 16, 50, 160, 500)),
+    (500.0, (0.25, 0.8, 2.5, 8.0, 25, 80, 250)),
+    (200.0, (0.10, 0.3, 1.0, 3.0, 10, 30, 100)),
+    (100.0, (0.05, 0.16, 0.5, 1.6, 5.0, 16, 50)),
+    (50.0, (0.03, 0.10, 0.3, 1.0, 3.0, 10, 30)),
+    (20.0, (0.025, 0.08, 0.25, 0.8, 2.5, 8.0, 25)),
+    (10.0, (0.020, 0.06, 0.20, 0.6, 2.0, 6.0, 20)),
+    (5.0, (0.016, 0.05, 0.16, 0.5, 1.6, 5.0, 16)),
+    (2.0, (0.012, 0.04, 0.12, 0.4, 1.2, 4.0, 12)),
+    (1.0, (0.010, 0.03, 0.10, 0.3, 1.0, 3.0, 10)),
+    (0.5, (0.008, 0.025, 0.08, 0.25, 0.8, 2.5, None)),
+    (0.2, (0.006, 0.020, 0.06, 0.20, 0.6, 2.0, None)),
+    (0.1, (0.005, 0.016, 0.05, 0.16, 0.5, 1.6, None)),
+    (0.05, (0.004, 0.012, 0.04, 0.12, 0.4, None, None)),
+    (0.02, (0.003, 0.010, 0.03, 0.10, 0.3, None, None)),
+    (0.01, (0.003, 0.008, 0.025, 0.08, 0.25, None, None)),
+    (0.005, (0.003, 0.006, 0.020, 0.06, 0.20, None, None)),
+    (0.002, (0.003, 0.006, 0.020, 0.06, 0.20, None, None)),
+    (0.001, (0.003, 0.006, 0.020, 0.06, 0.20, None, None)),
+)
 R111_MPE_MG: dict[float, dict[str, float]] = {
-    1000.0: {"E1": 0.5, "E2": 1.6, "F1": 5.0, "F2": 16, "M1": 50, "M2": 160, "M3": 500},
-    200.0: {"E1": 0.10, "E2": 0.3, "F1": 1.0, "F2": 3.0, "M1": 10, "M2": 30, "M3": 100},
-    100.0: {"E1": 0.05, "E2": 0.16, "F1": 0.5, "F2": 1.6, "M1": 5.0, "M2": 16, "M3": 50},
+    g: {c: float(v) for c, v in zip(_R111_CLASSES, row, strict=True) if v is not None}
+    for g, row in _R111_ROWS
 }
 
 # Mass units a weight's nominal value may be in, as grams per unit.
@@ -287,18 +325,36 @@ def r76_mpe(load: float, e: float, cls: str, verification: str = "initial") -> f
     )
 
 
+def r111_nominal_g(mass_g: float) -> float | None:
+    """The OIML R 111 nominal value (g) a reference mass belongs to, or None.
+
+    A point's reference is the weight's (conventional) mass, close to but not exactly its
+    nominal value; it belongs to the nominal value within ±20 % of it. Neighbouring
+    nominal values differ by a factor of at least 2, so the bands never overlap.
+    """
+    m = abs(mass_g)
+    for g in R111_MPE_MG:
+        if abs(m - g) <= R111_NOMINAL_TOLERANCE * g:
+            return g
+    return None
+
+
+R111_NOMINAL_TOLERANCE = 0.2
+
+
 def r111_mpe_mg(nominal_g: float, cls: str) -> float:
     """OIML R 111-1 MPE in mg of a weight of ``nominal_g`` grams in class ``cls``."""
-    key = round(abs(nominal_g), 9)
-    row = R111_MPE_MG.get(key)
-    if row is None:
-        known = ", ".join(f"{g:g} g" for g in sorted(R111_MPE_MG))
+    key = r111_nominal_g(nominal_g)
+    if key is None:
         raise CalibrationError(
-            f"no OIML R111 MPE for a nominal value of {nominal_g:g} g (known: {known})"
+            f"no OIML R111 MPE for a nominal value of {nominal_g:g} g "
+            "(the table covers 1 mg to 50 kg in the 1-2-5 series)"
         )
+    row = R111_MPE_MG[key]
     if cls not in row:
         raise CalibrationError(
-            f"no OIML R111 class {cls} MPE for {nominal_g:g} g (known: {', '.join(row)})"
+            f"no OIML R111 class {cls} MPE for a nominal value of {key:g} g "
+            f"(classes there: {', '.join(row)})"
         )
     return row[cls]
 
@@ -327,8 +383,7 @@ def mpe(tolerance: Tolerance, reference: float, unit: str | None = None) -> floa
     if unit is None or unit.strip() not in _GRAMS:
         raise CalibrationError(f"OIML R111 needs a mass unit ({', '.join(_GRAMS)}); got {unit!r}")
     g = _GRAMS[unit.strip()]
-    nominal_g = round(reference * g, 9)
-    return r111_mpe_mg(nominal_g, t.oiml_r111.class_) * 1e-3 / g
+    return r111_mpe_mg(reference * g, t.oiml_r111.class_) * 1e-3 / g
 
 
 # -- instrument conformity ------------------------------------------------------------------
