@@ -41,6 +41,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pymodbus.client import AsyncModbusSerialClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.framer import FramerType
 
 from drivers.base import Bus, Buses, Driver, DriverConfig, Reading, now
 from drivers.errors import ConnectError, DeviceTimeout, DriverError, FrameError
@@ -460,9 +463,6 @@ class RtuLink:
     """
 
     def __init__(self, transport: RtuTransport) -> None:
-        from pymodbus.client import AsyncModbusSerialClient
-        from pymodbus.framer import FramerType
-
         self.transport = transport
         self.connects = 0
         self._rx = b""
@@ -507,8 +507,6 @@ class RtuLink:
     async def read(
         self, unit: int, function_code: int, address: int, count: int, timeout_s: float
     ) -> bytes:
-        from pymodbus.exceptions import ConnectionException, ModbusException
-
         self._rx = b""
         client = self._client
         try:
@@ -535,6 +533,11 @@ class RtuLink:
             ) from exc
         except OSError as exc:
             raise ConnectError(f"{self.transport.port}: {exc}") from exc
+        if response.function_code & 0x7F != function_code:
+            raise FrameError(
+                f"function code {response.function_code} in reply to {function_code}",
+                frame=self._rx,
+            )
         if response.isError():
             raise exception_error(function_code, int(response.exception_code))
         registers = response.registers
