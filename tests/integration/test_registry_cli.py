@@ -1,0 +1,236 @@
+"""``calgate registry …`` and ``calgate correct`` on the example lab and on broken
+registries, through the real CLI entry point (and once as a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+
+ROOT = Path(__file__).parents[2]
+EXAMPLES = ROOT / "examples" / "registry"
+BAD = ROOT / "tests" / "unit" / "calibration" / "bad_registries"
+AT = "2026-11-27T12:00:00Z"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_example_lab(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "registry", "check", str(EXAMPLES), "--at", AT)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"{EXAMPLES}: 12 equipment, 15 certificates: no errors"
+    assert lines[1] == "status on 2026-11-27 (UTC):"
+    bal02 = next(i for i, line in enumerate(lines) if line.strip().startswith("BAL-02"))
+    assert "UNTRACEABLE" in lines[bal02]
+    assert "MCS-2026-0310" in lines[bal02]
+    assert lines[bal02 + 1].strip() == (
+        "! standard WS-F1: certificate MCS-2023-0220 was not in force when MCS-2026-0310 was "
+        "calibrated on 2026-03-10 (in force 2023-02-20 to 2026-02-28)"
+    )
+    pt102 = next(line for line in lines if line.strip().startswith("PT-102"))
+    assert "DUE SOON" in pt102
+    assert "due 2027-12-31" in pt102
+    ok = [line for line in lines if line.startswith("  ") and " ok " in line]
+    assert len(ok) == 10
+
+
+def test_check_strict_fails_on_the_broken_chain(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "registry", "check", str(EXAMPLES), "--at", AT, "--strict")
+    assert code == 78
+    assert out.splitlines()[-1] == (
+        "1 channel(s) expired, untraceable, suspect or without certificate"
+    )
+
+
+@pytest.mark.parametrize("case", ["points", "unknown_ids", "dcc", "cycle"])
+def test_check_bad_registry_lists_every_error(
+    capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    expected = (BAD / case / "expected.err").read_text(encoding="utf-8").splitlines()
+    code, out, err = run(capsys, "registry", "check", str(BAD / case))
+    assert code == 78
+    assert out == ""
+    lines = err.splitlines()
+    n = len(expected)
+    assert lines[0] == (
+        f"calgate: registry {BAD / case} is not valid ({n} error{'s' if n != 1 else ''}):"
+    )
+    assert lines[1:] == expected
+
+
+def test_chain_tree_human(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "registry", "chain", str(EXAMPLES), "BAL-01", "--at", AT)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "BAL-01 (weight) on 2026-11-27: ok"
+    assert lines[1].startswith("  MCS-2026-1022  BAL-01/weight  [ok]  calibrated 2026-10-22")
+    assert lines[2].startswith("  └── MCS-2025-0610  WS-E2/mass  [ok]")
+    assert "needed in force on 2026-10-22" in lines[2]
+    assert lines[3].startswith("      └── PTB-1.41-2024-0312  REF-W1/mass  [ok]")
+    assert lines[3].endswith("— NMI)")
+
+
+def test_chain_tree_json_broken(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "registry", "chain", str(EXAMPLES), "BAL-02", "--at", AT, "--json")
+    assert code == 0
+    tree = json.loads(out)
+    assert (tree["number"], tree["item"], tree["status"]) == (
+        "MCS-2026-0310",
+        "BAL-02",
+        "untraceable",
+    )
+    assert len(tree["reasons"]) == 1
+    (ws,) = tree["standards"]
+    assert (ws["number"], ws["item"], ws["status"], ws["evaluated_on"]) == (
+        "MCS-2023-0220", "WS-F1", "expired", "2026-03-10"
+    )  # fmt: skip
+    (ref,) = ws["standards"]
+    assert (ref["number"], ref["nmi"], ref["status"]) == ("PTB-1.41-2020-0207", True, "valid")
+
+
+def test_chain_unknown_item(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "registry", "chain", str(EXAMPLES), "BAL-99")
+    assert code == 64
+    assert "unknown equipment 'BAL-99'" in err
+
+
+def test_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "registry", "trace", str(EXAMPLES), "WS-E2", "--json")
+    assert code == 0
+    got = [(a["certificate"], a["from"], a["to"]) for a in json.loads(out)]
+    assert got == [
+        ("MCS-2025-1015", "2025-10-15", "2026-10-21"),
+        ("MCS-2026-1022", "2026-10-22", None),
+    ]
+
+
+def test_correct_bal01_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, "correct", str(EXAMPLES), "BAL-01", "weight", "200.0", "--at", AT, "--json"
+    )
+    assert code == 0, err
+    m = json.loads(out)
+    assert m["ts"] == "2026-11-27T12:00:00.000000Z"
+    assert (m["seq"], m["equipment"], m["channel"], m["unit"]) == (0, "BAL-01", "weight", "g")
+    assert m["raw"] == 200.0
+    # e(200.00) = 200.00 − 199.99992 = 0.00008 g, so y = 199.99992 g.
+    assert m["value"] == pytest.approx(199.99992, abs=1e-9)
+    # u² = (0.012/2)² + (0.01/(2√3))² + 0.005²
+    u = (0.006**2 + 0.01**2 / 12 + 0.005**2) ** 0.5
+    assert m["u"] == pytest.approx(u)
+    assert m["U"] == pytest.approx(2 * u)
+    assert m["k"] == 2
+    assert (m["quality"], m["flags"], m["calibration"]) == ("good", [], "valid")
+    assert (m["certificate"], m["conformity"]) == ("MCS-2026-1022", None)
+    assert m["chain"] == ["MCS-2026-1022", "MCS-2025-0610", "PTB-1.41-2024-0312"]
+
+
+def test_correct_bal01_human(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "correct", str(EXAMPLES), "BAL-01", "weight", "200.0", "--at", AT)
+    assert code == 0
+    assert "  corrected      200.000 g ± 0.017 g  (k = 2)" in out
+    assert "  calibration    valid" in out
+    assert "  chain          MCS-2026-1022 → MCS-2025-0610 → PTB-1.41-2024-0312 (NMI)" in out
+    assert "as found       conforms  (OIML R76 class II, e = 0.01, in-service, rule guarded)" in out
+    budget = out[out.index("uncertainty budget") :].splitlines()[1:]
+    labels = [line.split()[0] for line in budget]
+    assert labels == [
+        "MCS-2026-1022", "MCS-2025-0610", "PTB-1.41-2024-0312",
+        "resolution", "repeatability", "combined", "expanded",
+    ]  # fmt: skip
+
+
+def test_correct_conformity_and_range(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "correct", str(EXAMPLES), "PT-101", "pressure", "1013.5", "--at", AT, "--json"
+    )
+    assert code == 0
+    m = json.loads(out)
+    assert (m["conformity"], m["flags"], m["unit"]) == ("pass", [], "mbar")
+    code, out, _ = run(
+        capsys, "correct", str(EXAMPLES), "PT-101", "pressure", "2600", "--at", AT, "--json"
+    )
+    m = json.loads(out)
+    assert (m["conformity"], m["flags"], m["quality"]) == ("fail", ["out_of_range"], "uncertain")
+    code, out, _ = run(
+        capsys, "correct", str(EXAMPLES), "BAL-02", "weight", "100", "--at", AT, "--json"
+    )
+    m = json.loads(out)
+    assert (m["calibration"], m["chain"][0]) == ("untraceable", "MCS-2026-0310")
+    code, out, _ = run(
+        capsys, "correct", str(EXAMPLES), "PT-102", "pressure", "1000", "--at", AT, "--json"
+    )
+    assert json.loads(out)["calibration"] == "due_soon"
+
+
+def test_correct_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "correct", str(EXAMPLES), "BAL-01", "force", "1")
+    assert code == 64
+    assert "BAL-01 has no channel 'force'" in err
+    code, _, err = run(capsys, "correct", str(EXAMPLES), "BAL-01", "weight", "nan")
+    assert code == 64
+    code, _, err = run(capsys, "correct", str(BAD / "cycle"), "BAL", "weight", "1")
+    assert code == 78
+
+
+def test_import_dcc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reg = tmp_path / "registry"
+    shutil.copytree(EXAMPLES, reg)
+    dcc = tmp_path / "incoming.xml"
+    (reg / "certificates" / "MCS-2026-0310.xml").rename(dcc)
+    code, out, err = run(capsys, "registry", "import-dcc", str(dcc), "--into", str(reg))
+    assert code == 0, err
+    assert (reg / "certificates" / "MCS-2026-0310.xml").read_bytes() == dcc.read_bytes()
+    assert "  item        BAL-02" in out
+    assert "  points      6 in g (D-SI 2.x)" in out
+    assert "  standards   WS-F1 (certificate MCS-2023-0220)" in out
+    assert "  status now  UNTRACEABLE" in out
+    # again: refused, nothing changed
+    code, _, err = run(capsys, "registry", "import-dcc", str(dcc), "--into", str(reg))
+    assert code == 78
+    assert "already in the registry" in err
+
+
+def test_import_dcc_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reg = tmp_path / "registry"
+    shutil.copytree(EXAMPLES, reg)
+    before = sorted(p.name for p in (reg / "certificates").iterdir())
+    orphan = BAD / "dcc" / "certificates" / "orphan.xml"
+    code, _, err = run(capsys, "registry", "import-dcc", str(orphan), "--into", str(reg))
+    assert code == 78
+    assert err.splitlines()[1:] == [
+        "orphan.xml: administrativeData.items.item.identifications: no identification matches "
+        "an equipment id or serial number (values: SA-9999)",
+        "orphan.xml: measurementResults.measurementResult[0].measuringEquipments"
+        ".measuringEquipment[0].identifications: no identification matches an equipment id or "
+        "serial number (values: WS-X)",
+    ]
+    garbage = tmp_path / "garbage.xml"
+    garbage.write_bytes(b"\x00\x01 not xml")
+    code, _, err = run(capsys, "registry", "import-dcc", str(garbage), "--into", str(reg))
+    assert code == 78
+    assert "garbage.xml: (file): XML syntax error" in err
+    assert sorted(p.name for p in (reg / "certificates").iterdir()) == before
+
+
+def test_calgate_as_a_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "registry", "check", str(BAD / "dates")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 78
+    assert proc.stderr.splitlines()[1:] == (BAD / "dates" / "expected.err").read_text().splitlines()
