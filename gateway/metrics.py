@@ -10,9 +10,10 @@ components' state (outbox depth, sink lag) are pulled at scrape time, through
 Update metrics from the event loop's thread only (the gateway is single-threaded): a
 counter add is not atomic across threads.
 
-``prometheus_client`` was measured as the alternative: ``labels(...).inc()`` costs about
-1.3 µs and a cached child's ``inc()`` 0.34 µs (it takes a lock), against roughly 0.15 µs
-and 0.06 µs here; this module also needs no dependency.
+``prometheus_client`` (0.26) was measured as the alternative on the same machine:
+``labels(...).inc()`` 1.3-2.5 µs and a cached child's ``inc()`` 0.34-0.78 µs (it takes a
+lock), against 0.15 µs for ``metrics.readings.inc(eq, ch, q)`` and 0.05 µs for a cached
+child's ``inc()`` here (``python -m timeit``); and this module needs no dependency.
 """
 
 from __future__ import annotations
@@ -401,29 +402,26 @@ def _version() -> str:
 
 
 class Metrics(MetricsRegistry):
-    """The gateway's metrics. Attribute per family; label names in brackets.
+    """The gateway's metrics, one attribute per family (labels in brackets).
 
-    ====================================  =========  ===========================
-    attribute / metric name               type       labels
-    ====================================  =========  ===========================
-    polls  calgate_polls_total            counter    equipment
-    poll_errors  calgate_poll_errors_total counter   equipment, kind
-    poll_latency  calgate_poll_latency_seconds histogram equipment
-    missed_deadlines  calgate_missed_deadlines_total counter equipment
-    readings  calgate_readings_total      counter    equipment, channel, quality
-    outbox_depth  calgate_outbox_depth    gauge      sink
-    outbox_dropped  calgate_outbox_dropped_total counter (none)
-    sink_lag  calgate_sink_lag_seconds    gauge      sink
-    sink_sent  calgate_sink_sent_total    counter    sink
-    sink_errors  calgate_sink_errors_total counter   sink
-    equipment_up  calgate_equipment_up    gauge      equipment
-    calibration_status  calgate_calibration_status gauge equipment, status
-    calibration_days_until_due  calgate_calibration_days_until_due gauge equipment
-    build_info  calgate_build_info        gauge      version, python
-    start_time  calgate_start_time_seconds gauge     (none)
-    process_cpu  process_cpu_seconds_total counter   (none), read at scrape
-    process_rss  process_resident_memory_bytes gauge (none), read at scrape
-    ====================================  =========  ===========================
+    - ``polls``: ``calgate_polls_total`` counter [equipment]
+    - ``poll_errors``: ``calgate_poll_errors_total`` counter [equipment, kind]
+    - ``poll_latency``: ``calgate_poll_latency_seconds`` histogram [equipment]
+    - ``missed_deadlines``: ``calgate_missed_deadlines_total`` counter [equipment]
+    - ``readings``: ``calgate_readings_total`` counter [equipment, channel, quality]
+    - ``outbox_depth``: ``calgate_outbox_depth`` gauge [sink]
+    - ``outbox_dropped``: ``calgate_outbox_dropped_total`` counter []
+    - ``sink_lag``: ``calgate_sink_lag_seconds`` gauge [sink]
+    - ``sink_sent``: ``calgate_sink_sent_total`` counter [sink]
+    - ``sink_errors``: ``calgate_sink_errors_total`` counter [sink]
+    - ``equipment_up``: ``calgate_equipment_up`` gauge [equipment]
+    - ``calibration_status``: ``calgate_calibration_status`` gauge [equipment, status],
+      one-hot through :meth:`set_calibration`
+    - ``calibration_days_until_due``: ``calgate_calibration_days_until_due`` gauge [equipment]
+    - ``build_info``: ``calgate_build_info`` gauge [version, python], always 1
+    - ``start_time``: ``calgate_start_time_seconds`` gauge []
+    - ``process_cpu`` / ``process_rss``: ``process_cpu_seconds_total``,
+      ``process_resident_memory_bytes``, read at scrape time
     """
 
     def __init__(self, *, version: str | None = None) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from pydantic import ValidationError
+from servers import VictoriaMetrics
 
 from gateway.metrics import Metrics
 from gateway.status import HealthChecks, HttpSettings, ListenError, StatusServer, parse_listen
@@ -274,3 +275,42 @@ def test_http_settings_defaults_frozen_and_strict() -> None:
         HttpSettings.model_validate({"listen": "127.0.0.1:1", "port": 1})
     assert HttpSettings.model_validate({"enabled": False}).enabled is False
     assert json.loads(s.model_dump_json()) == {"listen": "127.0.0.1:8470", "enabled": True}
+
+
+async def test_a_real_prometheus_consumer_ingests_the_exposition(
+    victoria: VictoriaMetrics, unique_name: str
+) -> None:
+    """victoria-metrics parses our /metrics text (its Prometheus import) series by series."""
+    metrics = Metrics()
+    eq = f"BAL-{unique_name}"
+    for latency in (0.003, 0.02, 0.02):
+        metrics.observe_poll(eq, latency, [("mass", "good")])
+    metrics.observe_failure(eq, "timeout")
+    metrics.set_calibration(eq, "due_soon", 12.5)
+    server = StatusServer("127.0.0.1:0", status=dict, health=lambda: (True, []), metrics=metrics)
+    async with server, aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as r:
+        text = await r.text()
+    status, body = await asyncio.to_thread(
+        victoria.http, "/api/v1/import/prometheus", text.encode(), method="POST"
+    )
+    assert status == 204, body
+
+    def values(match: str) -> dict[str, float]:
+        series = victoria.export_until(match, bool)
+        return {
+            ",".join(f"{k}={v}" for k, v in sorted(s["metric"].items()) if k != "__name__"): s[
+                "values"
+            ][-1]
+            for s in series
+        }
+
+    sel = f'{{equipment="{eq}"}}'
+    assert values(f"calgate_polls_total{sel}") == {f"equipment={eq}": 4}
+    assert values(f"calgate_poll_errors_total{sel}") == {f"equipment={eq},kind=timeout": 1}
+    assert values(f'calgate_poll_latency_seconds_bucket{{equipment="{eq}",le="0.025"}}') == {
+        f"equipment={eq},le=0.025": 3
+    }
+    assert values(f'calgate_calibration_status{{equipment="{eq}",status="due_soon"}}') == {
+        f"equipment={eq},status=due_soon": 1
+    }
+    assert values(f"calgate_calibration_days_until_due{sel}") == {f"equipment={eq}": 12.5}
