@@ -633,6 +633,7 @@ class ModbusDriver(Driver, kind="modbus"):
             )
         if not link.connected:
             await link.connect(self.config.timeout_s)
+            log.info("%s: connected to %s", self.equipment, self.bus.key)
         self._ready = link
         return link
 
