@@ -4,8 +4,9 @@ A poll sends ``:SENS:PRES?`` — the reply echoes the header, ``:SENS:PRES 1014.
 the number after the header is parsed, never the line — and, when ``in_limits`` is on
 (the default), ``:SENS:PRES:INL?``, whose answer becomes a flag on the pressure reading:
 ``in_limits`` or ``not_in_limits`` (the controller has or has not settled at its
-setpoint). The reply's last field is the 0/1 state; a pressure before it
-(``:SENS:PRES:INL 1014.25, 1``) is accepted and ignored.
+setpoint) as of that second query, a moment after the pressure was read. The reply's
+last field is the 0/1 state; a pressure before it (``:SENS:PRES:INL 1014.25, 1``) is
+accepted and ignored.
 
 The unit is the configured ``unit``, or else asked once per connection with
 ``:UNIT:PRES?`` (``MBAR`` -> ``mbar``). SCPI's 9.91E37 (not a number) and ±9.9E37
