@@ -96,6 +96,7 @@ class Gateway:
         self.status_server: Any = None
         self._equipment: dict[str, tuple[asyncio.Task[None], EquipmentEntry, Any]] = {}
         self._service_tasks: list[asyncio.Task[Any]] = []
+        self._sink_tasks: list[asyncio.Task[Any]] = []
         self._published: dict[str, tuple[Any, ...]] = {}
         self._stop: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
@@ -166,42 +167,34 @@ class Gateway:
             from gateway.sinks.mqtt import MqttSink
 
             self.mqtt = MqttSink(
-                cfg.mqtt,
-                self.outbox,
-                gateway_id=cfg.gateway.id,
-                site=cfg.gateway.site,
-                metrics=self.metrics,
+                cfg.mqtt, self.outbox, site=cfg.gateway.site, gateway_id=cfg.gateway.id
             )
-            await self.mqtt.start()
             self.mqtt.publish_gateway_status(self.gateway_status())
         if cfg.influxdb is not None:
             from gateway.sinks.influx import InfluxSink
 
-            self.influx = InfluxSink(cfg.influxdb, self.outbox, metrics=self.metrics)
-            await self.influx.start()
-        for sink in self.extra_sinks:
-            await sink.start()
+            self.influx = InfluxSink(cfg.influxdb, self.outbox)
+        for sink in self.sinks():
+            self._sink_tasks.append(asyncio.create_task(sink.run(), name=f"sink:{sink.name}"))
+
+    def sinks(self) -> list[Any]:
+        return [s for s in (self.mqtt, self.influx, *self.extra_sinks) if s is not None]
 
     async def stop(self) -> None:
         """Stop polling, commit what was read, let the sinks flush, close everything."""
         for eq_id in list(self._equipment):
             await self._stop_equipment(eq_id)
-        for task in self._service_tasks:
-            task.cancel()
-        for task in self._service_tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._service_tasks.clear()
         if self.outbox is not None:
             self.outbox.commit()
-        if self.mqtt is not None:
-            self.mqtt.publish_gateway_status(
-                {"state": "offline", "gateway": self.config.gateway.id}
-            )
-        for sink in [*self.extra_sinks, self.influx, self.mqtt]:
-            if sink is not None:
-                with contextlib.suppress(Exception):
-                    await sink.stop()
+        # Sinks flush what is committed (bounded), in parallel; the MQTT sink says offline.
+        await asyncio.gather(*(s.stop() for s in self.sinks()), return_exceptions=True)
+        for task in [*self._sink_tasks, *self._service_tasks]:
+            task.cancel()
+        for task in [*self._sink_tasks, *self._service_tasks]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._sink_tasks.clear()
+        self._service_tasks.clear()
         if self.status_server is not None:
             await self.status_server.stop()
         if self.outbox is not None:
@@ -426,6 +419,9 @@ class Gateway:
             for sink, lag in s.lag_s.items():
                 self.metrics.sink_lag.set(sink, value=float(lag))
             self.metrics.outbox_dropped.labels().value = float(s.dropped)
+            for sink in self.sinks():
+                self.metrics.sink_sent.labels(sink.name).value = float(sink.delivered)
+                self.metrics.sink_errors.labels(sink.name).value = float(sink.failures)
 
         self.metrics.on_scrape(outbox_stats)
 

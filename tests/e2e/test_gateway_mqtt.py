@@ -1,0 +1,99 @@
+"""Simulators → gateway → real mosquitto: the payloads, statuses and events the registry implies."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from labconfig import EXAMPLE_REGISTRY, lab_config
+from mqttsub import Subscriber
+from servers import Mosquitto
+
+from calibration import Registry
+from gateway.service import Gateway, load_everything
+from simulators.lab import Lab
+
+pytestmark = pytest.mark.e2e
+
+FIELDS = {
+    "ts", "seq", "equipment", "channel", "raw", "value", "unit", "u", "U", "k",
+    "quality", "flags", "calibration", "certificate", "conformity",
+}  # fmt: skip
+
+
+async def wait(pred: object, timeout_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not pred():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.05)
+
+
+async def test_measurements_statuses_and_events_arrive_as_the_registry_implies(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    registry = Registry.load(EXAMPLE_REGISTRY)
+    async with Lab(fixed_ports=False, opcua=False, seed=3) as lab:
+        path = lab_config(lab, tmp_path, mqtt_url=mosquitto.url, interval_s=0.1)
+        config, reg = load_everything(path)
+        with Subscriber(mosquitto.port, "calgate/lab-t/#") as sub:
+            gw = Gateway(config, reg)
+            await gw.start()
+            try:
+                await wait(lambda: len(sub.json("/reading")) >= 40)
+                # A sample container too heavy for BAL-02's process limits (210 g): out of tolerance.
+                lab.sbi.place(15.0)
+                await wait(
+                    lambda: any(e.get("type") == "out_of_tolerance" for e in sub.json("/event"))
+                )
+                lab.sbi.remove(15.0)
+                await wait(
+                    lambda: any(e.get("type") == "back_in_tolerance" for e in sub.json("/event"))
+                )
+                await lab.balance.stop()  # BAL-01 unplugged
+                await wait(
+                    lambda: any(e.get("type") == "equipment_offline" for e in sub.json("/event"))
+                )
+            finally:
+                await gw.stop()
+    readings = sub.json("/reading")
+    now = datetime.now(UTC)
+    seqs = [r["seq"] for r in readings]
+    assert len(set(seqs)) == len(seqs), "seq is unique"
+    for r in readings:
+        assert set(r) == FIELDS
+        assert r["ts"].endswith("Z")
+        if r["quality"] == "bad":
+            continue
+        corrector = registry.corrector(r["equipment"], r["channel"], now)
+        expected = corrector.correct(np.array([r["raw"]]))
+        assert r["value"] == pytest.approx(float(expected.value[0]), rel=1e-12)
+        assert r["U"] == pytest.approx(float(expected.U[0]), rel=1e-12)
+        assert r["certificate"] == corrector.certificate
+    by_eq = {r["equipment"]: r for r in readings}
+    assert set(by_eq) == {"BAL-01", "BAL-02", "PC-01", "PT-101", "PT-102"}
+    assert by_eq["BAL-02"]["calibration"] == registry.state("BAL-02", now).status
+    # Retained statuses: one per equipment and the gateway's own, offline after a clean stop.
+    status_topics = {t for t in sub.topics() if t.endswith("/status")}
+    assert "calgate/lab-t/gateway/edge-test/status" in status_topics
+    assert {f"calgate/lab-t/{eq}/status" for eq in by_eq} <= status_topics
+    gw_status = sub.json("gateway/edge-test/status")
+    assert gw_status[-1]["state"] == "offline"
+    bal01 = sub.json("BAL-01/status")
+    assert bal01[-1]["connection"] == "offline"
+    events = sub.json("/event")
+    types = [e["type"] for e in events]
+    assert types.count("out_of_tolerance") == 1  # a transition, not every reading
+    ev = next(e for e in events if e["type"] == "out_of_tolerance")
+    assert ev["equipment"] == "BAL-02"
+    assert ev["channel"] == "weight"
+    assert ev["value"] > 210.0
+    # The broken chain of the example registry is announced once, at start.
+    broken = [e for e in events if e["type"] == "traceability_broken"]
+    assert {e["equipment"] for e in broken} == {
+        eq for eq in by_eq if registry.state(eq, now).status == "untraceable"
+    }
