@@ -2,13 +2,21 @@
 
 Pure domain code: no network I/O, never imports ``gateway`` or ``drivers``.
 
-The registry (:mod:`calibration.registry`) loads a directory of equipment and certificate
-files into an immutable :class:`Registry` snapshot, reporting every problem at once as a
-:class:`RegistryError`. :mod:`calibration.chain` gives an item's :class:`CalibrationState`
-and traceability tree at a time, and the reverse trace of a standard.
+- :mod:`calibration.registry` loads a directory of equipment and certificate files (TOML,
+  or PTB DCC XML through :mod:`calibration.dcc`) into an immutable :class:`Registry`
+  snapshot, reporting every problem at once as a :class:`RegistryError`.
+- :mod:`calibration.chain` gives an item's :class:`CalibrationState` and traceability
+  tree (:class:`ChainNode`) at a time, and the reverse trace of a standard
+  (:class:`Affected`).
+- :mod:`calibration.corrector` turns raw readings into corrected values with u and U
+  (:class:`Corrector`, :class:`Corrected`); :mod:`calibration.uncertainty` builds GUM
+  budgets with GTC; :mod:`calibration.conformity` holds MPEs (:class:`Tolerance`) and
+  ILAC G8 decision rules; :mod:`calibration.rounding` the display rounding (GUM 7.2.6).
 """
 
 from calibration.chain import PRECEDENCE, Affected, CalibrationState, ChainNode, Issue
+from calibration.conformity import Tolerance, decide, instrument_conformity, mpe
+from calibration.corrector import Corrected, Corrector
 from calibration.errors import CalibrationError, RegistryError
 from calibration.registry import (
     Certificate,
@@ -18,17 +26,23 @@ from calibration.registry import (
     Point,
     Range,
     Registry,
-    Tolerance,
 )
+from calibration.rounding import format_value, round_result
+from calibration.uncertainty import Budget, ChainLevel, Contribution
 
 __all__ = [
     "PRECEDENCE",
     "Affected",
+    "Budget",
     "CalibrationError",
     "CalibrationState",
     "Certificate",
+    "ChainLevel",
     "ChainNode",
     "Channel",
+    "Contribution",
+    "Corrected",
+    "Corrector",
     "Equipment",
     "Issue",
     "Limits",
@@ -37,4 +51,9 @@ __all__ = [
     "Registry",
     "RegistryError",
     "Tolerance",
+    "decide",
+    "format_value",
+    "instrument_conformity",
+    "mpe",
+    "round_result",
 ]

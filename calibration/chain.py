@@ -49,6 +49,10 @@ _RANK = {s: i for i, s in enumerate(PRECEDENCE)}
 _WORST = {"expired": 0, "untraceable": 1, "suspect": 2, "none": 3, "due_soon": 4, "valid": 5}
 
 
+def _days(n: int) -> str:
+    return f"{n} day" if n == 1 else f"{n} days"
+
+
 def _day(at: datetime | date) -> date:
     from calibration.registry import utc_date
 
@@ -261,14 +265,14 @@ def _node(
             issues.append(
                 Issue(
                     "expired",
-                    f"{cert.number} expired: due {cert.due.isoformat()}, {(day - cert.due).days} days ago",
+                    f"{cert.number} expired: due {cert.due.isoformat()}, {_days((day - cert.due).days)} ago",
                 )
             )
         elif (cert.due - day).days <= eq.due_soon_days:
             issues.append(
                 Issue(
                     "due_soon",
-                    f"{cert.number} is due on {cert.due.isoformat()}, in {(cert.due - day).days} days "
+                    f"{cert.number} is due on {cert.due.isoformat()}, in {_days((cert.due - day).days)} "
                     f"(due_soon_days = {eq.due_soon_days})",
                 )
             )
