@@ -23,7 +23,8 @@ with the acquisition time as SourceTimestamp.
 Faults (``sim.faults.arm(Fault.X, count)``), taken once per update tick:
 
 - DEVICE_ERROR: the Force node gets ``BadSensorFailure`` and no value.
-- GARBAGE: the Force node gets a String value (a non-numeric reading).
+- GARBAGE: the Force node gets an array of Doubles instead of one (a non-numeric
+  reading for a client that expects a scalar).
 - SLOW, NO_REPLY: the tick is skipped: every value holds.
 - DISCONNECT: the server stops (its port closes); :meth:`restart` brings it back on the
   same port.
@@ -186,6 +187,7 @@ class TestingMachineSim:
         self.updates = 0
         #: nodes per Read request of each client request (a multi-node read is one entry)
         self.read_requests: list[int] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self._t_start = 0.0
         self._statuses: dict[str, ua.StatusCode] = {}
         self._server: Server | None = None
@@ -423,13 +425,26 @@ class TestingMachineSim:
                 ),
             )
         elif fault is Fault.GARBAGE:
-            await self._write("Machine/Force", "#ERR", ua.VariantType.String, now)
+            # an array where a scalar belongs (the node's type check only sees Double)
+            await self._write("Machine/Force", [force, force], ua.VariantType.Double, now)
         else:
             await self._write("Machine/Force", force, ua.VariantType.Double, now)
         await self._write("Machine/Extension", extension, ua.VariantType.Double, now)
         await self._write("Machine/TestState", self.state, ua.VariantType.String, now)
         await self._write("Machine/Temperature", temperature, ua.VariantType.Double, now)
         self.updates += 1
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def next_update(self, count: int = 1) -> None:
+        """Wait until ``count`` more update ticks have written their values."""
+        loop = asyncio.get_running_loop()
+        for _ in range(count):
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
 
     async def _disconnect(self) -> None:
         task, self._task = self._task, None
