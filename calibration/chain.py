@@ -9,6 +9,8 @@ Rules (ARCHITECTURE.md 4.2):
   there is no certificate.
 - Each standard's certificate must have been in force on the child's ``calibrated`` date,
   and every path must end at an ``nmi = true`` certificate, else ``untraceable``.
+- An item found out of tolerance (as found) at its next calibration was ``suspect``
+  while the previous certificate was in force (this shows when looking back in time).
 - A standard ``out_of_service`` now makes every certificate it took part in since its last
   calibration ``suspect``; a standard whose *next* certificate's as-found results fail its
   tolerance (it drifted while in use) makes every certificate it took part in while the
@@ -274,6 +276,17 @@ def _node(
                     "due_soon",
                     f"{cert.number} is due on {cert.due.isoformat()}, in {_days((cert.due - day).days)} "
                     f"(due_soon_days = {eq.due_soon_days})",
+                )
+            )
+        # Looking back: the item itself was found out of tolerance when next calibrated,
+        # so what it measured under this certificate is in doubt.
+        nxt = reg.successor(cert)
+        if nxt is not None and reg.conforms(nxt) is False:
+            issues.append(
+                Issue(
+                    "suspect",
+                    f"{cert.item} was found out of tolerance (as found) at its next "
+                    f"calibration ({nxt.number}, {nxt.calibrated.isoformat()})",
                 )
             )
     elif not cert.in_force_on(day):

@@ -305,9 +305,15 @@ def test_suspect_propagates_through_two_levels(drifted: Registry) -> None:
     # After the recalibrations, nothing is suspect.
     later = drifted.state("INS", utc(2025, 5, 1))
     assert (later.status, later.chain) == ("valid", ("C-2", "W-2", "N-2"))
-    # REF's own status is not suspect: N-2's as-left points are fine.
+    # REF now: N-2's as-left points are fine, only its as-found failed.
     assert drifted.state("REF", utc(2025, 5, 1)).status == "valid"
     assert drifted.state("REF", utc(2025, 5, 1)).conforms is False
+    # REF looking back, under N-1: it was drifting.
+    back = drifted.state("REF", utc(2024, 12, 1))
+    assert (back.status, back.certificate) == ("suspect", "N-1")
+    assert back.reasons == (
+        "REF was found out of tolerance (as found) at its next calibration (N-2, 2025-01-10)",
+    )
 
 
 def test_out_of_service_standard_taints_uses_since_its_last_calibration(tmp_path: Path) -> None:
