@@ -152,6 +152,11 @@ class LineTransport(abc.ABC):
     @abc.abstractmethod
     def connected(self) -> bool: ...
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed (stale input, until the next command)."""
+        return len(self._rx.buf)
+
     @abc.abstractmethod
     async def _connect(self) -> None:
         """Open the link; raise OSError/SerialException on failure."""

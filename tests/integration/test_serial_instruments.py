@@ -479,3 +479,80 @@ async def test_shared_line_serialises_and_a_silent_neighbour_does_not_stall(
 
         assert bal.bus.users == 0
         assert bal.bus.resource is None
+
+
+class _Chatty:
+    """A balance that sends an unsolicited extra line after each reply (a late echo)."""
+
+    reply_terminator = b"\r\n"
+
+    def __init__(self) -> None:
+        from simulators.faults import Faults
+
+        self.faults = Faults()
+        self.count = 0
+
+    def claims(self, command: bytes) -> bool:
+        return True
+
+    async def handle(self, command: bytes) -> bytes | None:
+        self.count += 1
+        return f"S S {self.count:>10.2f} g\r\nS S {999:>10.2f} g".encode()
+
+    def device_error(self, command: bytes) -> bytes | None:
+        return b"EL"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_stale_input_is_discarded_before_each_command(transport: str) -> None:
+    device = _Chatty()
+    async with LineServer([device]) as line, _mt_driver(line.endpoints()[transport]) as driver:
+        for expected in (1.0, 2.0, 3.0):
+            (reading,) = await _ok(driver)
+            assert reading.raw == expected  # never the unsolicited 999
+            await wait_for_async(
+                lambda: driver.transport.buffered > 0, timeout_s=5, what="the unsolicited line"
+            )
+
+
+async def test_inter_frame_gap_on_a_shared_line() -> None:
+    balance = MtSicsSim(tau_s=0.01, seed=15)
+    controller = PressureControllerSim(seed=16)
+    arrivals: list[float] = []
+
+    class Timed(LineServer):
+        async def _respond(self, device: Any, command: bytes) -> bytes | None:
+            arrivals.append(asyncio.get_running_loop().time())
+            return await super()._respond(device, command)
+
+    gap_s = 0.05
+    async with Timed([balance, controller], pty=False) as line:
+        port = line.endpoints()["tcp"]
+        buses = Buses()
+        bal = MtSics(MtSicsConfig(id="BAL-01", port=port, gap_s=gap_s), buses=buses)
+        pc = ScpiPressure(
+            ScpiPressureConfig(id="PC-01", port=port, gap_s=gap_s, unit="mbar", in_limits=False),
+            buses=buses,
+        )
+        async with bal, pc:
+            for _ in range(3):
+                await asyncio.gather(bal.poll(), pc.poll())
+    assert len(arrivals) == 6
+    # the quiet time is a lower bound between transactions, whatever the load
+    assert all(b - a >= gap_s * 0.95 for a, b in itertools.pairwise(arrivals))
+
+
+async def test_mt_sics_frames_are_formatted_like_a_balance() -> None:
+    sim = MtSicsSim(tau_s=0.01, resolution=0.001, capacity=5000.0, seed=17)
+    async with sim, _mt_driver(sim.endpoints()["tcp"]) as driver:
+        sim.place(1234.5678)
+
+        async def stable() -> bool:
+            (r,) = await _ok(driver)
+            return r.flags == {"stable"}
+
+        await wait_for_async(stable, timeout_s=10, what="a stable weight")
+        frame = driver.recent_frames[-1]
+        assert frame[:4] == b"S S "
+        assert frame[4:14].lstrip() in (b"1234.567", b"1234.568", b"1234.569")  # d = 0.001
+        assert frame[14:] == b" g\r\n"
