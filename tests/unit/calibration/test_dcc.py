@@ -8,6 +8,8 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from calibration import Registry, RegistryError
 from calibration.dcc import certificate_fields, dsi_unit, read
@@ -288,3 +290,28 @@ def test_registry_refuses_a_duplicate_from_a_dcc(tmp_path: Path) -> None:
         "certificates/copy.xml: number: duplicate certificate number 'MCS-2026-0310' "
         "(also in certificates/MCS-2026-0310.xml)"
     ]
+
+
+_EXAMPLE_BYTES = (CERTS / "MCS-2026-0310.xml").read_bytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cut=st.integers(min_value=0, max_value=len(_EXAMPLE_BYTES)),
+    junk=st.binary(max_size=40),
+    at=st.integers(min_value=0, max_value=len(_EXAMPLE_BYTES)),
+)
+def test_mangled_dcc_is_a_registry_error_or_a_document(cut: int, junk: bytes, at: int) -> None:
+    data = _EXAMPLE_BYTES[:at] + junk + _EXAMPLE_BYTES[at:cut] if cut > at else _EXAMPLE_BYTES[:cut]
+    errors: list[str] = []
+    try:
+        doc = read(data, source="m.xml")
+    except RegistryError as exc:
+        errors = exc.errors
+        doc = None
+    if doc is None:
+        assert errors
+        assert all(e.startswith("m.xml: ") for e in errors)
+    else:
+        assert doc.number
+        assert doc.points

@@ -3,10 +3,13 @@ beside its expected error text (``bad_registries/<case>/expected.err``, telegraf
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from calibration import Registry, RegistryError
 from calibration.errors import CalibrationError
@@ -137,3 +140,18 @@ def test_units() -> None:
         factor("degC", "K")
     with pytest.raises(CalibrationError, match="unknown unit"):
         parse_unit("bananas")
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(max_size=300))
+def test_any_equipment_file_is_loaded_or_refused_with_errors(tmp_path: Path, text: str) -> None:
+    root = tmp_path / "fuzz"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(EXAMPLES, root)
+    (root / "equipment" / "BAL-01.toml").write_text(text, encoding="utf-8")
+    with pytest.raises(RegistryError) as info:
+        Registry.load(root)
+    assert info.value.errors
+    assert all(": " in e for e in info.value.errors)
