@@ -69,7 +69,7 @@ def render_table(
                 f"{(st.certificate or '—'):<16} {(st.due.isoformat() if st.due else '—'):<10} "
                 f"{_c(f'{conf:<16}', conf, colour)} {_c(st.connection, st.connection, colour)}"
             )
-    out = [header, *(r[: width + 20] for r in rows), "", "recent events:"]
+    out = [header, *rows, "", "recent events:"]
     ev = list(events)[-8:]
     if not ev:
         out.append("  (none yet)")

@@ -77,7 +77,7 @@ class Gateway:
     ``calgate run``: start, wait for SIGTERM/SIGINT, reload on SIGHUP, stop.
     """
 
-    def __init__(self, config: Config, registry: Any, *, embedded: bool = False) -> None:
+    def __init__(self, config: Config, registry: Any, *, history: Path | None = None) -> None:
         from gateway.metrics import Metrics
         from gateway.monitor import Monitor
         from gateway.pipeline import Pipeline
@@ -92,7 +92,8 @@ class Gateway:
         self.outbox: Any = None
         self.mqtt: Any = None
         self.influx: Any = None
-        self.extra_sinks: list[Any] = []  # e.g. the demo's local history
+        self.history_path = history  # the demo's local SQLite history, when no InfluxDB
+        self.history: Any = None
         self.status_server: Any = None
         self._equipment: dict[str, tuple[asyncio.Task[None], EquipmentEntry, Any]] = {}
         self._service_tasks: list[asyncio.Task[Any]] = []
@@ -111,7 +112,8 @@ class Gateway:
             names.append("mqtt")
         if self.config.influxdb is not None:
             names.append("influx")
-        names.extend(s.name for s in self.extra_sinks)
+        if self.history_path is not None:
+            names.append("history")
         return names
 
     async def start(self) -> None:
@@ -174,11 +176,15 @@ class Gateway:
             from gateway.sinks.influx import InfluxSink
 
             self.influx = InfluxSink(cfg.influxdb, self.outbox)
+        if self.history_path is not None:
+            from gateway.sinks.history import HistorySink
+
+            self.history = HistorySink(self.outbox, self.history_path)
         for sink in self.sinks():
             self._sink_tasks.append(asyncio.create_task(sink.run(), name=f"sink:{sink.name}"))
 
     def sinks(self) -> list[Any]:
-        return [s for s in (self.mqtt, self.influx, *self.extra_sinks) if s is not None]
+        return [s for s in (self.mqtt, self.influx, self.history) if s is not None]
 
     async def stop(self) -> None:
         """Stop polling, commit what was read, let the sinks flush, close everything."""
@@ -407,6 +413,8 @@ class Gateway:
                 "depth": s.depth, "lag_s": s.lag_s, "dropped": s.dropped,
                 "committed": s.committed, "bytes": s.rows_bytes,
             }  # fmt: skip
+        if self.history is not None:
+            out["history"] = self.history.summary()
         return out
 
     def _register_scrape_hooks(self) -> None:
