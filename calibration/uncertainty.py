@@ -7,8 +7,9 @@
   sensitivity coefficients), truncated down to an integer; not valid for correlated
   inputs.
 - k_p = t_p(ν_eff): the Student-t quantile comes from GTC
-  (:func:`GTC.reporting.k_factor`, which evaluates the t distribution's inverse through
-  scipy's special functions); with ν_eff infinite it is the normal quantile.
+  (:func:`GTC.reporting.k_factor`, which calls ``scipy.special.stdtrit``, the inverse
+  of the t distribution function; scipy comes with GTC); with ν_eff infinite (or above
+  GTC's ``inf_dof``) it is the normal quantile ``scipy.special.ndtri``.
 - Budgets are GTC uncertain numbers (``ureal`` with labels), so each input keeps its
   identity: a certificate point is labelled with its certificate number and, along a
   chain, each level's certificate is a Type B input of the next, labelled with its own

@@ -7,6 +7,8 @@ from typing import Any
 
 import pydantic
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from calibration.conformity import (
     Tolerance,
@@ -279,3 +281,22 @@ def test_decisions_with_odd_uncertainties() -> None:
     assert decide(10.0, math.inf, 9.0, 11.0, "non_binary") == "conditional_pass"
     assert decide(10.0, math.nan, 9.0, 11.0, "simple") == "pass"
     assert decide(10.0, math.nan, 9.0, 11.0, "guarded") == "fail"
+
+
+@given(
+    y=st.floats(-20.0, 20.0, allow_nan=False),
+    big_u=st.floats(0.0, 5.0, allow_nan=False),
+    low=st.one_of(st.none(), st.floats(-10.0, -0.1)),
+    high=st.one_of(st.none(), st.floats(0.1, 10.0)),
+)
+def test_non_binary_refines_simple_and_guarded(
+    y: float, big_u: float, low: float | None, high: float | None
+) -> None:
+    nb = decide(y, big_u, low, high, "non_binary")
+    simple = decide(y, big_u, low, high, "simple")
+    guarded = decide(y, big_u, low, high, "guarded")
+    if low is None and high is None:
+        assert nb is simple is guarded is None
+        return
+    assert (nb == "pass") == (guarded == "pass")
+    assert (nb in ("pass", "conditional_pass")) == (simple == "pass")

@@ -258,3 +258,41 @@ def test_single_point_certificate() -> None:
     value, _, _, out = c.correct_one(101.0)
     assert (round(value, 9), out) == (100.98, True)
     assert c.correct(np.array([100.0])).value.tolist() == pytest.approx([99.98])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(
+            st.floats(-1e4, 1e4, allow_nan=False),
+            st.floats(-1.0, 1.0, allow_nan=False),
+            st.floats(0.0, 0.5, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=12,
+        unique_by=lambda t: t[0],
+    )
+)
+def test_interpolation_reproduces_every_point(data: list[tuple[float, float, float]]) -> None:
+    # At each calibration point the corrected value is the reference and u_cal its U/k.
+    ind = [d[0] for d in data]
+    ref = [d[0] - d[1] for d in data]
+    big_u = [d[2] for d in data]
+    c = Corrector.build(
+        indicated=ind,
+        reference=ref,
+        U=big_u,
+        k=2.0,
+        model="interpolate",
+        resolution=0.0,
+        repeatability=0.0,
+        certificate="C-H",
+        **CHANNEL,
+    )
+    for x, r, bu in zip(ind, ref, big_u, strict=True):
+        value, u, _, out = c.correct_one(x)
+        assert value == pytest.approx(r, abs=1e-9)
+        assert u == pytest.approx(bu / 2.0, abs=1e-12)
+        assert out is False
+    assert c.correct_one(min(ind) - 1.0)[3] is True
+    assert c.correct_one(max(ind) + 1.0)[3] is True
