@@ -307,7 +307,7 @@ async def test_mt_sics_stable_command_zero_tare_identify() -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_sbi_unstable_then_stable_with_id_code_and_tare(transport: str) -> None:
-    sim = SbiSim(tau_s=0.15, id_code="N", seed=8)
+    sim = SbiSim(tau_s=0.1, id_code="N", seed=8)
     async with sim, _sbi_driver(sim.endpoints()[transport]) as driver:
         await _ok(driver)
         assert len(driver.recent_frames[-1]) == 22
@@ -326,6 +326,16 @@ async def test_sbi_unstable_then_stable_with_id_code_and_tare(transport: str) ->
         await driver.tare()  # type: ignore[attr-defined]
         (net,) = await _ok(driver)
         assert net.raw == pytest.approx(0.0, abs=0.02)
+        sim.remove()  # the tare stays: the net weight goes negative
+
+        async def negative() -> bool:
+            (r,) = await _ok(driver)
+            return r.flags == {"stable"} and r.raw == pytest.approx(-80.0, abs=0.02)
+
+        await wait_for_async(negative, timeout_s=10, what="a stable negative net weight")
+        await driver.zero()  # type: ignore[attr-defined]  # ESC V clears the tare
+        (zeroed,) = await _ok(driver)
+        assert zeroed.raw == pytest.approx(0.0, abs=0.02)
         sim.set_load(500.0)
 
         async def over() -> bool:
