@@ -32,7 +32,9 @@ def parse_unit(text: str) -> Any:
         raise CalibrationError("unit must be a non-empty string")
     try:
         unit = registry().Unit(text.strip())
-    except (pint.errors.PintError, AttributeError, TypeError, ValueError, SyntaxError) as exc:
+    # pint's parser lets tokenizer, arithmetic and assertion errors escape on garbage
+    # such as "0/0" or "'": any failure to parse is an unknown unit.
+    except Exception as exc:
         raise CalibrationError(f"unknown unit {text!r}") from exc
     return unit
 
@@ -44,7 +46,10 @@ def dimensionality(text: str) -> str:
 
 def compatible(a: str, b: str) -> bool:
     """True when values in ``a`` can be expressed in ``b`` (same dimensionality)."""
-    return bool(parse_unit(a).dimensionality == parse_unit(b).dimensionality)
+    try:
+        return bool(parse_unit(a).dimensionality == parse_unit(b).dimensionality)
+    except CalibrationError:
+        return False
 
 
 @functools.lru_cache(maxsize=256)

@@ -155,3 +155,10 @@ def test_any_equipment_file_is_loaded_or_refused_with_errors(tmp_path: Path, tex
         Registry.load(root)
     assert info.value.errors
     assert all(": " in e for e in info.value.errors)
+
+
+@pytest.mark.parametrize("garbage", ["0/0", "'", "-e-k[!)3\\.=[", "", "   ", "kg**"])
+def test_garbage_units_are_unknown_units(garbage: str) -> None:
+    with pytest.raises(CalibrationError):
+        parse_unit(garbage)
+    assert not compatible(garbage, "g")
