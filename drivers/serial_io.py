@@ -114,6 +114,11 @@ class _Receiver:
             self.error = exc
         self._wake()
 
+    def raise_error(self) -> None:
+        """Raise the link's failure as a fresh ConnectError (each caller tags its own)."""
+        if self.error is not None:
+            raise ConnectError(str(self.error)) from self.error
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -126,8 +131,7 @@ class _Receiver:
                 line = bytes(self.buf[:end])
                 del self.buf[:end]
                 return line
-            if self.error is not None:
-                raise self.error
+            self.raise_error()
             if len(self.buf) > MAX_LINE:
                 junk = bytes(self.buf[:64])
                 self.buf.clear()
@@ -223,7 +227,8 @@ class LineTransport(abc.ABC):
             ) from exc
         except ConnectError as exc:
             self.close()
-            exc.equipment = exc.equipment or equipment
+            if exc.equipment is None:
+                exc.equipment = equipment
             raise
 
 
@@ -292,8 +297,7 @@ class SerialTransport(LineTransport):
         view = memoryview(data)
         loop = asyncio.get_running_loop()
         while view:
-            if self._rx.error is not None:
-                raise self._rx.error
+            self._rx.raise_error()
             try:
                 n = os.write(self._fd, view)
             except BlockingIOError:
@@ -362,8 +366,7 @@ class TcpTransport(LineTransport):
         self._rx.buf.clear()
 
     async def _write(self, data: bytes) -> None:
-        if self._rx.error is not None:
-            raise self._rx.error
+        self._rx.raise_error()
         if self._transport is None or self._transport.is_closing():
             raise ConnectError(f"{self.url}: not connected")
         self._transport.write(data)
