@@ -581,24 +581,26 @@ class Outbox:
         return rows
 
     async def fetch(self, sink: str, limit: int, timeout_s: float | None = None) -> list[Row]:
-        """Like :meth:`fetch_nowait`, waiting for a commit when there is nothing new.
-
-        Returns ``[]`` when ``timeout_s`` passes first.
-        """
+        """Like :meth:`fetch_nowait`; when there is nothing new, wait for the next commit
+        (or :meth:`wake`, or ``timeout_s``) once, then return what there is (maybe ``[]``)."""
+        rows = self.fetch_nowait(sink, limit)
+        if rows or self._closed:
+            return rows
         wake = self._wake[sink]
-        while True:
-            rows = self.fetch_nowait(sink, limit)
-            if rows or self._closed:
-                return rows
-            wake.clear()
-            if timeout_s is None:
-                await wake.wait()
-            else:
-                try:
-                    async with asyncio.timeout(timeout_s):
-                        await wake.wait()
-                except TimeoutError:
-                    return self.fetch_nowait(sink, limit)
+        wake.clear()
+        if timeout_s is None:
+            await wake.wait()
+        else:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+        return self.fetch_nowait(sink, limit)
+
+    def wake(self, sink: str) -> None:
+        """Wake ``sink``'s pending :meth:`fetch` (a sink's own state changed)."""
+        self._wake[sink].set()
 
     def ack_one(self, sink: str, seq: int) -> None:
         """``seq`` was delivered by ``sink`` (a PUBACK; may come out of order)."""

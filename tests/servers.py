@@ -90,15 +90,35 @@ class Server:
 
 @dataclass
 class Mosquitto(Server):
-    """A mosquitto broker with anonymous access on 127.0.0.1."""
+    """A mosquitto broker with anonymous access on 127.0.0.1.
+
+    ``tls = (cafile, certfile, keyfile)`` makes the listener speak TLS (``mqtts://``);
+    ``persistence = True`` keeps sessions and queued messages across :meth:`restart`.
+    """
+
+    tls: tuple[Path, Path, Path] | None = None
+    persistence: bool = False
 
     def command(self) -> list[str]:
         binary = require_binary("mosquitto", "/usr/sbin/mosquitto")
         conf = self.workdir / "mosquitto.conf"
+        tls = ""
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            tls = f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+        persistence = (
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            if self.persistence
+            else "persistence false\n"
+        )
+        # as root, mosquitto drops to user "mosquitto", who cannot read the test's
+        # private temporary directory (certificates, persistence file)
+        stay = "user root\n" if os.geteuid() == 0 and (self.tls or self.persistence) else ""
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            f"{stay}listener {self.port} 127.0.0.1\n"
+            f"{tls}"
             "allow_anonymous true\n"
-            "persistence false\n"
+            f"{persistence}"
             "max_queued_messages 1000000\n"
             "max_inflight_messages 0\n"
             "log_dest stderr\n"
@@ -112,7 +132,8 @@ class Mosquitto(Server):
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        scheme = "mqtts" if self.tls is not None else "mqtt"
+        return f"{scheme}://{self.host}:{self.port}"
 
 
 @dataclass

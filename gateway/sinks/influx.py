@@ -1,0 +1,221 @@
+"""InfluxDB sink (ARCHITECTURE.md 4.4): outbox lines out in batches, acked on 2xx only.
+
+``api = "v2"`` writes through influxdb-client's asyncio API (``InfluxDBClientAsync``,
+``WriteApiAsync.write``); ``api = "v1"`` POSTs to ``/write?db=…&rp=…&precision=ns`` of an
+InfluxDB 1.x with aiohttp. Either way the body is the rows' pre-built line protocol,
+joined: nothing is re-encoded here.
+
+A batch is ``batch_size`` rows, or what came within ``flush_interval_s``. Answers:
+
+- 2xx: the rows are acked;
+- 429, 503 and other 5xx, network errors, timeouts: retried after a backoff, at least as
+  long as the ``Retry-After`` header asks (seconds or an HTTP date);
+- 413: the batch is split in halves and each is written (recursively);
+- any other 4xx (a bad line, 401, unknown database): the batch is rejected — acked, so it
+  is not retried forever — and a ``sink_rejected`` Event (critical, with the status and
+  the start of the body) enters the outbox, at most one a minute per sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from gateway.errors import SinkError
+from gateway.model import Event
+from gateway.outbox import DROP_EQUIPMENT, Outbox, Row
+from gateway.settings import InfluxSettings
+from gateway.sinks.base import Sink
+
+__all__ = ["InfluxSink", "parse_retry_after"]
+
+log = logging.getLogger(__name__)
+
+_MAX_RETRY_AFTER_S = 600.0
+_REJECT_EVENT_INTERVAL_S = 60.0
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        delay = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        delay = when.timestamp() - (time.time() if now is None else now)
+    if delay != delay:  # NaN
+        return None
+    return min(max(delay, 0.0), _MAX_RETRY_AFTER_S)
+
+
+class InfluxSink(Sink):
+    """Writes the outbox's ``influx`` cursor to InfluxDB (v2 or v1 API)."""
+
+    def __init__(self, settings: InfluxSettings, outbox: Outbox, *, name: str = "influx") -> None:
+        super().__init__(
+            outbox,
+            name,
+            batch_size=settings.batch_size,
+            backoff_min_s=settings.backoff_min_s,
+            backoff_max_s=settings.backoff_max_s,
+            flush_timeout_s=settings.flush_timeout_s,
+        )
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._client: Any = None  # InfluxDBClientAsync
+        self._write_api: Any = None
+        self.rejected = 0  # rows rejected by the server (4xx)
+        self.splits = 0  # 413 answers
+        self.writes = 0  # successful requests
+        self._last_reject_event = -float("inf")
+        self._rejects_unreported = 0
+
+    # ------------------------------------------------------------------ connection
+
+    async def connect(self) -> None:
+        s = self.settings
+        if s.api == "v2":
+            from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
+            token = s.token.get_secret_value() if s.token is not None else ""
+            self._client = InfluxDBClientAsync(
+                url=s.url, token=token, org=s.org, timeout=int(s.timeout_s * 1000)
+            )
+            self._write_api = self._client.write_api()
+        else:
+            auth = None
+            if s.username:
+                pw = s.password.get_secret_value() if s.password is not None else ""
+                auth = aiohttp.BasicAuth(s.username, pw)
+            self._session = aiohttp.ClientSession(
+                auth=auth, timeout=aiohttp.ClientTimeout(total=s.timeout_s)
+            )
+
+    async def close(self, *, clean: bool) -> None:
+        try:
+            if self._client is not None:
+                await self._client.close()
+            if self._session is not None:
+                await self._session.close()
+        except Exception as exc:  # closing never raises
+            log.debug("influx sink: close: %s", exc)
+        finally:
+            self._client = self._write_api = self._session = None
+
+    # ------------------------------------------------------------------ batching
+
+    async def collect(self, rows: list[Row]) -> list[Row]:
+        s = self.settings
+        if len(rows) >= s.batch_size or s.flush_interval_s <= 0 or self._stopping:
+            return rows
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.flush_interval_s
+        while len(rows) < s.batch_size and not self._stopping:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            rows.extend(await self.outbox.fetch(self.name, s.batch_size - len(rows), remaining))
+        return rows
+
+    # ------------------------------------------------------------------ delivery
+
+    async def deliver(self, rows: list[Row]) -> None:
+        status, headers, body = await self._post(b"\n".join([r.line for r in rows]))
+        if 200 <= status < 300:
+            self.writes += 1
+            self.delivered += len(rows)
+            self.outbox.ack(self.name, [r.seq for r in rows])
+            return
+        excerpt = body[:300].decode("utf-8", "replace").strip()
+        if status == 413 and len(rows) > 1:
+            self.splits += 1
+            half = len(rows) // 2
+            log.info("influx sink: 413 for %d rows; writing halves", len(rows))
+            await self.deliver(rows[:half])
+            await self.deliver(rows[half:])
+            return
+        if status == 429 or status >= 500:
+            self.retry_after_s = parse_retry_after(headers.get("Retry-After"))
+            raise SinkError(f"HTTP {status}: {excerpt}")
+        self._reject(rows, status, excerpt)
+
+    def _reject(self, rows: list[Row], status: int, excerpt: str) -> None:
+        self.rejected += len(rows)
+        self.outbox.ack(self.name, [r.seq for r in rows])
+        log.error(
+            "influx sink: HTTP %d rejected %d rows (seq %d..%d): %s",
+            status,
+            len(rows),
+            rows[0].seq,
+            rows[-1].seq,
+            excerpt,
+        )
+        self._rejects_unreported += len(rows)
+        now = time.monotonic()
+        if now - self._last_reject_event < _REJECT_EVENT_INTERVAL_S:
+            return  # at most one event a minute: a rejected event must not loop
+        self._last_reject_event = now
+        count, self._rejects_unreported = self._rejects_unreported, 0
+        self.outbox.add(
+            [
+                Event(
+                    type="sink_rejected",
+                    severity="critical",
+                    equipment=DROP_EQUIPMENT,
+                    message=f"InfluxDB rejected {count} rows with HTTP {status}",
+                    t_wall=datetime.now(UTC),
+                    detail={
+                        "sink": self.name,
+                        "status": status,
+                        "body": excerpt,
+                        "count": count,
+                        "first_seq": rows[0].seq,
+                        "last_seq": rows[-1].seq,
+                    },
+                )
+            ]
+        )
+
+    async def _post(self, body: bytes) -> tuple[int, Any, bytes]:
+        """(status, headers, body) of one write; network trouble raises SinkError."""
+        s = self.settings
+        try:
+            if s.api == "v2":
+                return await self._post_v2(body)
+            assert self._session is not None
+            params = {"db": s.database or "", "precision": "ns"}
+            if s.retention_policy:
+                params["rp"] = s.retention_policy
+            async with self._session.post(
+                f"{s.url.rstrip('/')}/write", params=params, data=body
+            ) as resp:
+                return resp.status, resp.headers, await resp.read()
+        except aiohttp.ClientError as exc:
+            raise SinkError(f"{s.url}: {type(exc).__name__}: {exc}") from exc
+
+    async def _post_v2(self, body: bytes) -> tuple[int, Any, bytes]:
+        from influxdb_client.client.exceptions import InfluxDBError
+        from influxdb_client.rest import ApiException
+
+        s = self.settings
+        try:
+            await self._write_api.write(bucket=s.bucket, org=s.org, record=body)
+        except ApiException as exc:
+            data = exc.body if isinstance(exc.body, bytes) else str(exc.body or "").encode()
+            return int(exc.status or 0), exc.headers or {}, data
+        except InfluxDBError as exc:
+            raise SinkError(f"{s.url}: {exc}") from exc
+        return 204, {}, b""

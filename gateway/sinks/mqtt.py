@@ -1,0 +1,352 @@
+"""MQTT sink (ARCHITECTURE.md 4.3): outbox rows out at QoS 1, retained status, last will.
+
+paho-mqtt is driven from the asyncio loop, with no network thread (PERFORMANCE.md: a
+thread doubles the cost of a publish): the loop watches paho's socket
+(``add_reader``/``add_writer`` through paho's socket callbacks) and calls
+``loop_read``/``loop_write``; a 1 s task calls ``loop_misc`` for keep-alives. A publish is
+a plain ``client.publish()``; its PUBACK calls ``on_publish(mid)``, which acks the row's
+seq in the outbox — one callback per message, no future per message.
+
+At most ``max_inflight`` publishes wait for their PUBACK; when the window is full the
+sink waits for acks, so a slow broker holds back this sink's cursor, never the polling.
+Each connection is a fresh paho client (clean session): after a reconnect everything
+after the cursor is published again (at-least-once; ``seq`` de-duplicates).
+
+Retained status messages (:meth:`MqttSink.publish_status`) are kept, latest per topic,
+and published again after every reconnect. The will sets the gateway's status topic to
+``{"state": "offline"}`` when the connection dies; a clean stop publishes it itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+
+from gateway.errors import SinkError
+from gateway.model import rfc3339
+from gateway.outbox import Outbox, Row, dumps
+from gateway.settings import MqttSettings
+from gateway.sinks.base import Sink
+
+__all__ = ["MqttSink"]
+
+log = logging.getLogger(__name__)
+
+OFFLINE = b'{"state":"offline"}'
+
+
+class _TrackingContext(ssl.SSLContext):
+    """An SSLContext that remembers the last socket it wrapped (to close it when paho
+    fails a handshake and drops it)."""
+
+    last_socket: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        self.last_socket = sock
+        return sock
+
+
+class MqttSink(Sink):
+    """Publishes the outbox's ``mqtt`` cursor to a broker.
+
+    ``site`` and ``gateway_id`` name the status topics; measurement and event topics were
+    fixed when the rows were added to the outbox.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        outbox: Outbox,
+        *,
+        site: str,
+        gateway_id: str,
+        name: str = "mqtt",
+    ) -> None:
+        super().__init__(
+            outbox,
+            name,
+            batch_size=settings.batch_size,
+            backoff_min_s=settings.backoff_min_s,
+            backoff_max_s=settings.backoff_max_s,
+            flush_timeout_s=settings.flush_timeout_s,
+        )
+        self.settings = settings
+        self.site = site
+        self.gateway_id = gateway_id
+        self.client_id = settings.client_id or f"calgate-{site}-{gateway_id}"
+        self.status_base = f"{settings.topic_prefix}/{site}/"
+        self.gateway_status_topic = f"{self.status_base}gateway/{gateway_id}/status"
+        self._status: dict[str, bytes] = {}
+        self._gateway_status: dict[str, Any] = {}
+        self._client: paho.Client | None = None
+        self._sock: Any = None
+        self._mids: dict[int, int] = {}  # paho message id -> outbox seq, in flight
+        self._status_mids: set[int] = set()
+        self._connack: asyncio.Future[int] | None = None
+        self._lost: str | None = None
+        self._misc_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tls_context: _TrackingContext | None = None
+        self._offline_mid = -1
+        self._offline_acked = asyncio.Event()
+        self.published = 0
+        self.max_inflight = settings.max_inflight
+
+    # ------------------------------------------------------------------ status topics
+
+    def publish_status(self, equipment: str, payload: Mapping[str, Any]) -> None:
+        """Retained ``{prefix}/{site}/{equipment}/status``; the latest wins and is
+        published again after every reconnect."""
+        self._set_status(f"{self.status_base}{equipment}/status", dumps(dict(payload)).encode())
+
+    def publish_gateway_status(self, payload: Mapping[str, Any]) -> None:
+        """Retained ``{prefix}/{site}/gateway/{gateway_id}/status`` while online
+        (``state`` defaults to ``"online"``); the will replaces it with offline."""
+        self._gateway_status = dict(payload)
+        self._set_status(self.gateway_status_topic, self._online_payload())
+
+    def _online_payload(self) -> bytes:
+        body: dict[str, Any] = {"state": "online", "gateway": self.gateway_id, "site": self.site}
+        body.update(self._gateway_status)
+        body.setdefault("ts", rfc3339(datetime.now(UTC)))
+        return dumps(body).encode()
+
+    def _set_status(self, topic: str, payload: bytes) -> None:
+        self._status[topic] = payload
+        if self.connected and self._client is not None:
+            self._publish_retained(topic, payload)
+
+    def _publish_retained(self, topic: str, payload: bytes) -> None:
+        assert self._client is not None
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._status_mids.add(info.mid)
+
+    # ------------------------------------------------------------------ connection
+
+    def _new_client(self) -> paho.Client:
+        s = self.settings
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=True,
+            protocol=MQTTProtocolVersion.MQTTv311,
+        )
+        # paho's own window is a bit larger than ours: status messages fit beside it
+        c.max_inflight_messages_set(s.max_inflight + 64)
+        c.max_queued_messages_set(0)
+        c.connect_timeout = s.connect_timeout_s
+        if s.username:
+            c.username_pw_set(
+                s.username, s.password.get_secret_value() if s.password is not None else None
+            )
+        self._tls_context = None
+        if s.tls:
+            ctx = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
+            if s.ca_file is not None:
+                ctx.load_verify_locations(cafile=str(s.ca_file))
+            else:
+                ctx.load_default_certs()
+            self._tls_context = ctx
+            if s.cert_file is not None and s.key_file is not None:
+                ctx.load_cert_chain(str(s.cert_file), str(s.key_file))
+            if s.tls_insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            c.tls_set_context(ctx)
+        c.will_set(self.gateway_status_topic, OFFLINE, qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        return c
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._lost = None
+        self._mids.clear()
+        self._status_mids.clear()
+        client = self._new_client()
+        self._client = client
+        self._connack = loop.create_future()
+        s = self.settings
+        try:
+            # socket, TLS handshake and the CONNECT packet: blocking, so in a thread;
+            # paho has no socket callbacks yet, so nothing touches the loop from there
+            await asyncio.to_thread(client.connect, s.host, s.port, s.keepalive_s)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            # paho leaves a socket open when the TLS handshake fails
+            if self._tls_context is not None and self._tls_context.last_socket is not None:
+                self._tls_context.last_socket.close()
+            raise SinkError(f"cannot connect to {s.url}: {exc}") from exc
+        sock = client.socket()
+        if sock is None:
+            raise SinkError(f"cannot connect to {s.url}: no socket")
+        self._sock = sock
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        loop.add_reader(sock, self._readable)
+        if client.want_write():
+            client.loop_write()
+        self._readable()  # TLS may already hold decrypted bytes
+        try:
+            async with asyncio.timeout(s.connect_timeout_s):
+                rc = await self._connack
+        except TimeoutError:
+            raise SinkError(f"{s.url}: no CONNACK within {s.connect_timeout_s} s") from None
+        if rc != 0:
+            raise SinkError(f"{s.url}: connection refused: {paho.connack_string(rc)}")
+        self._misc_task = asyncio.create_task(self._misc(client), name=f"sink:{self.name}:misc")
+        # statuses first: the gateway is online, then every equipment's latest
+        self._status[self.gateway_status_topic] = self._online_payload()
+        for topic, payload in self._status.items():
+            self._publish_retained(topic, payload)
+        log.info("mqtt sink: connected to %s as %s", s.url, self.client_id)
+
+    def _readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        client.loop_read()
+        sock = self._sock
+        # an SSL socket may hold decrypted bytes that select() cannot see
+        while sock is not None and self._sock is sock and isinstance(sock, ssl.SSLSocket):
+            if not sock.pending():
+                break
+            client.loop_read()
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None and client is self._client:
+            self._loop.add_writer(sock, client.loop_write)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.remove_writer(sock)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        if sock is self._sock:
+            self._sock = None
+        self._connection_lost("connection closed")
+
+    async def _misc(self, client: paho.Client) -> None:
+        while client is self._client:
+            await asyncio.sleep(1.0)
+            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._connection_lost("keep-alive failed")
+                return
+
+    def _connection_lost(self, why: str) -> None:
+        if self._lost is None:
+            self._lost = why
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(SinkError(f"{self.settings.url}: {why}"))
+        self.outbox.wake(self.name)
+
+    # ------------------------------------------------------------------ paho callbacks
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        fut = self._connack
+        if fut is not None and not fut.done():
+            fut.set_result(int(reason.value) if hasattr(reason, "value") else int(reason))
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if client is self._client:
+            self._connection_lost(f"disconnected ({reason})")
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        seq = self._mids.pop(mid, None)
+        if seq is None:
+            self._status_mids.discard(mid)
+            if mid == self._offline_mid:
+                self._offline_acked.set()
+            return
+        self.outbox.ack_one(self.name, seq)
+        self.delivered += 1
+        if len(self._mids) == self.max_inflight - 1 or not self._mids:
+            self.outbox.wake(self.name)  # the window opened, or a flush may be done
+
+    # ------------------------------------------------------------------ Sink
+
+    def window(self) -> int:
+        return self.max_inflight - len(self._mids)
+
+    def check(self) -> None:
+        if self._lost is not None:
+            raise SinkError(f"{self.settings.url}: {self._lost}")
+
+    def drained(self) -> bool:
+        return not self._mids and self.outbox.depth(self.name) == 0
+
+    async def deliver(self, rows: list[Row]) -> None:
+        client = self._client
+        if client is None:
+            raise SinkError("not connected")
+        publish = client.publish
+        mids = self._mids
+        ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+        for row in rows:
+            info = publish(row.topic, row.payload, 1)
+            if info.rc != ok:
+                raise SinkError(f"publish failed: {paho.error_string(info.rc)}")
+            mids[info.mid] = row.seq
+        self.published += len(rows)
+
+    async def close(self, *, clean: bool) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            if clean and self._lost is None and self._sock is not None:
+                await self._say_offline(client)
+                client.disconnect()
+                if client.want_write():
+                    client.loop_write()
+        except Exception as exc:  # closing never raises; the connection goes anyway
+            log.debug("mqtt sink: unclean close: %s", exc)
+        finally:
+            self._client = None
+            sock = self._sock
+            self._sock = None
+            if sock is not None and self._loop is not None:
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
+                with contextlib.suppress(OSError):
+                    sock.close()
+            if self._misc_task is not None:
+                self._misc_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._misc_task
+                self._misc_task = None
+            self._mids.clear()
+            self._status_mids.clear()
+
+    async def _say_offline(self, client: paho.Client) -> None:
+        """A clean stop: the gateway's status goes offline (the will covers crashes)."""
+        self._status[self.gateway_status_topic] = OFFLINE
+        info = client.publish(self.gateway_status_topic, OFFLINE, qos=1, retain=True)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return
+        self._offline_mid = info.mid
+        self._offline_acked.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self._offline_acked.wait()

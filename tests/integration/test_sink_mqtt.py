@@ -1,0 +1,446 @@
+"""MQTT sink against a real mosquitto: topics and payloads of 4.3, retained status and
+last will, a broker restart mid-stream, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from helpers import wait_for, wait_for_async
+from paho.mqtt.enums import CallbackAPIVersion
+from servers import Mosquitto
+
+from drivers.base import Reading
+from gateway.model import Event, Measurement
+from gateway.outbox import Outbox
+from gateway.settings import MqttSettings, OutboxSettings
+from gateway.sinks import MqttSink
+
+pytestmark = pytest.mark.integration
+
+T0 = dt.datetime(2026, 11, 27, 12, 0, 0, 250000, tzinfo=dt.UTC)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def meas(i: int, equipment: str = "PT-101", channel: str = "pressure") -> Measurement:
+    r = Reading(
+        equipment=equipment,
+        channel=channel,
+        raw=100.0 + i / 8,
+        unit="kPa",
+        t_wall=T0 + dt.timedelta(milliseconds=i),
+        t_mono=float(i),
+        flags=frozenset({"stable"}),
+    )
+    return Measurement(
+        reading=r,
+        value=100.125 + i / 8,
+        unit="kPa",
+        u=0.0125,
+        U=0.025,
+        k=2.0,
+        calibration="valid",
+        certificate="DKD-K-1/2026",
+        conformity="pass",
+        quantity="pressure",
+    )
+
+
+class Subscriber:
+    """A real MQTT client on its own thread, recording every message of ``topic``."""
+
+    def __init__(
+        self,
+        url: str,
+        topic: str,
+        *,
+        ca: Path | None = None,
+        client_id: str = "",
+        clean_session: bool = True,
+    ) -> None:
+        self.topic = topic
+        self.messages: list[paho.MQTTMessage] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=paho.MQTTv311,
+        )
+        if ca is not None:
+            c.tls_set(ca_certs=str(ca))
+        c.reconnect_delay_set(0.05, 0.5)
+        c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        c.on_subscribe = lambda *a: self.subscribed.set()
+        c.on_message = self._on_message
+        host, port = url.split("://")[1].split(":")
+        self.client = c
+        c.connect(host, int(port), 30)
+        c.loop_start()
+        assert self.subscribed.wait(10), "subscription not confirmed"
+
+    def _on_message(self, c: Any, u: Any, msg: paho.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append(msg)
+
+    def received(self, suffix: str = "") -> list[paho.MQTTMessage]:
+        with self.lock:
+            return [m for m in self.messages if m.topic.endswith(suffix)]
+
+    def payloads(self, suffix: str = "") -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in self.received(suffix)]
+
+    def seqs(self) -> set[int]:
+        return {p["seq"] for p in self.payloads("/reading")}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def subscribe() -> Iterator[Any]:
+    subs: list[Subscriber] = []
+
+    def make(url: str, topic: str, **kw: Any) -> Subscriber:
+        s = Subscriber(url, topic, **kw)
+        subs.append(s)
+        return s
+
+    yield make
+    for s in subs:
+        s.close()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    ob = Outbox(
+        tmp_path / "outbox.sqlite",
+        OutboxSettings(commit_interval_s=0.002),
+        sinks=("mqtt",),
+        site="lab-a",
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}",
+    )
+    yield ob
+    ob.close()
+
+
+@contextlib.asynccontextmanager
+async def running(sink: MqttSink) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(sink.run(), name="sink:mqtt")
+    try:
+        yield task
+    finally:
+        await sink.stop(timeout_s=3)
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def make_sink(url: str, outbox: Outbox, **kw: Any) -> MqttSink:
+    settings = MqttSettings(
+        url=url,
+        topic_prefix=outbox.topic_prefix,
+        backoff_min_s=kw.pop("backoff_min_s", 0.05),
+        backoff_max_s=kw.pop("backoff_max_s", 0.5),
+        **kw,
+    )
+    return MqttSink(settings, outbox, site="lab-a", gateway_id="edge-01")
+
+
+async def test_measurements_and_events_arrive_per_contract(
+    mosquitto: Mosquitto, outbox: Outbox, subscribe: Any
+) -> None:
+    prefix = outbox.topic_prefix
+    sub = subscribe(mosquitto.url, f"{prefix}/#")
+    sink = make_sink(mosquitto.url, outbox)
+    ms = [meas(i) for i in range(40)] + [meas(i, "BAL-01", "mass") for i in range(10)]
+    ev = Event(
+        type="out_of_tolerance",
+        severity="warning",
+        equipment="PT-101",
+        channel="pressure",
+        message="101.2 kPa above the high limit 101.0 kPa",
+        t_wall=T0,
+        detail={"limit": 101.0, "value": 101.2},
+    )
+    async with running(sink):
+        outbox.add(ms)
+        outbox.add([ev])
+        await wait_for_async(
+            lambda: len(sub.seqs()) == 50 and sub.received("/event"), what="all rows"
+        )
+        await wait_for_async(lambda: outbox.cursor("mqtt") == 51, what="every PUBACK acked")
+    readings = sub.received("/reading")
+    by_seq = {json.loads(m.payload)["seq"]: m for m in readings}
+    for seq, m in enumerate(ms, start=1):
+        msg = by_seq[seq]
+        assert msg.topic == f"{prefix}/lab-a/{m.equipment}/{m.channel}/reading"
+        assert json.loads(msg.payload) == m.payload(seq)
+        assert msg.qos == 1
+        assert not msg.retain
+    (evmsg,) = sub.received("/event")
+    assert evmsg.topic == f"{prefix}/lab-a/PT-101/event"
+    assert json.loads(evmsg.payload) == ev.payload(51)
+    assert not evmsg.retain
+    assert sink.failures == 0
+
+
+async def test_status_is_retained_republished_and_offline_after_a_clean_stop(
+    mosquitto: Mosquitto, outbox: Outbox, subscribe: Any
+) -> None:
+    prefix = outbox.topic_prefix
+    sink = make_sink(mosquitto.url, outbox)
+    sink.publish_status("PT-101", {"connection": "offline"})  # before connecting: kept
+    async with running(sink):
+        await wait_for_async(lambda: sink.connected, what="connected")
+        sink.publish_status("PT-101", {"connection": "online", "calibration": "valid"})
+        sink.publish_gateway_status({"version": "0.1.0"})
+        outbox.add([meas(0)])
+        await wait_for_async(lambda: outbox.cursor("mqtt") == 1, what="delivery")
+        # a subscriber that comes later sees the latest retained status
+        late = subscribe(mosquitto.url, f"{prefix}/lab-a/+/status")
+        gw = subscribe(mosquitto.url, f"{prefix}/lab-a/gateway/edge-01/status")
+        await wait_for_async(
+            lambda: (
+                late.payloads("/PT-101/status")
+                and late.payloads("/PT-101/status")[-1].get("connection") == "online"
+                and gw.payloads()
+                and gw.payloads()[-1].get("version") == "0.1.0"
+            ),
+            what="retained status",
+        )
+        status = late.received("/PT-101/status")[-1]
+        assert status.retain
+        assert json.loads(status.payload) == {"connection": "online", "calibration": "valid"}
+        online = gw.payloads()[-1]
+        assert online["state"] == "online"
+        assert online["gateway"] == "edge-01"
+        assert online["site"] == "lab-a"
+    await wait_for_async(lambda: gw.payloads()[-1] == {"state": "offline"}, what="offline")
+    # and it stays retained
+    again = subscribe(mosquitto.url, f"{prefix}/lab-a/gateway/edge-01/status")
+    await wait_for_async(
+        lambda: again.payloads() == [{"state": "offline"}], what="retained offline"
+    )
+    assert again.received()[0].retain
+
+
+CHILD = """
+import asyncio, sys
+sys.path.insert(0, {root!r})
+from gateway.outbox import Outbox
+from gateway.settings import MqttSettings
+from gateway.sinks import MqttSink
+
+async def main():
+    ob = Outbox({db!r}, sinks=("mqtt",), site="lab-a", topic_prefix={prefix!r})
+    sink = MqttSink(MqttSettings(url={url!r}, topic_prefix={prefix!r}, keepalive_s=5), ob,
+                    site="lab-a", gateway_id="edge-01")
+    await sink.run()
+
+asyncio.run(main())
+"""
+
+
+def test_last_will_marks_the_gateway_offline_when_it_dies(
+    mosquitto: Mosquitto, tmp_path: Path, subscribe: Any
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    gw = subscribe(mosquitto.url, f"{prefix}/lab-a/gateway/edge-01/status")
+    script = CHILD.format(
+        root=str(ROOT), db=str(tmp_path / "ob.sqlite"), prefix=prefix, url=mosquitto.url
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        wait_for(
+            lambda: bool(gw.payloads()) and gw.payloads()[-1]["state"] == "online",
+            timeout_s=20,
+            what="gateway online",
+        )
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_for(lambda: gw.payloads()[-1] == {"state": "offline"}, what="the will")
+        later = subscribe(mosquitto.url, f"{prefix}/lab-a/gateway/edge-01/status")
+        wait_for(lambda: later.payloads() == [{"state": "offline"}], what="retained will")
+        assert later.received()[0].retain
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+async def test_broker_restart_mid_stream_loses_nothing(
+    tmp_path: Path, outbox: Outbox, subscribe: Any
+) -> None:
+    broker = Mosquitto(tmp_path / "broker", persistence=True)
+    broker.workdir.mkdir()
+    broker.start()
+    try:
+        prefix = outbox.topic_prefix
+        # a persistent session: the broker queues for it while it is away
+        sub = subscribe(broker.url, f"{prefix}/#", client_id=f"sub-{prefix}", clean_session=False)
+        sink = make_sink(broker.url, outbox)
+        n = 0
+        async with running(sink):
+            for _ in range(20):
+                outbox.add([meas(n + i) for i in range(25)])
+                n += 25
+                await asyncio.sleep(0.005)
+            await asyncio.to_thread(broker.stop)
+            await wait_for_async(lambda: not sink.connected, what="sink notices")
+            for _ in range(20):  # the outage: rows pile up in the outbox
+                outbox.add([meas(n + i) for i in range(25)])
+                n += 25
+                await asyncio.sleep(0.005)
+            assert outbox.depth("mqtt") > 0
+            await asyncio.to_thread(broker.start)
+            await wait_for_async(lambda: outbox.cursor("mqtt") == n, timeout_s=30, what="catch-up")
+            await wait_for_async(
+                lambda: sub.seqs() == set(range(1, n + 1)), timeout_s=30, what="every seq"
+            )
+        assert sink.connects >= 2
+        assert sink.failures >= 1
+    finally:
+        broker.stop()
+
+
+async def test_slow_broker_fills_the_window_without_blocking_add(
+    mosquitto: Mosquitto, outbox: Outbox, subscribe: Any
+) -> None:
+    sub = subscribe(mosquitto.url, f"{outbox.topic_prefix}/#")
+    sink = make_sink(mosquitto.url, outbox, max_inflight=10, batch_size=4)
+    seen_window: list[int] = []
+    async with running(sink):
+        for k in range(10):
+            outbox.add([meas(k * 50 + i) for i in range(50)])
+            seen_window.append(len(sink._mids))
+            await asyncio.sleep(0)
+        await wait_for_async(lambda: outbox.cursor("mqtt") == 500, what="all acked")
+        await wait_for_async(lambda: len(sub.seqs()) == 500, what="all received")
+    assert max(seen_window) <= 10
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def make_certs(d: Path) -> tuple[Path, Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "calgate test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = d / "ca.pem", d / "server.pem", d / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    d = tmp_path / "tls"
+    d.mkdir()
+    broker = Mosquitto(d, tls=make_certs(d))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+async def test_tls_with_a_private_ca(tls_broker: Mosquitto, outbox: Outbox, subscribe: Any) -> None:
+    assert tls_broker.url.startswith("mqtts://")
+    assert tls_broker.tls is not None
+    ca = tls_broker.tls[0]
+    sub = subscribe(tls_broker.url, f"{outbox.topic_prefix}/#", ca=ca)
+    sink = make_sink(tls_broker.url, outbox, ca_file=ca)
+    async with running(sink):
+        outbox.add([meas(i) for i in range(20)])
+        await wait_for_async(lambda: len(sub.seqs()) == 20, what="TLS delivery")
+        await wait_for_async(lambda: outbox.cursor("mqtt") == 20, what="acks over TLS")
+
+
+async def test_tls_refuses_an_unknown_ca(tls_broker: Mosquitto, outbox: Outbox) -> None:
+    sink = make_sink(tls_broker.url, outbox)  # system CAs only: the test CA is unknown
+    async with running(sink):
+        outbox.add([meas(0)])
+        await wait_for_async(lambda: sink.failures >= 2, what="refused connects")
+        assert not sink.connected
+        assert "certificate" in (sink.last_error or "").lower()
+    assert outbox.cursor("mqtt") == 0
