@@ -76,7 +76,9 @@ def utc_date(at: datetime | date) -> date:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=True, allow_inf_nan=False
+    )
 
 
 class Range(_Frozen):
@@ -194,6 +196,10 @@ class Equipment(_Frozen):
         if name is None:
             return self.channels[0] if len(self.channels) == 1 else None
         return next((c for c in self.channels if c.name == name), None)
+
+    @property
+    def channels_by_name(self) -> Mapping[str, Channel]:
+        return {c.name: c for c in self.channels}
 
     @property
     def channel_names(self) -> tuple[str, ...]:
@@ -333,7 +339,9 @@ def _message(err: Mapping[str, Any]) -> str:
         return f"must be > {ctx.get('gt'):g}"
     if kind == "greater_than_equal":
         return f"must be >= {ctx.get('ge'):g}"
-    if kind in ("float_type", "float_parsing", "finite_number"):
+    if kind == "finite_number":
+        return "must be a finite number"
+    if kind in ("float_type", "float_parsing"):
         return f"must be a number (got {inp!r})"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be an integer (got {inp!r})"
@@ -685,7 +693,14 @@ def _check_certificate(
             ok = False
     if not ok:
         return None
-    return cert.model_copy(update=update)
+    checked = cert.model_copy(update=update)
+    assert eq is not None
+    try:
+        _corrector_of(eq, eq.channels_by_name[checked.channel or ""], checked)
+    except CalibrationError as exc:
+        errors.append(f"{f}: points: {exc}")
+        return None
+    return checked
 
 
 def _cycles(certs: Sequence[Certificate], errors: list[str]) -> None:
@@ -758,10 +773,6 @@ def _load_directory(root: Path) -> Registry:
 def _build_corrector(
     reg: Registry, eq_id: str, channel: str | None, at: datetime | date
 ) -> Corrector:
-    import numpy as np
-
-    from calibration.corrector import Corrector
-
     eq = reg.require(eq_id)
     ch = eq.channel(channel)
     if ch is None:
@@ -769,6 +780,14 @@ def _build_corrector(
             f"{eq_id} has no channel {channel!r} (channels: {', '.join(eq.channel_names)})"
         )
     cert = reg.in_force(eq_id, at, ch.name)
+    return _corrector_of(eq, ch, cert)
+
+
+def _corrector_of(eq: Equipment, ch: Channel, cert: Certificate | None) -> Corrector:
+    import numpy as np
+
+    from calibration.corrector import Corrector
+
     common: dict[str, Any] = {
         "resolution": ch.resolution,
         "repeatability": ch.repeatability,
