@@ -24,7 +24,6 @@ correction at the nearest edge (y = r − e(edge), u at the edge) and flagged ou
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -200,8 +199,3 @@ def check_points(
         raise CalibrationError(
             f"two points share the indication {dup[0]:g}: the correction would be ambiguous"
         )
-
-
-def finite_or_inf(value: float) -> float:
-    """``value`` unchanged, or +inf for NaN (an unknown number of degrees of freedom)."""
-    return math.inf if math.isnan(value) else value

@@ -459,4 +459,10 @@ def _slopes(xs: list[float], ys: list[float]) -> list[float]:
     """Per-interval slopes (ys[i+1] − ys[i]) / (xs[i+1] − xs[i]); [0.0] for one point."""
     if len(xs) < 2:
         return [0.0]
-    return [(ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]) for i in range(len(xs) - 1)]
+    out = [(ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]) for i in range(len(xs) - 1)]
+    for i, s in enumerate(out):
+        if not math.isfinite(s):
+            raise CalibrationError(
+                f"indications {xs[i]!r} and {xs[i + 1]!r} are too close to interpolate between"
+            )
+    return out

@@ -147,7 +147,7 @@ def test_tolerance_is_frozen_and_knows_its_kind() -> None:
     tol = Tolerance.from_table({"oiml_r76": {"class": "II", "e": 0.01}})
     assert tol.kind == "oiml_r76"
     with pytest.raises(pydantic.ValidationError):
-        tol.mpe = 3.0  # type: ignore[misc]
+        tol.mpe = 3.0
 
 
 # -- decision rules (ILAC G8:09/2019) ---------------------------------------------------------
