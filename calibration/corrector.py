@@ -362,7 +362,7 @@ class Corrector:
             out = True
         if self.model == "identity":
             u = math.sqrt(self._const2)
-            return raw, u, self.k * u, out
+            return float(raw), u, self.k * u, out
         xs = self._xs
         i = bisect_right(xs, x) - 1
         if i < 0:
