@@ -124,6 +124,7 @@ class ChainNode:
             "calibrated": self.calibrated.isoformat() if self.calibrated else None,
             "due": self.due.isoformat() if self.due else None,
             "evaluated_on": self.evaluated_on.isoformat(),
+            "source": self.source,
             "standards": [c.to_json() for c in self.standards],
         }
 
