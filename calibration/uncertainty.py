@@ -207,6 +207,23 @@ class Budget:
     def __iter__(self) -> Iterator[tuple[str, float]]:
         return iter([(c.label, c.u) for c in self.components])
 
+    def archive_json(self, label: str = "y") -> str:
+        """A GTC JSON archive of the result (``label``), inputs and their identities kept.
+
+        Load it with ``GTC.persistence.loads_json(text)[label]``: the budget, with every
+        certificate's label, survives across processes.
+        """
+        from GTC import persistence, result
+
+        ar = persistence.Archive()
+        y = self.result
+        if not hasattr(y, "u"):  # no uncertain input at all: archive a constant
+            from GTC import ureal
+
+            y = ureal(float(y), 0.0, label=label)
+        ar.add(**{label: result(y, label=label)})
+        return str(persistence.dumps_json(ar))
+
     def lines(self) -> list[str]:
         """The budget as text lines: label, u_i and its share of u_c²."""
         uc2 = self.u * self.u

@@ -125,3 +125,23 @@ def test_make_budget_is_a_gtc_result() -> None:
     labels = {i.label: i.u for i in reporting.budget(b.result)}
     assert labels == pytest.approx({"C-1": 0.03, "resolution": 0.04})
     assert "combined" in "\n".join(b.lines())
+
+
+def test_budget_archive_keeps_input_identities() -> None:
+    from GTC import persistence, reporting
+
+    b = unc.make_budget(
+        2.5,
+        unc.chain_contributions("LAB-7", 0.05, math.inf, [unc.ChainLevel("NMI-1", 0.03)]),
+        2.0,
+    )
+    text = b.archive_json("BAL-01/mass")
+    # archiving twice is allowed (each archive names a fresh intermediate result)
+    again = persistence.loads_json(b.archive_json("BAL-01/mass"))["BAL-01/mass"]
+    assert again.u == pytest.approx(0.05)
+    y = persistence.loads_json(text)["BAL-01/mass"]
+    assert y.x == pytest.approx(2.5)
+    assert y.u == pytest.approx(0.05)
+    assert {i.label: i.u for i in reporting.budget(y)} == pytest.approx(
+        {"LAB-7": 0.04, "NMI-1": 0.03}
+    )
