@@ -265,7 +265,13 @@ class LineServer:
             if device is None:
                 continue  # nobody on this line understands it
             self.commands += 1
-            reply = await self._respond(device, command)
+            try:
+                reply = await self._respond(device, command)
+            except _Hangup:
+                raise
+            except Exception:  # a simulator bug: say so, keep serving the line
+                log.exception("simulated device failed on %r", command)
+                continue
             if reply:
                 await write(reply)
 

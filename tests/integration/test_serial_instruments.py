@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -566,3 +567,42 @@ async def test_mt_sics_frames_are_formatted_like_a_balance() -> None:
         assert frame[:4] == b"S S "
         assert frame[4:14].lstrip() in (b"1234.567", b"1234.568", b"1234.569")  # d = 0.001
         assert frame[14:] == b" g\r\n"
+
+
+# -- the simulators' life cycle (what `calgate simulate` relies on) ----------------------------
+
+
+def _target(link: str) -> str:
+    """Where a symlink points ("" if it is gone)."""
+    try:
+        return os.readlink(link)
+    except FileNotFoundError:
+        return ""
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: MtSicsSim(**kw),
+        lambda **kw: SbiSim(**kw),
+        lambda **kw: PressureControllerSim(manifold=Manifold(), **kw),
+    ],
+    ids=["mt-sics", "sbi", "pressure-controller"],
+)
+async def test_simulator_life_cycle(make: Callable[..., SerialSimulator]) -> None:
+    tcp_only = make(pty=False, seed=1)
+    await tcp_only.start()
+    (url,) = tcp_only.endpoints().values()
+    assert url.startswith("socket://127.0.0.1:")
+    assert not url.endswith(":0")
+    await tcp_only.stop()
+    assert tcp_only.endpoints() == {}
+
+    async with make(tcp=False, seed=1) as pty_only:
+        assert set(pty_only.endpoints()) == {"pty"}
+        link = pty_only.endpoints()["pty"]
+        assert _target(link).startswith("/dev/pts/")
+    assert _target(link) == ""  # stop() removes the link and its directory
+
+    with pytest.raises(ValueError, match="tcp, pty or both"):
+        make(tcp=False, pty=False)

@@ -98,3 +98,64 @@ def test_parsers_only_raise_driver_errors(name: str, frame: bytes) -> None:
         assert isinstance(result.raw, float)
         if result.quality != "bad":
             assert math.isfinite(result.raw)
+
+
+# -- the simulators parse commands too: random commands never break them ------------------
+
+commands = st.one_of(
+    st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+    st.builds(
+        lambda head, arg: head + arg,
+        st.sampled_from(
+            [
+                b"S",
+                b"SI",
+                b"Z",
+                b"T",
+                b"I2",
+                b"I4",
+                b"@",
+                b"\x1bP",
+                b"\x1bT",
+                b"\x1bV",
+                b":SOUR:PRES ",
+                b":OUTP:STAT ",
+                b":UNIT:PRES ",
+                b":SENS:PRES?",
+                b":sense:pressure:inlimits?",
+                b"*IDN?",
+                b":SYST:ERR?",
+                b"*RST",
+                b"*CLS",
+            ]
+        ),
+        st.text(alphabet="0123456789.eE+-naifONOF ?:", max_size=12).map(str.encode),
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(commands, min_size=1, max_size=8))
+def test_simulators_answer_any_command_without_failing(batch: list[bytes]) -> None:
+    import asyncio
+
+    from simulators.mt_sics import MtSicsSim
+    from simulators.pressure_controller import PressureControllerSim
+    from simulators.sbi import SbiSim
+
+    async def run() -> None:
+        sims = [
+            MtSicsSim(tau_s=0.001, stable_timeout_s=0.05, seed=1),
+            SbiSim(tau_s=0.001, seed=2),
+            PressureControllerSim(seed=3),
+        ]
+        for command in batch:
+            for sim in sims:
+                if sim.claims(command):
+                    reply = await sim.handle(command)
+                    assert reply is None or (isinstance(reply, bytes) and b"\n" not in reply)
+        for sim in sims:  # and they still answer a good command
+            good = {MtSicsSim: b"SI", SbiSim: b"\x1bP", PressureControllerSim: b":SENS:PRES?"}
+            assert await sim.handle(good[type(sim)])
+
+    asyncio.run(run())
