@@ -529,32 +529,31 @@ class OpcUaDriver(Driver, kind="opcua"):
         client = Client(cfg.url, timeout=cfg.timeout_s, watchdog_intervall=max(cfg.timeout_s, 1.0))
         client.name = client.description = f"calgate {cfg.id}"
         client.product_uri = "urn:calgate"
-        session: _Session | None = None
-        try:
-            async with asyncio.timeout(max(cfg.timeout_s, 0.1) * 3):
-                await self._setup_client(client)
-                await client.connect()
-                session = _Session(client, {})
-                session.nodeids = await self._resolve(client)
-        except Exception as exc:
-            if session is not None:
-                await self._discard(session, "connect failed")
-            else:
-                await _disconnect_quietly(client, cfg.timeout_s)
-            raise self._connect_error(exc) from exc
+        session = _Session(client, {})
 
         async def lost(exc: Exception) -> None:
             log.info("%s: connection to %s lost: %s", cfg.id, cfg.url, exc)
             session.mark_lost(f"connection lost: {exc}" if str(exc) else "connection lost")
 
         client.connection_lost_callback = lost
+        try:
+            # set-up, session and node lookups; with the read after it, a poll that has to
+            # connect takes at most 3 x timeout_s
+            async with asyncio.timeout(cfg.timeout_s * 2):
+                await self._setup_client(client)
+                await client.connect()
+                session.nodeids = await self._resolve(client)
+        except BaseException as exc:  # cancelled too: never leave a half-open client behind
+            await self._discard(session, "connect failed")
+            if isinstance(exc, Exception):
+                raise self._connect_error(exc) from exc
+            raise
         self.connects += 1
         log.info("%s: connected to %s (%s)", cfg.id, cfg.url, cfg.security)
         return session
 
     async def _setup_client(self, client: Any) -> None:
         """Security and identity, set before ``connect()``; ValueError for unusable files."""
-
         cfg = self.opcua
         if cfg.security != "None":
             assert cfg.certificate is not None
@@ -646,7 +645,7 @@ class OpcUaDriver(Driver, kind="opcua"):
                 hint = "; check security, certificate and private_key"
             msg = f"{url}: the server refused the session: {name}{hint}"
         elif isinstance(exc, TimeoutError):
-            msg = f"{url}: no session within {self.opcua.timeout_s * 3:g} s"
+            msg = f"{url}: no session within {self.opcua.timeout_s * 2:g} s"
         elif isinstance(exc, OSError):
             msg = f"{url}: cannot connect: {exc.strerror or exc}"
         elif isinstance(exc, UaError) and "endpoint" in str(exc).lower():

@@ -540,9 +540,13 @@ async def test_refused_and_silent_servers_are_connect_errors() -> None:
         await driver.poll()
     await driver.close()
 
+    connections = {"open": 0, "closed": 0}
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections["open"] += 1
         with contextlib.suppress(ConnectionError):
-            await reader.read()  # accept, read the Hello, never answer
+            await reader.read()  # accept, read the Hello, never answer, until the client closes
+        connections["closed"] += 1
         writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
@@ -556,6 +560,17 @@ async def test_refused_and_silent_servers_are_connect_errors() -> None:
         with pytest.raises(ConnectError, match="no session within"):
             await driver.poll()
         assert loop.time() - started < 20 * 0.5  # bounded by the timeout, not a hang
+        # cancelled while connecting (the scheduler's hard timeout): nothing is left open
+        opened_before = connections["open"]
+        task = asyncio.create_task(driver.poll())
+        await wait_for_async(lambda: connections["open"] > opened_before, what="the connection")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await wait_for_async(
+            lambda: connections["closed"] == connections["open"], timeout_s=5, what="socket closed"
+        )
+        assert not asyncua_client_tasks()
         await driver.close()
     finally:
         server.close()
