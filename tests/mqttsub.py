@@ -16,14 +16,23 @@ __all__ = ["Subscriber"]
 class Subscriber:
     """``with Subscriber(port, "calgate/#") as sub: ... sub.wait_for(pred)``."""
 
-    def __init__(self, port: int, topic: str, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, topic: str, host: str = "127.0.0.1", *, session: str | None = None
+    ) -> None:
+        """``session``: a client id whose persistent session (clean_session false) keeps
+        QoS 1 messages queued at the broker while this subscriber is disconnected."""
         self.port = port
         self.host = host
         self.topic = topic
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=session or "",
+            clean_session=session is None,
+        )
+        self._client.reconnect_delay_set(0.05, 0.5)
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *a: self._subscribed.set()
         self._client.on_connect = lambda c, *a: c.subscribe(self.topic, qos=1)
