@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
 import sys
@@ -78,7 +77,7 @@ async def test_broker_and_database_outages_and_sigkill_lose_nothing_committed(
                 },
                 only={"PT-101", "PT-102", "PC-01"},
                 gateway_extra={"backoff_min_s": 0.05, "backoff_max_s": 0.3},
-            )  # fmt: skip
+            )
         )
         config.write_text(
             config.read_text().replace('flush_interval_s = "0.2"', "flush_interval_s = 0.2")
@@ -118,10 +117,13 @@ async def test_broker_and_database_outages_and_sigkill_lose_nothing_committed(
             last = committed_seq(state)
             with contextlib.suppress(TimeoutError):
                 await wait_for_async(
-                    lambda: {m["seq"] for m in sub.json("/reading") + sub.json("/event")}
-                    >= set(range(1, last + 1)),
-                    timeout_s=10, what="every seq on MQTT",
-                )  # fmt: skip
+                    lambda: (
+                        {m["seq"] for m in sub.json("/reading") + sub.json("/event")}
+                        >= set(range(1, last + 1))
+                    ),
+                    timeout_s=10,
+                    what="every seq on MQTT",
+                )
     expected = set(range(1, last + 1))
     mqtt_seqs = [m["seq"] for m in sub.json("/reading") + sub.json("/event")]
     missing = sorted(expected - set(mqtt_seqs))
@@ -132,4 +134,3 @@ async def test_broker_and_database_outages_and_sigkill_lose_nothing_committed(
     )
     influx_seqs = [int(r["seq"]) for r in rows]  # type: ignore[call-overload]
     assert sorted(influx_seqs) == sorted(expected), "exactly once per series and time"
-    assert os.path.getsize(state / "outbox.sqlite") > 0
