@@ -471,7 +471,12 @@ class _Handler:
 
 
 class OpcUaDriver(Driver, kind="opcua"):
-    """Reads nodes of one OPC UA server: polled in one Read request, or by subscription."""
+    """Reads nodes of one OPC UA server: polled in one Read request, or by subscription.
+
+    ``open()`` is optional (the first ``poll()`` or ``subscribe()`` connects). After
+    ``close()``, ``poll()`` and ``subscribe()`` raise ConnectError until ``open()``.
+    ``connects`` counts the sessions opened (a reconnect adds one).
+    """
 
     Config = OpcUaConfig
 
@@ -521,6 +526,9 @@ class OpcUaDriver(Driver, kind="opcua"):
                 self._session = None
                 await self._discard(session, session.lost or "connection lost")
             session = await self._connect()
+            if self._closed:  # closed while connecting
+                await self._discard(session, "driver closed")
+                raise ConnectError("driver is closed", equipment=self.equipment)
             self._session = session
             return session
 

@@ -332,6 +332,7 @@ class TestingMachineSim:
 
     async def start(self) -> None:
         """Build the address space (first time), listen, and start the update task."""
+        await self._settle_stopper()
         if self._running:
             return
         if self._server is None:
@@ -346,16 +347,20 @@ class TestingMachineSim:
 
     async def stop(self) -> None:
         """Stop listening (every client connection closes); the port is kept for restart."""
-        if self._stopper is not None and self._stopper is not asyncio.current_task():
-            with contextlib.suppress(Exception):
-                await self._stopper
-            self._stopper = None
+        await self._settle_stopper()
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._halt()
+
+    async def _settle_stopper(self) -> None:
+        """Let a DISCONNECT fault's stop finish before starting or stopping again."""
+        stopper, self._stopper = self._stopper, None
+        if stopper is not None and stopper is not asyncio.current_task():
+            with contextlib.suppress(Exception):
+                await stopper
 
     async def _halt(self) -> None:
         """Stop listening and forget every session, as a power cycle does.
