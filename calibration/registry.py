@@ -481,6 +481,15 @@ class Registry:
         ]
         return later[0] if later else None
 
+    def predecessor(self, cert: Certificate) -> Certificate | None:
+        """The previous certificate of the same item and channel, if any."""
+        earlier = [
+            c
+            for c in self.certificates(cert.item, cert.channel)
+            if (c.calibrated, c.number) < (cert.calibrated, cert.number)
+        ]
+        return earlier[-1] if earlier else None
+
     def dependants(self, item: str) -> tuple[Certificate, ...]:
         """Certificates that name ``item`` as a standard, oldest first."""
         return tuple(c for c in self.certificates() if item in c.standards)

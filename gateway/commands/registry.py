@@ -139,10 +139,44 @@ def _check(args: argparse.Namespace) -> int:
             )
             for r in st.reasons:
                 print(f"  {'':<{width}}    ! {r}")
+    findings = _out_of_tolerance(reg, at)
+    if findings:
+        print("found out of tolerance (as found), with what depends on them (reverse trace):")
+        for line in findings:
+            print("  " + line)
     if args.strict and bad:
         print(f"{bad} channel(s) expired, untraceable, suspect or without certificate")
         return EX_CONFIG
     return EX_OK
+
+
+def _out_of_tolerance(reg: Registry, at: datetime) -> list[str]:
+    """Certificates whose as-found results fail, and the reverse trace of each item over
+    the period before (since its previous calibration): what a quality manager reviews."""
+    lines: list[str] = []
+    day = at.date()
+    for cert in reg.certificates():
+        if cert.calibrated > day or reg.conforms(cert) is not False:
+            continue
+        prev = reg.predecessor(cert)
+        since = prev.calibrated if prev else None
+        affected = reg.reverse_trace(cert.item, since=since, until=cert.calibrated)
+        if prev is None and not affected:
+            continue  # its first calibration: nothing relied on it before
+        period = f"in use since {prev.number} ({prev.calibrated.isoformat()})" if prev else ""
+        lines.append(
+            f"{cert.item}: {cert.number} ({cert.calibrated.isoformat()})"
+            + (f"; {period}" if period else "")
+            + f": {len(affected)} certificate(s) to review"
+        )
+        for a in affected:
+            ch = f"/{a.channel}" if a.channel else ""
+            end = a.window[1].isoformat() if a.window[1] else "now"
+            lines.append(
+                f"  {'  ' * (a.depth - 1)}{a.certificate}  {a.item}{ch}  "
+                f"{a.window[0].isoformat()} to {end}"
+            )
+    return lines
 
 
 def _chain(args: argparse.Namespace) -> int:

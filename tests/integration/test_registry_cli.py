@@ -234,3 +234,67 @@ def test_calgate_as_a_process() -> None:
     )
     assert proc.returncode == 78
     assert proc.stderr.splitlines()[1:] == (BAD / "dates" / "expected.err").read_text().splitlines()
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def _eq(eq_id: str, role: str, tolerance: str = "") -> str:
+    return (
+        f'id = "{eq_id}"\nrole = "{role}"\n[[channels]]\nname = "m"\nquantity = "mass"\n'
+        f'unit = "g"\n{tolerance}'
+    )
+
+
+def _cert(number: str, item: str, calibrated: str, std: str = "", found: float = 0.0) -> str:
+    text = (
+        f'number = "{number}"\nitem = "{item}"\nissued_by = "Lab"\nnmi = {str(not std).lower()}\n'
+        f'calibrated = {calibrated}\ndue = 2030-01-01\nstandards = [{std}]\nunit = "g"\n'
+        "points = [\n  { reference = 100.0, indicated = 100.001, U = 0.002, k = 2 },\n"
+        "  { reference = 200.0, indicated = 200.002, U = 0.004, k = 2 },\n]\n"
+    )
+    if found:
+        text += (
+            f"as_found = [\n  {{ reference = 100.0, indicated = {100 + found}, U = 0.002, k = 2 }},\n"
+            "  { reference = 200.0, indicated = 200.002, U = 0.004, k = 2 },\n]\n"
+        )
+    return text
+
+
+def test_check_lists_what_depends_on_a_drifted_standard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write(
+        tmp_path,
+        {
+            "equipment/REF.toml": _eq("REF", "reference_standard", "tolerance = { mpe = 0.01 }\n"),
+            "equipment/WS.toml": _eq("WS", "working_standard"),
+            "equipment/INS.toml": _eq("INS", "instrument"),
+            "certificates/N-1.toml": _cert("N-1", "REF", "2024-01-10"),
+            "certificates/N-2.toml": _cert("N-2", "REF", "2025-01-10", found=0.05),
+            "certificates/W-1.toml": _cert("W-1", "WS", "2024-06-01", '"REF"'),
+            "certificates/W-2.toml": _cert("W-2", "WS", "2025-03-01", '"REF"'),
+            "certificates/C-1.toml": _cert("C-1", "INS", "2024-09-01", '"WS"'),
+        },
+    )
+    code, out, _ = run(capsys, "registry", "check", str(tmp_path), "--at", "2025-02-01")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[2:] == [
+        "  INS  m         SUSPECT         C-1                  due 2030-01-01  instrument",
+        "         ! via WS (W-1): standard REF was found out of tolerance (as found) at its "
+        "next calibration (N-2, 2025-01-10); W-1 was calibrated with it on 2024-06-01",
+        "  REF  m         ok              N-2                  due 2030-01-01  reference "
+        "standard  as found: DOES NOT CONFORM",
+        "  WS   m         SUSPECT         W-1                  due 2030-01-01  working standard",
+        "         ! standard REF was found out of tolerance (as found) at its next "
+        "calibration (N-2, 2025-01-10); W-1 was calibrated with it on 2024-06-01",
+        "found out of tolerance (as found), with what depends on them (reverse trace):",
+        "  REF: N-2 (2025-01-10); in use since N-1 (2024-01-10): 2 certificate(s) to review",
+        "    W-1  WS/m  2024-06-01 to 2025-02-28",
+        "      C-1  INS/m  2024-09-01 to now",
+    ]

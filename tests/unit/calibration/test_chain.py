@@ -266,7 +266,7 @@ def drifted(tmp_path: Path) -> Registry:
     W-1 (2024-06-01) used REF under N-1: suspect. C-1 (2024-09-01) used WS under W-1:
     suspect through two levels. W-2 and C-2 came after REF's recalibration: valid.
     """
-    tol = "{ mpe = 0.001 }"
+    tol = "{ mpe = 0.01 }"
     return build(
         tmp_path,
         {
@@ -276,7 +276,7 @@ def drifted(tmp_path: Path) -> Registry:
         },
         {
             "N-1": cert("N-1", "REF", "2024-01-10", "2026-01-10", nmi=True),
-            "N-2": cert("N-2", "REF", "2025-01-10", "2027-01-10", nmi=True, as_found_error=0.005),
+            "N-2": cert("N-2", "REF", "2025-01-10", "2027-01-10", nmi=True, as_found_error=0.02),
             "W-1": cert("W-1", "WS", "2024-06-01", "2026-06-01", ("REF",)),
             "W-2": cert("W-2", "WS", "2025-03-01", "2027-03-01", ("REF",)),
             "C-1": cert("C-1", "INS", "2024-09-01", "2026-09-01", ("WS",)),
