@@ -9,12 +9,14 @@ from typing import Any
 
 import asyncua.ua as _ua
 import pytest
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from pydantic import ValidationError
 
-from drivers.errors import FrameError
+from drivers.errors import ConnectError, DeviceError, DeviceTimeout, FrameError
 from drivers.opcua import (
     OpcUaConfig,
     OpcUaDriver,
+    _Session,
     convert_value,
     parse_node,
     quality_of,
@@ -399,3 +401,83 @@ def test_secrets_are_not_in_the_config_repr(monkeypatch: pytest.MonkeyPatch) -> 
     cfg = config(username="operator", password_env="CALGATE_TEST_OPCUA_PW")
     assert "s3cret" not in repr(cfg)
     assert "s3cret" not in cfg.model_dump_json()
+
+
+# ---------------------------------------------------------------------------- exceptions
+
+
+def secure_driver() -> OpcUaDriver:
+    return OpcUaDriver(
+        config(
+            security="Basic256Sha256,SignAndEncrypt",
+            certificate="/c.der",
+            private_key="/k.pem",
+            username="operator",
+            password_env="PW",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (
+            UaStatusCodeError(ua.StatusCodes.BadUserAccessDenied),
+            "BadUserAccessDenied; check username 'operator'",
+        ),
+        (UaStatusCodeError(ua.StatusCodes.BadIdentityTokenRejected), "check username 'operator'"),
+        (UaStatusCodeError(ua.StatusCodes.BadSecurityChecksFailed), "check security, certificate"),
+        (
+            UaError("No matching endpoints: 3, http://..."),
+            "offers no Basic256Sha256,SignAndEncrypt endpoint",
+        ),
+        (ConnectionRefusedError(111, "Connection refused"), "cannot connect: Connection refused"),
+        (TimeoutError(), "no session within 4 s"),
+        (ValueError("environment variable PW is not set"), "PW is not set"),
+        (RuntimeError("surprise"), "cannot open a session: RuntimeError: surprise"),
+    ],
+)
+def test_connect_errors(exc: BaseException, message: str) -> None:
+    error = secure_driver()._connect_error(exc)
+    assert isinstance(error, ConnectError)
+    assert error.equipment == "UTM-01"
+    assert message in str(error)
+    assert str(error).startswith("UTM-01: opc.tcp://127.0.0.1:4840: ")
+
+
+def test_connect_error_without_username_says_so() -> None:
+    error = OpcUaDriver(config())._connect_error(
+        UaStatusCodeError(ua.StatusCodes.BadIdentityTokenRejected)
+    )
+    assert "the server wants a username" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "lost"),
+    [
+        (TimeoutError(), DeviceTimeout, True),
+        (ConnectionError("client is disconnected"), ConnectError, True),
+        (OSError(104, "Connection reset by peer"), ConnectError, True),
+        (UaStatusCodeError(ua.StatusCodes.BadSessionClosed), ConnectError, True),
+        (UaStatusCodeError(ua.StatusCodes.BadSecureChannelClosed), ConnectError, True),
+        (UaStatusCodeError(ua.StatusCodes.BadTimeout), DeviceTimeout, False),
+        (UaStatusCodeError(ua.StatusCodes.BadTooManyOperations), DeviceError, False),
+        (UaError("something broke in the stack"), ConnectError, True),
+    ],
+)
+def test_request_errors(exc: BaseException, kind: type[Exception], lost: bool) -> None:
+    driver = OpcUaDriver(config())
+    session = _Session(client=None, nodeids={})
+    error = driver._translate(exc, session, "read 3 nodes")
+    assert type(error) is kind
+    assert error.equipment == "UTM-01"
+    assert "read 3 nodes" in str(error)
+    assert (session.lost is not None) is lost
+    if isinstance(error, DeviceError):
+        assert error.code == "BadTooManyOperations"
+
+
+def test_bugs_are_not_translated() -> None:
+    driver = OpcUaDriver(config())
+    with pytest.raises(KeyError):
+        driver._translate(KeyError("bug"), _Session(client=None, nodeids={}), "read")
