@@ -9,7 +9,8 @@ from typing import Any
 
 import asyncua.ua as _ua
 import pytest
-from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from asyncua.ua.uaerrors import UaError
+from asyncua.ua.uaerrors import UaStatusCodeError as _UaStatusCodeError
 from pydantic import ValidationError
 
 from drivers.errors import ConnectError, DeviceError, DeviceTimeout, FrameError
@@ -25,6 +26,7 @@ from drivers.opcua import (
 )
 
 ua: Any = _ua  # asyncua annotates with its own wrapper classes; used untyped here
+UaStatusCodeError: Any = _UaStatusCodeError  # its constructor is untyped
 
 T_SOURCE = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 T_SERVER = T_SOURCE + timedelta(milliseconds=5)
