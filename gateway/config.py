@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from drivers import load_all as load_drivers
+from drivers import KINDS, driver_class
 from drivers.base import DriverConfig
 from gateway.errors import ConfigError
 from gateway.settings import InfluxSettings, MqttSettings, OutboxSettings
@@ -112,7 +112,7 @@ def _errors(exc: ValidationError, fname: str, prefix: str = "") -> list[str]:
 def _parse_equipment(
     tables: Sequence[Mapping[str, Any]], fname: str, errors: list[str]
 ) -> list[EquipmentEntry]:
-    drivers = load_drivers()
+    names = ", ".join(sorted(KINDS))
     entries: list[EquipmentEntry] = []
     seen: dict[str, int] = {}
     for i, table in enumerate(tables):
@@ -127,15 +127,11 @@ def _parse_equipment(
             seen[eq_id] = i
         kind = table.get("driver")
         if kind is None:
-            errors.append(
-                f"{fname}: {where}.driver: field required (one of {', '.join(sorted(drivers))})"
-            )
+            errors.append(f"{fname}: {where}.driver: field required (one of {names})")
             continue
-        cls = drivers.get(str(kind))
+        cls = driver_class(str(kind))
         if cls is None:
-            errors.append(
-                f"{fname}: {where}.driver: unknown driver {kind!r} (one of {', '.join(sorted(drivers))})"
-            )
+            errors.append(f"{fname}: {where}.driver: unknown driver {kind!r} (one of {names})")
             continue
         own = {k: v for k, v in table.items() if k not in GATEWAY_KEYS}
         try:

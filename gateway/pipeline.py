@@ -161,7 +161,7 @@ class Pipeline:
             quality = "uncertain"
         if plan.calibration in DOUBTFUL and quality == "good":
             quality = "uncertain"
-        conformity = corrector.judge(np.array([value]), np.array([big_u]))[0]
+        conformity = corrector.judge_one(value, big_u)
         return Measurement(
             reading=r,
             value=value,

@@ -59,14 +59,16 @@ def _fail(errors: list[str]) -> NoReturn:
 def make_driver(entry: EquipmentEntry, registry: Any | None, buses: Buses) -> Driver:
     """The driver of an equipment table; a single-channel instrument's channel name
     comes from its registry equipment when the table does not name it."""
-    from drivers import DRIVERS
+    from drivers import driver_class
 
     cfg = entry.driver
     if "channel" in type(cfg).model_fields and getattr(cfg, "channel", None) is None and registry:
         eq = registry.equipment(entry.id)
         if eq is not None and len(eq.channels) == 1:
             cfg = cfg.model_copy(update={"channel": eq.channels[0].name})
-    return DRIVERS[cfg.driver](cfg, buses=buses)
+    cls = driver_class(cfg.driver)
+    assert cls is not None, cfg.driver  # validated at load
+    return cls(cfg, buses=buses)
 
 
 class Gateway:
