@@ -55,6 +55,31 @@ class _TrackingContext(ssl.SSLContext):
         return sock
 
 
+class _BufferedClient(paho.Client):
+    """paho reads a packet with two or three ``recv`` calls (type, length, body): this
+    client reads what the socket has at once and serves paho from that buffer, so a burst
+    of PUBACKs costs one system call. :meth:`buffered` tells the reader to call
+    ``loop_read`` again (no readiness event comes for bytes already read)."""
+
+    _rbuf: bytes = b""
+    _rpos: int = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            buf = super()._sock_recv(65536)  # BlockingIOError when empty: paho's AGAIN
+            if not buf:
+                return buf  # EOF
+            pos = 0
+            self._rbuf = buf
+        out = buf[pos : pos + bufsize]
+        self._rpos = pos + len(out)
+        return out
+
+    def buffered(self) -> bool:
+        return self._rpos < len(self._rbuf)
+
+
 class MqttSink(Sink):
     """Publishes the outbox's ``mqtt`` cursor to a broker.
 
@@ -87,7 +112,7 @@ class MqttSink(Sink):
         self.gateway_status_topic = f"{self.status_base}gateway/{gateway_id}/status"
         self._status: dict[str, bytes] = {}
         self._gateway_status: dict[str, Any] = {}
-        self._client: paho.Client | None = None
+        self._client: _BufferedClient | None = None
         self._sock: Any = None
         self._mids: dict[int, int] = {}  # paho message id -> outbox seq, in flight
         self._status_mids: set[int] = set()
@@ -133,16 +158,17 @@ class MqttSink(Sink):
 
     # ------------------------------------------------------------------ connection
 
-    def _new_client(self) -> paho.Client:
+    def _new_client(self) -> _BufferedClient:
         s = self.settings
-        c = paho.Client(
+        c = _BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=True,
             protocol=MQTTProtocolVersion.MQTTv311,
         )
-        # paho's own window is a bit larger than ours: status messages fit beside it
-        c.max_inflight_messages_set(s.max_inflight + 64)
+        # The window is ours (``window()``): paho's own limit would queue messages and
+        # rescan every queued message on each PUBACK (O(window) per ack), so it is off.
+        c.max_inflight_messages_set(0)
         c.max_queued_messages_set(0)
         c.connect_timeout = s.connect_timeout_s
         if s.username:
@@ -219,9 +245,9 @@ class MqttSink(Sink):
             return
         client.loop_read()
         sock = self._sock
-        # an SSL socket may hold decrypted bytes that select() cannot see
-        while sock is not None and self._sock is sock and isinstance(sock, ssl.SSLSocket):
-            if not sock.pending():
+        # bytes already read into the buffer (or decrypted by TLS) raise no readiness event
+        while sock is not None and self._sock is sock:
+            if not (client.buffered() or (isinstance(sock, ssl.SSLSocket) and sock.pending())):
                 break
             client.loop_read()
 
