@@ -537,6 +537,7 @@ class OpcUaDriver(Driver, kind="opcua"):
         client = Client(cfg.url, timeout=cfg.timeout_s, watchdog_intervall=max(cfg.timeout_s, 1.0))
         client.name = client.description = f"calgate {cfg.id}"
         client.product_uri = "urn:calgate"
+        client.session_timeout = 600_000  # ms; what asyncua servers grant at most anyway
         session = _Session(client, {})
 
         async def lost(exc: Exception) -> None:
@@ -780,12 +781,21 @@ class OpcUaDriver(Driver, kind="opcua"):
         for c in channels:
             node = session.client.get_node(session.nodeids[c.name])
             groups.setdefault(c.sampling_interval_ms, []).append(node)
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = period
+        # a keep-alive at least every second (or timeout_s): a silent server shows soon
+        keepalive = max(1, math.ceil(max(1000.0, cfg.timeout_s * 1000.0) / period))
+        params.RequestedMaxKeepAliveCount = keepalive
+        params.RequestedLifetimeCount = keepalive * 10
+        params.MaxNotificationsPerPublish = 10_000
+        params.PublishingEnabled = True
+        params.Priority = 0
         handler = _Handler(queue, session)
         subscription: Any = None
         what = f"subscribe to {len(channels)} nodes"
         try:
             async with asyncio.timeout(cfg.timeout_s * 2):
-                subscription = await session.client.create_subscription(period, handler)
+                subscription = await session.client.create_subscription(params, handler)
                 for interval, nodes in groups.items():
                     handles = await subscription.subscribe_data_change(
                         nodes, ua.AttributeIds.Value, sampling_interval=interval
