@@ -662,3 +662,36 @@ async def test_errors_are_driver_errors_only(machine: TestingMachineSim) -> None
     await driver.close()
     with pytest.raises(DriverError, match="closed"):
         await anext(driver.subscribe())
+
+
+async def test_poll_and_subscribe_share_one_connection(machine: TestingMachineSim) -> None:
+    """As the gateway runs them: two tasks, no open() first, one session between them."""
+    cfg = make_config(
+        machine,
+        [
+            channel("force", machine.nodeid("Force"), mode="subscribe"),
+            channel("extension", machine.nodeid("Extension")),
+        ],
+    )
+    driver = OpcUaDriver(cfg)
+    got: list[Reading] = []
+
+    async def consume() -> None:
+        async for readings in driver.subscribe():
+            got.extend(readings)
+
+    try:
+        task = asyncio.create_task(consume())
+        polled = await asyncio.gather(driver.poll(), driver.poll())
+        await wait_for_async(lambda: len(got) >= 3, timeout_s=5, what="notifications")
+        assert driver.connects == 1
+        assert all(len(p) == 1 and p[0].channel == "extension" for p in polled)
+        assert {r.channel for r in got} == {"force"}
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await driver.close()
+    await wait_for_async(
+        lambda: not asyncua_client_tasks(), timeout_s=5, what="client tasks to end"
+    )
