@@ -25,10 +25,13 @@ import logging
 import ssl
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import SinkError
 from gateway.model import rfc3339
@@ -41,6 +44,8 @@ __all__ = ["MqttSink"]
 log = logging.getLogger(__name__)
 
 OFFLINE = b'{"state":"offline"}'
+_PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
+_NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 
 class _TrackingContext(ssl.SSLContext):
@@ -78,6 +83,18 @@ class _BufferedClient(paho.Client):
 
     def buffered(self) -> bool:
         return self._rpos < len(self._rbuf)
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        # MQTT 3.1.1 PUBACK: two bytes of message id. paho builds a ReasonCode and a
+        # Properties object for each; with no properties in 3.1.1, shared ones do.
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or self._protocol != MQTTProtocolVersion.MQTTv311 or len(packet) != 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, _PUBACK_OK, _NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class MqttSink(Sink):
