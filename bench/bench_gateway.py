@@ -67,7 +67,7 @@ async def serve_transmitters(n: int, ports_file: Path) -> None:
     sims = [ModbusTransmitterSim(units=(1,), manifold=manifold, seed=i) for i in range(n)]
     for sim in sims:
         await sim.start()
-    ports_file.write_text(json.dumps([sim.endpoints()["tcp"] for sim in sims]))
+    ports_file.write_text(json.dumps([sim.endpoints()["tcp"] for sim in sims]))  # noqa: ASYNC240 - once, at start
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()

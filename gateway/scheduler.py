@@ -101,10 +101,11 @@ class Supervisor:
                 async with asyncio.timeout(hard_timeout):
                     readings = await self.driver.poll()
             except TimeoutError as exc:
-                err: DriverError | None = DeviceTimeout(
+                timeout = DeviceTimeout(
                     f"no answer within {hard_timeout:.1f} s", equipment=self.equipment
                 )
-                err.__cause__ = exc
+                timeout.__cause__ = exc
+                err: DriverError | None = timeout
             except DriverError as exc:
                 err = exc
             else:

@@ -109,3 +109,13 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     cfg = load_config(path)
     assert cfg.registry_dir == (tmp_path / "sub" / "reg").resolve()
     assert cfg.state_dir == (tmp_path / "sub" / "state").resolve()
+
+
+def test_the_documented_example_config_is_valid() -> None:
+    """examples/calgate.toml documents every option; it must stay a valid config."""
+    example = Path(__file__).resolve().parents[3] / "examples" / "calgate.toml"
+    cfg = load_config(example)
+    assert [e.id for e in cfg.equipment] == ["BAL-01", "BAL-02", "PC-01", "PT-101", "UTM-01"]
+    assert cfg.mqtt is not None
+    assert cfg.influxdb is not None
+    assert cfg.outbox.max_bytes == 268435456
