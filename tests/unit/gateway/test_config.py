@@ -111,8 +111,13 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     assert cfg.state_dir == (tmp_path / "sub" / "state").resolve()
 
 
-def test_the_documented_example_config_is_valid() -> None:
+def test_the_documented_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     """examples/calgate.toml documents every option; it must stay a valid config."""
+    monkeypatch.delenv("CALGATE_INFLUX_TOKEN", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config(Path(__file__).resolve().parents[3] / "examples" / "calgate.toml")
+    assert "CALGATE_INFLUX_TOKEN" in "\n".join(info.value.errors)
+    monkeypatch.setenv("CALGATE_INFLUX_TOKEN", "a-token")  # secrets come from the environment
     example = Path(__file__).resolve().parents[3] / "examples" / "calgate.toml"
     cfg = load_config(example)
     assert [e.id for e in cfg.equipment] == ["BAL-01", "BAL-02", "PC-01", "PT-101", "UTM-01"]
