@@ -114,6 +114,43 @@ async def run(ob: Outbox, sink: Sink | None, n: int, chunk: int = 100) -> float:
     return cpu / n * 1e6
 
 
+async def latency(ob: Outbox, sink: MqttSink, rounds: int = 300, chunk: int = 100) -> None:
+    """add() -> PUBACK latency at 10 000 values/s (100 values every 10 ms)."""
+    loop = asyncio.get_running_loop()
+    added: dict[int, float] = {}
+    acked: dict[int, float] = {}
+    ack_one = ob.ack_one
+
+    def timed_ack(name: str, seq: int) -> None:
+        acked[seq] = loop.time()
+        ack_one(name, seq)
+
+    ob.ack_one = timed_ack  # type: ignore[method-assign]
+    task = asyncio.create_task(sink.run())
+    while not sink.connected:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    batch = [measurement(i) for i in range(chunk)]
+    next_t = loop.time()
+    for _ in range(rounds):
+        first = ob.last_seq + 1
+        t = loop.time()
+        ob.add(batch)
+        for seq in range(first, first + chunk):
+            added[seq] = t
+        next_t += 0.01
+        await asyncio.sleep(max(0.0, next_t - loop.time()))
+    while ob.depth(sink.name):  # noqa: ASYNC110
+        await asyncio.sleep(0.001)
+    await sink.stop()
+    await task
+    lat = sorted((acked[s] - added[s]) * 1e3 for s in added if s in acked)
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+    print(
+        f"add -> PUBACK latency at 10k values/s: p50 {p(0.5):.1f} ms, p95 {p(0.95):.1f} ms, "
+        f"max {lat[-1]:.1f} ms ({len(lat)} values)"
+    )
+
+
 async def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -125,6 +162,10 @@ async def main(n: int) -> None:
             ob = Outbox(d / "b.sqlite", OutboxSettings(), sinks=("mqtt",))
             sink = MqttSink(MqttSettings(url=url), ob, site="lab", gateway_id="bench")
             total = await run(ob, sink, n)
+            ob.close()
+            ob = Outbox(d / "l.sqlite", OutboxSettings(), sinks=("mqtt",))
+            sink = MqttSink(MqttSettings(url=url), ob, site="lab", gateway_id="bench")
+            await latency(ob, sink)
             ob.close()
         print(
             f"  + MQTT QoS 1 publish and PUBACK: {total:6.1f} µs CPU/row "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -44,6 +45,8 @@ __all__ = ["MqttSink"]
 log = logging.getLogger(__name__)
 
 OFFLINE = b'{"state":"offline"}'
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux
 _PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
@@ -77,6 +80,11 @@ class _BufferedClient(paho.Client):
                 return buf  # EOF
             pos = 0
             self._rbuf = buf
+            if _TCP_QUICKACK is not None:
+                # ACK at once: a broker with Nagle on (mosquitto's default) holds further
+                # PUBACKs until its first is ACKed, and Linux delays ACKs up to 40 ms
+                with contextlib.suppress(OSError, AttributeError):
+                    self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[union-attr]
         out = buf[pos : pos + bufsize]
         self._rpos = pos + len(out)
         return out
@@ -231,10 +239,12 @@ class MqttSink(Sink):
             if self._tls_context is not None and self._tls_context.last_socket is not None:
                 self._tls_context.last_socket.close()
             raise SinkError(f"cannot connect to {s.url}: {exc}") from exc
-        sock = client.socket()
+        sock: Any = client.socket()
         if sock is None:
             raise SinkError(f"cannot connect to {s.url}: no socket")
         self._sock = sock
+        with contextlib.suppress(OSError):  # a publish must not wait for an ACK (Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
@@ -270,7 +280,28 @@ class MqttSink(Sink):
 
     def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._loop is not None and client is self._client:
-            self._loop.add_writer(sock, client.loop_write)
+            self._loop.add_writer(sock, self._writable)
+
+    def _writable(self) -> None:
+        """Write what paho has queued. paho sends each packet with its own ``send``; the
+        socket is corked meanwhile so a batch leaves in full segments, at once."""
+        client, sock = self._client, self._sock
+        if client is None:
+            return
+        if _TCP_CORK is None or sock is None:
+            client.loop_write()
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+        except OSError:
+            client.loop_write()
+            return
+        try:
+            client.loop_write()
+        finally:
+            if self._sock is sock:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
 
     def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._loop is not None:
