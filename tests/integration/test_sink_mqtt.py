@@ -444,3 +444,46 @@ async def test_tls_refuses_an_unknown_ca(tls_broker: Mosquitto, outbox: Outbox) 
         assert not sink.connected
         assert "certificate" in (sink.last_error or "").lower()
     assert outbox.cursor("mqtt") == 0
+
+
+async def test_a_dead_influxdb_does_not_hold_back_mqtt(
+    mosquitto: Mosquitto, tmp_path: Path, subscribe: Any
+) -> None:
+    from helpers import free_port
+
+    from gateway.settings import InfluxSettings
+    from gateway.sinks import InfluxSink
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    ob = Outbox(
+        tmp_path / "both.sqlite", sinks=("mqtt", "influx"), site="lab-a", topic_prefix=prefix
+    )
+    try:
+        sub = subscribe(mosquitto.url, f"{prefix}/#")
+        mqtt = make_sink(mosquitto.url, ob)
+        influx = InfluxSink(
+            InfluxSettings(
+                api="v1",
+                url=f"http://127.0.0.1:{free_port()}",
+                database="lab",
+                backoff_min_s=0.05,
+                backoff_max_s=0.2,
+            ),
+            ob,
+        )
+        itask = asyncio.create_task(influx.run())
+        try:
+            async with running(mqtt):
+                for k in range(10):
+                    ob.add([meas(k * 30 + i) for i in range(30)])
+                    await asyncio.sleep(0.01)
+                await wait_for_async(lambda: ob.cursor("mqtt") == 300, what="mqtt delivered")
+                await wait_for_async(lambda: len(sub.seqs()) == 300, what="mqtt received")
+                await wait_for_async(lambda: influx.failures >= 2, what="influx failing")
+                assert ob.cursor("influx") == 0
+                assert ob.stats().depth == {"mqtt": 0, "influx": 300}
+        finally:
+            await influx.stop(timeout_s=0.1)
+            await itask
+    finally:
+        ob.close()
