@@ -53,6 +53,7 @@ class EquipmentState:
     last_oot: dict[str, Any] | None = None
     polls: int = 0
     errors: int = 0
+    oot_version: int = 0  # bumped on every out-of/back-in-tolerance transition
 
     def summary(self) -> dict[str, Any]:
         """The retained MQTT status payload and the /status entry of this equipment."""
@@ -77,18 +78,15 @@ class EquipmentState:
         }
 
     def status_key(self) -> tuple[Any, ...]:
-        """The fields whose change re-publishes the retained status (not every reading)."""
+        """The fields whose change re-publishes the retained status (not every reading).
+
+        Cheap on purpose (it runs after every poll): tolerance transitions are counted
+        in ``oot_version`` instead of comparing every channel.
+        """
         return (
-            self.connection,
-            self.calibration,
-            self.certificate,
-            self.due,
-            self.chain,
-            self.reasons,
-            self.conforms,
-            repr(self.last_oot),
-            tuple(sorted((n, c.out_of_tolerance) for n, c in self.channels.items())),
-        )
+            self.connection, self.calibration, self.certificate, self.due, self.chain,
+            self.reasons, self.conforms, self.oot_version,
+        )  # fmt: skip
 
 
 class Monitor:
@@ -130,6 +128,7 @@ class Monitor:
             if not ch.out_of_tolerance and m.conformity in _OUT:
                 ch.out_of_tolerance = True
                 ch.last_oot = m.t_wall
+                st.oot_version += 1
                 lo, hi = _limits(limits(m.equipment, m.channel))
                 st.last_oot = {
                     "channel": m.channel,
@@ -161,6 +160,7 @@ class Monitor:
                 )
             elif ch.out_of_tolerance and m.conformity == "pass" and self._inside(m, limits):
                 ch.out_of_tolerance = False
+                st.oot_version += 1
                 lo, hi = _limits(limits(m.equipment, m.channel))
                 events.append(
                     Event(
