@@ -370,7 +370,10 @@ class Outbox:
         con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
-        con.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in a worker thread
+        # run() checkpoints in a worker thread when the WAL passes 4 MiB; SQLite's own
+        # checkpoint (in the committing thread) is only a safety net, at ~40 MiB
+        con.execute("PRAGMA wal_autocheckpoint=10000")
+        con.execute("PRAGMA journal_size_limit=67108864")  # a reset WAL shrinks to 64 MiB
         con.executescript(_SCHEMA)
         return con
 
