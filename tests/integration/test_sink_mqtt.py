@@ -487,3 +487,26 @@ async def test_a_dead_influxdb_does_not_hold_back_mqtt(
             await itask
     finally:
         ob.close()
+
+
+async def test_stop_flushes_what_is_committed_then_says_offline(
+    mosquitto: Mosquitto, outbox: Outbox, subscribe: Any
+) -> None:
+    prefix = outbox.topic_prefix
+    sub = subscribe(mosquitto.url, f"{prefix}/#")
+    sink = make_sink(mosquitto.url, outbox)
+    task = asyncio.create_task(sink.run())
+    await wait_for_async(lambda: sink.connected, what="connected")
+    outbox.add([meas(i) for i in range(300)])  # not even committed yet
+    await sink.stop(timeout_s=10)
+    await task
+    assert outbox.cursor("mqtt") == 300
+    await wait_for_async(lambda: len(sub.seqs()) == 300, what="all received")
+    await wait_for_async(
+        lambda: sub.payloads("/gateway/edge-01/status")[-1:] == [{"state": "offline"}],
+        what="offline last",
+    )
+    topics = [m.topic for m in sub.received()]
+    last_status = max(i for i, t in enumerate(topics) if t.endswith("/edge-01/status"))
+    last_reading = max(i for i, t in enumerate(topics) if t.endswith("/reading"))
+    assert last_status > last_reading
