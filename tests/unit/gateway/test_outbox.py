@@ -11,10 +11,21 @@ from typing import Any
 
 import pytest
 from helpers import wait_for_async
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from drivers.base import Reading
 from gateway.model import Event, Measurement
-from gateway.outbox import DROP_EQUIPMENT, KIND_EVENT, Outbox, Row, dumps, measurement_line
+from gateway.outbox import (
+    DROP_EQUIPMENT,
+    KIND_EVENT,
+    Outbox,
+    Row,
+    _Encoder,
+    dumps,
+    measurement_line,
+)
 from gateway.settings import OutboxSettings
 
 T0 = datetime(2026, 11, 27, 18, 38, 8, 123456, tzinfo=UTC)
@@ -390,3 +401,68 @@ def test_row_is_a_tuple() -> None:
     r = Row(1, 0.0, 0, "e", "t", b"{}", b"l")
     assert r.seq == 1
     assert r.payload == b"{}"
+
+
+# --------------------------------------------------------------------------- properties
+
+_text = st.text(min_size=1, max_size=12)
+_num = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@hsettings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    equipment=_text,
+    channel=_text,
+    unit=st.text(max_size=6),
+    raw=st.floats(allow_nan=True, allow_infinity=True),
+    value=st.floats(allow_nan=True, allow_infinity=True),
+    u=_num,
+    big_u=_num,
+    k=_num,
+    flags=st.frozensets(_text, max_size=3),
+    certificate=st.one_of(st.none(), _text),
+    conformity=st.one_of(st.none(), st.sampled_from(["pass", "fail", "conditional_pass"])),
+    quantity=st.one_of(st.none(), _text),
+    t_wall=st.datetimes(
+        min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+    ),
+    seq=st.integers(min_value=1, max_value=2**53),
+)
+def test_fast_encoder_matches_the_model_for_any_measurement(
+    equipment: str,
+    channel: str,
+    unit: str,
+    raw: float,
+    value: float,
+    u: float | None,
+    big_u: float | None,
+    k: float | None,
+    flags: frozenset[str],
+    certificate: str | None,
+    conformity: str | None,
+    quantity: str | None,
+    t_wall: datetime,
+    seq: int,
+) -> None:
+    m = Measurement(
+        reading=Reading(
+            equipment=equipment, channel=channel, raw=raw, unit=unit, t_wall=t_wall, t_mono=0.0
+        ),
+        value=value,
+        unit=unit,
+        u=u,
+        U=big_u,
+        k=k,
+        flags=flags,
+        certificate=certificate,
+        conformity=conformity,
+        quantity=quantity,
+    )
+    topic, payload, line = _Encoder("lab", "calgate").measurement(m, seq)
+    assert topic == f"calgate/lab/{equipment}/{channel}/reading"
+    assert json.loads(payload) == json.loads(dumps(m.payload(seq)))
+    assert line.decode() == measurement_line(m, seq, "lab")
+    fields = line.decode().rsplit(" ", 2)
+    assert fields[2] == str(
+        (t_wall - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+    )
