@@ -93,11 +93,13 @@ class Mosquitto(Server):
     """A mosquitto broker with anonymous access on 127.0.0.1.
 
     ``tls = (cafile, certfile, keyfile)`` makes the listener speak TLS (``mqtts://``);
-    ``persistence = True`` keeps sessions and queued messages across :meth:`restart`.
+    ``persistence = True`` keeps sessions and queued messages across :meth:`restart`;
+    ``users`` requires a username and password (a password file made with mosquitto_passwd).
     """
 
     tls: tuple[Path, Path, Path] | None = None
     persistence: bool = False
+    users: dict[str, str] | None = None  # username -> password; then no anonymous access
 
     def command(self) -> list[str]:
         binary = require_binary("mosquitto", "/usr/sbin/mosquitto")
@@ -113,11 +115,20 @@ class Mosquitto(Server):
         )
         # as root, mosquitto drops to user "mosquitto", who cannot read the test's
         # private temporary directory (certificates, persistence file)
-        stay = "user root\n" if os.geteuid() == 0 and (self.tls or self.persistence) else ""
+        private = self.tls or self.persistence or self.users
+        stay = "user root\n" if os.geteuid() == 0 and private else ""
+        auth = "allow_anonymous true\n"
+        if self.users is not None:
+            pwfile = self.workdir / "passwd"
+            pwfile.write_text("")
+            tool = require_binary("mosquitto_passwd")
+            for user, password in self.users.items():
+                subprocess.run([tool, "-b", str(pwfile), user, password], check=True)
+            auth = f"allow_anonymous false\npassword_file {pwfile}\n"
         conf.write_text(
             f"{stay}listener {self.port} 127.0.0.1\n"
             f"{tls}"
-            "allow_anonymous true\n"
+            f"{auth}"
             f"{persistence}"
             "max_queued_messages 1000000\n"
             "max_inflight_messages 0\n"

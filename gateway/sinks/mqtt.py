@@ -141,7 +141,7 @@ class MqttSink(Sink):
         self._sock: Any = None
         self._mids: dict[int, int] = {}  # paho message id -> outbox seq, in flight
         self._status_mids: set[int] = set()
-        self._connack: asyncio.Future[int] | None = None
+        self._connack: asyncio.Future[ReasonCode] | None = None
         self._lost: str | None = None
         self._misc_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -254,11 +254,11 @@ class MqttSink(Sink):
         self._readable()  # TLS may already hold decrypted bytes
         try:
             async with asyncio.timeout(s.connect_timeout_s):
-                rc = await self._connack
+                reason = await self._connack
         except TimeoutError:
             raise SinkError(f"{s.url}: no CONNACK within {s.connect_timeout_s} s") from None
-        if rc != 0:
-            raise SinkError(f"{s.url}: connection refused: {paho.connack_string(rc)}")
+        if reason.is_failure:
+            raise SinkError(f"{s.url}: connection refused by the broker: {reason}")
         self._misc_task = asyncio.create_task(self._misc(client), name=f"sink:{self.name}:misc")
         # statuses first: the gateway is online, then every equipment's latest
         self._status[self.gateway_status_topic] = self._online_payload()
@@ -336,7 +336,7 @@ class MqttSink(Sink):
     ) -> None:
         fut = self._connack
         if fut is not None and not fut.done():
-            fut.set_result(int(reason.value) if hasattr(reason, "value") else int(reason))
+            fut.set_result(reason)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any

@@ -510,3 +510,39 @@ async def test_stop_flushes_what_is_committed_then_says_offline(
     last_status = max(i for i, t in enumerate(topics) if t.endswith("/edge-01/status"))
     last_reading = max(i for i, t in enumerate(topics) if t.endswith("/reading"))
     assert last_status > last_reading
+
+
+@pytest.fixture
+def auth_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    d = tmp_path / "auth"
+    d.mkdir()
+    broker = Mosquitto(d, users={"edge-01": "s3cret pw"})
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+async def test_username_and_password_from_a_file(
+    auth_broker: Mosquitto, outbox: Outbox, tmp_path: Path
+) -> None:
+    pw = tmp_path / "mqtt-password"
+    pw.write_text("s3cret pw\n")
+    sink = make_sink(auth_broker.url, outbox, username="edge-01", password_file=str(pw))
+    async with running(sink):
+        outbox.add([meas(i) for i in range(5)])
+        await wait_for_async(lambda: outbox.cursor("mqtt") == 5, what="delivered with auth")
+
+
+async def test_a_wrong_password_is_refused_and_retried(
+    auth_broker: Mosquitto, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CALGATE_TEST_MQTT_PW", "wrong")
+    sink = make_sink(
+        auth_broker.url, outbox, username="edge-01", password_env="CALGATE_TEST_MQTT_PW"
+    )
+    async with running(sink):
+        outbox.add([meas(0)])
+        await wait_for_async(lambda: sink.failures >= 2, what="refused twice")
+        assert "not authori" in (sink.last_error or "").lower()
+        assert "wrong" not in (sink.last_error or "")
+    assert outbox.cursor("mqtt") == 0
