@@ -170,6 +170,9 @@ class InfluxSettings(_Settings):
     password_env: str | None = None
     password_file: str | None = None
     password_credential: str | None = None
+    # https: a private CA, or no verification at all (a lab network's self-signed server)
+    ca_file: Path | None = None
+    verify_tls: bool = True
     # batching and retries
     batch_size: int = Field(default=5000, ge=1)
     flush_interval_s: float = Field(default=1.0, ge=0)
@@ -186,6 +189,8 @@ class InfluxSettings(_Settings):
         parts = urllib.parse.urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url: must be http(s)://host[:port], got {self.url!r}")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"ca_file: no such file {self.ca_file}")
         if self.api == "v2":
             if not self.bucket:
                 raise ValueError('bucket: required with api = "v2"')

@@ -121,8 +121,6 @@ class Sink(abc.ABC):
                 else:
                     self.connects += 1
                     self.connected = True
-                    if self.attempt or self.connects > 1:
-                        log.info("%s sink: connected again", self.name)
                     self.outbox.rewind(self.name)
                     try:
                         await self._pump()
@@ -170,6 +168,7 @@ class Sink(abc.ABC):
             rows = await self.collect(rows)
             await self.deliver(rows)
             if self.attempt:
+                log.info("%s sink: delivering again after %d failures", self.name, self.attempt)
                 self.attempt = 0
                 self.last_error = None
             await asyncio.sleep(0)  # let polls and acks in between batches

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import ssl
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -91,8 +92,11 @@ class InfluxSink(Sink):
             from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
             token = s.token.get_secret_value() if s.token is not None else ""
+            tls: dict[str, Any] = {}
+            if s.url.startswith("https:"):
+                tls = {"ssl_context": self._ssl_context()}
             self._client = InfluxDBClientAsync(
-                url=s.url, token=token, org=s.org, timeout=int(s.timeout_s * 1000)
+                url=s.url, token=token, org=s.org, timeout=int(s.timeout_s * 1000), **tls
             )
             self._write_api = self._client.write_api()
         else:
@@ -100,9 +104,20 @@ class InfluxSink(Sink):
             if s.username:
                 pw = s.password.get_secret_value() if s.password is not None else ""
                 auth = aiohttp.BasicAuth(s.username, pw)
+            connector = None
+            if s.url.startswith("https:"):
+                connector = aiohttp.TCPConnector(ssl=self._ssl_context())
             self._session = aiohttp.ClientSession(
-                auth=auth, timeout=aiohttp.ClientTimeout(total=s.timeout_s)
+                auth=auth, timeout=aiohttp.ClientTimeout(total=s.timeout_s), connector=connector
             )
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        s = self.settings
+        ctx = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+        if not s.verify_tls:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
     async def close(self, *, clean: bool) -> None:
         try:

@@ -9,6 +9,7 @@ import datetime as dt
 import email.utils
 import json
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from certs import make_certs
 from helpers import free_port, wait_for_async
 from servers import InfluxV1, VictoriaMetrics
 
@@ -292,9 +294,10 @@ async def test_v2_outage_catches_up(own_victoria: VictoriaMetrics, outbox: Outbo
 class Peer:
     """A small HTTP server speaking the write APIs, scripted per request."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.requests: list[tuple[float, str, list[str]]] = []  # (time, path, lines)
         self.answers: list[web.Response] = []  # next answers; then 204
         self.max_lines: int | None = None  # 413 beyond
@@ -315,7 +318,11 @@ class Peer:
         app.router.add_post("/api/v2/write", self.handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        ctx = None
+        if self.tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(self.tls[1]), str(self.tls[2]))
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ctx).start()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -438,3 +445,23 @@ async def test_unreachable_server_is_retried_with_backoff(outbox: Outbox) -> Non
         await wait_for_async(lambda: sink.failures >= 3, what="failures")
         assert outbox.cursor("influx") == 0
         assert sink.last_error is not None
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+async def test_https_with_a_private_ca(tmp_path: Path, outbox: Outbox, api: str) -> None:
+    certs = make_certs(tmp_path)
+    peer = Peer(tls=certs)
+    await peer.start()
+    try:
+        refused = InfluxSink(settings_for(api, peer.url), outbox)  # system CAs only
+        async with running(refused):
+            outbox.add([meas(i) for i in range(3)])
+            await wait_for_async(lambda: refused.failures >= 1, what="certificate refused")
+        assert "certificate" in (refused.last_error or "").lower()
+        assert peer.requests == []
+        sink = InfluxSink(settings_for(api, peer.url, ca_file=certs[0]), outbox)
+        async with running(sink):
+            await wait_for_async(lambda: outbox.cursor("influx") == 3, what="written over TLS")
+        assert peer.seqs() == [1, 2, 3]
+    finally:
+        await peer.stop()
