@@ -63,6 +63,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ZERO = timedelta(0)
 _ROW_OVERHEAD = 40  # bytes per row beyond its blobs, for the byte bound
 _MAX_PENDING = 200_000  # rows buffered while SQLite refuses commits (disk full...)
+_RETRY_S = 1.0  # between commit attempts while SQLite refuses them
 
 
 class Row(NamedTuple):
@@ -410,7 +411,7 @@ class Outbox:
         if self._closed:
             raise OutboxError("outbox is closed")
         self._encode(records)
-        if len(self._pending) >= self.settings.commit_rows:
+        if len(self._pending) >= self.settings.commit_rows and not self._commit_failures:
             self.commit()
         elif self._pending:
             self._schedule_commit(self.settings.commit_interval_s)
@@ -463,6 +464,8 @@ class Outbox:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop: the caller commits
+        if self._commit_failures:
+            delay_s = max(delay_s, _RETRY_S)  # SQLite is failing: retry, do not hammer
         due = loop.time() + delay_s
         if self._commit_handle is not None:
             if self._commit_due <= due:
@@ -558,7 +561,7 @@ class Outbox:
             del rows[:excess]
             self._dropped += excess
             self._note_drop(lost[0].seq, lost[-1].seq, excess, "commit_failed")
-        self._schedule_commit(1.0)
+        self._schedule_commit(_RETRY_S)
 
     # ------------------------------------------------------------------ delivering
 

@@ -466,3 +466,32 @@ def test_fast_encoder_matches_the_model_for_any_measurement(
     assert fields[2] == str(
         (t_wall - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
     )
+
+
+async def test_a_full_disk_keeps_rows_in_memory_then_recovers(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.outbox as outbox_mod
+
+    monkeypatch.setattr(outbox_mod, "_MAX_PENDING", 300)
+    monkeypatch.setattr(outbox_mod, "_RETRY_S", 0.05)
+    ob = Outbox(db, settings(commit_rows=100), sinks=("mqtt",))
+    ob.add([meas(i) for i in range(10)])
+    ob.commit()
+    pages = ob._con.execute("PRAGMA page_count").fetchone()[0]
+    ob._con.execute(f"PRAGMA max_page_count={pages}")  # "database or disk is full"
+    for _ in range(5):
+        ob.add([meas(i) for i in range(100)])  # never raises
+    assert ob.commit() == 0
+    st = ob.stats()
+    assert st.pending == 301  # bounded: the oldest 200 dropped, a data_dropped event added
+    assert st.dropped == 200
+    assert [r.seq for r in ob.fetch_nowait("mqtt", 1000)] == list(range(1, 11))
+    ob._con.execute("PRAGMA max_page_count=1073741823")  # space again
+    await wait_for_async(lambda: ob.stats().pending == 0, what="retried commit")
+    rows = ob.fetch_nowait("mqtt", 1000)
+    assert [r.seq for r in rows if r.kind != KIND_EVENT] == list(range(211, 511))
+    (ev,) = [json.loads(r.payload) for r in rows if r.kind == KIND_EVENT]
+    assert (ev["type"], ev["reason"], ev["count"]) == ("data_dropped", "commit_failed", 200)
+    assert (ev["oldest_seq"], ev["newest_seq"]) == (11, 210)
+    ob.close()
