@@ -465,3 +465,19 @@ async def test_https_with_a_private_ca(tmp_path: Path, outbox: Outbox, api: str)
         assert peer.seqs() == [1, 2, 3]
     finally:
         await peer.stop()
+
+
+async def test_rows_are_batched_by_size_and_by_interval(peer: Peer, outbox: Outbox) -> None:
+    sink = InfluxSink(v1(peer.url, "lab", batch_size=50, flush_interval_s=0.3), outbox)
+    async with running(sink):
+        await wait_for_async(lambda: sink.connected, what="running")
+        for k in range(5):  # five polls, 10 ms apart: one write
+            outbox.add([meas(k * 4 + i) for i in range(4)])
+            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: outbox.cursor("influx") == 20, what="first batch")
+        outbox.add([meas(100 + i) for i in range(120)])  # a backlog: full batches
+        await wait_for_async(lambda: outbox.cursor("influx") == 140, what="backlog")
+    sizes = [len(lines) for _, _, lines in peer.requests]
+    assert sizes[0] == 20
+    assert sizes[1:] == [50, 50, 20]
+    assert peer.seqs() == list(range(1, 141))
