@@ -33,12 +33,12 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from gateway.errors import OutboxError
-from gateway.model import Event, Measurement, rfc3339
+from gateway.model import Event, Measurement
 from gateway.settings import OutboxSettings
 
 __all__ = [
@@ -60,7 +60,6 @@ KIND_EVENT = 1
 DROP_EQUIPMENT = "gateway"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ZERO = timedelta(0)
 _ROW_OVERHEAD = 40  # bytes per row beyond its blobs, for the byte bound
 _MAX_PENDING = 200_000  # rows buffered while SQLite refuses commits (disk full...)
 _RETRY_S = 1.0  # between commit attempts while SQLite refuses them
@@ -196,12 +195,6 @@ def _jnum(x: float | None) -> str:
     return repr(float(x))
 
 
-def _ts(t: datetime) -> str:
-    if t.utcoffset() == _ZERO:
-        return t.isoformat(timespec="microseconds")[:-6] + "Z"
-    return rfc3339(t)
-
-
 class _Encoder:
     """Measurement → (topic, JSON payload, line), with per-channel parts cached.
 
@@ -216,6 +209,17 @@ class _Encoder:
         self._strs: dict[str | None, str] = {None: "null"}
         self._lstrs: dict[str, str] = {}
         self._flags: dict[frozenset[str], str] = {frozenset(): "[]"}
+        self._sec = -1  # the second ``_prefix`` renders (readings come in time order)
+        self._prefix = ""
+
+    def _times(self, t: datetime) -> tuple[str, int]:
+        """RFC 3339 (UTC, µs) and ns since the epoch, the date part cached per second."""
+        ns = _ns(t)
+        sec, us = divmod(ns // 1000, 1_000_000)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._prefix}.{us:06d}Z", ns
 
     def _head(self, eq: str, ch: str, quantity: str | None, unit: str) -> tuple[str, str, str, str]:
         k = (eq, ch, quantity, unit)
@@ -249,6 +253,7 @@ class _Encoder:
         r = m.reading
         topic, jhead, junit, lkey = self._head(r.equipment, r.channel, m.quantity, m.unit)
         raw, value, u, U, k = _jnum(r.raw), _jnum(m.value), _jnum(m.u), _jnum(m.U), _jnum(m.k)
+        ts, ns = self._times(r.t_wall)
         flags = self._flags.get(m.flags)
         if flags is None:
             flags = "[" + ",".join(_jstr(f) for f in sorted(m.flags)) + "]"
@@ -256,7 +261,7 @@ class _Encoder:
                 self._flags[m.flags] = flags
         s = self._s
         payload = (
-            f'{{"ts":"{_ts(r.t_wall)}","seq":{seq}{jhead}{raw},"value":{value}{junit}{u},'
+            f'{{"ts":"{ts}","seq":{seq}{jhead}{raw},"value":{value}{junit}{u},'
             f'"U":{U},"k":{k},"quality":{s(m.quality)},"flags":{flags},'
             f'"calibration":{s(m.calibration)},"certificate":{s(m.certificate)},'
             f'"conformity":{s(m.conformity)}}}'
@@ -272,7 +277,7 @@ class _Encoder:
             fields.append(f"certificate={ls(m.certificate)}")
         if m.conformity is not None:
             fields.append(f"conformity={ls(m.conformity)}")
-        line = f"{lkey} {','.join(fields)},seq={seq}i {_ns(r.t_wall)}"
+        line = f"{lkey} {','.join(fields)},seq={seq}i {ns}"
         return topic, payload.encode(), line.encode()
 
 
