@@ -371,8 +371,18 @@ class Gateway:
             self.check_calibration()
 
     async def _heartbeat(self) -> None:
+        """Once a second: prove the loop turns, and restart equipment whose driver hangs
+        past its own timeouts (a driver bug must stall only that equipment, and not
+        for ever)."""
         while True:
-            self._beat = time.monotonic()
+            self._beat = now = time.monotonic()
+            for eq_id, (_, entry, sup) in list(self._equipment.items()):
+                if sup.stalled(now):
+                    log.error("%s: a poll hangs past 3 x timeout_s + 1 s; restarting it", eq_id)
+                    err = DeviceTimeout("poll hung; restarted", equipment=eq_id)
+                    self.failure(eq_id, err)
+                    await self._stop_equipment(eq_id)
+                    self._start_equipment(entry)
             await asyncio.sleep(1.0)
 
     def alive(self) -> bool:
@@ -389,9 +399,9 @@ class Gateway:
             stats = self.outbox.stats()
             if stats.pending > 100_000:
                 problems.append(f"outbox cannot commit ({stats.pending} rows pending)")
-        dead = [k for k, (t, _, _) in self._equipment.items() if t.done()]
+        dead = [k for k, (t, _, sup) in self._equipment.items() if t.done() or sup.stalled()]
         if dead:
-            problems.append(f"poll tasks ended: {', '.join(dead)}")
+            problems.append(f"poll tasks ended or hung: {', '.join(dead)}")
         return (not problems, problems)
 
     def gateway_status(self) -> dict[str, Any]:

@@ -142,3 +142,29 @@ def test_backoff_caps_at_max() -> None:
     delays = [b.next_delay() for _ in range(50)]
     assert max(delays) <= 4.0
     assert all(d >= 0 for d in delays)
+
+
+async def test_a_hung_poll_is_reported_as_stalled() -> None:
+    """A driver that ignores its own timeout shows as stalled (the gateway restarts it)."""
+
+    class Hang(ScriptDriver):
+        async def poll(self) -> list[Reading]:
+            self.poll_times.append(self.clock.t)
+            self.reached.set()
+            await asyncio.Event().wait()  # never answers, never times out
+            raise AssertionError
+
+    clock = FakeClock()
+    driver = Hang([], clock)
+    sup = Supervisor(driver, Hooks(), interval_s=1.0, clock=clock, sleep=clock.sleep)
+    task = asyncio.create_task(sup.run())
+    await asyncio.wait_for(driver.reached.wait(), 5)
+    import time
+
+    assert not sup.stalled()
+    limit = driver.config.timeout_s * 3 + 1.0
+    assert sup.stalled(time.monotonic() + limit + 0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sup.poll_started is None
