@@ -9,12 +9,13 @@ with a message that says what to write instead.
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+from gateway.secrets import read_secret
 
 __all__ = ["InfluxSettings", "MqttSettings", "OutboxSettings", "resolve_secret"]
 
@@ -28,42 +29,14 @@ _FORBIDDEN = {
 def resolve_secret(
     env: str | None, file: str | None, credential: str | None, *, what: str
 ) -> SecretStr | None:
-    """The secret from the first configured source (credential, file, environment).
+    """The secret from the first configured source (credential, file, environment; see
+    :func:`gateway.secrets.read_secret`), wrapped so it never shows in a repr or a log.
 
-    None when no source is configured; ``ValueError`` when one is configured but yields
-    nothing (a configured password must not silently become no password).
+    None when no source is configured; ``ConfigError`` (a ``ValueError``, so pydantic
+    reports it with its path) when one is configured but yields nothing.
     """
-    tried: list[str] = []
-    if credential:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if "/" in credential or credential in (".", ".."):
-            raise ValueError(f"{what}_credential must be a plain file name")
-        if directory and (Path(directory) / credential).is_file():
-            return SecretStr(_read(Path(directory) / credential, what))
-        tried.append(f"credential {credential!r}")
-    if file:
-        path = Path(file).expanduser()
-        if file.startswith("%d/"):
-            path = Path(os.environ.get("CREDENTIALS_DIRECTORY", "/nonexistent")) / file[3:]
-        if path.is_file():
-            return SecretStr(_read(path, what))
-        tried.append(f"file {file!r} (missing)")
-    if env:
-        value = os.environ.get(env)
-        if value is not None:
-            return SecretStr(value)
-        tried.append(f"environment variable {env!r} (not set)")
-    if tried:
-        raise ValueError(f"{what}: no secret found in " + ", ".join(tried))
-    return None
-
-
-def _read(path: Path, what: str) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{what}: cannot read {path}: {exc}") from None
-    return text.removesuffix("\n").removesuffix("\r")
+    value = read_secret(env, file, credential, what=what)
+    return None if value is None else SecretStr(value)
 
 
 def _refuse_literal_secrets(data: Any) -> Any:
