@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from gateway import commands
 
-__all__ = ["EX_CONFIG", "build_parser", "main"]
+__all__ = ["EX_CONFIG", "build_parser", "configure_logging", "main"]
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 
@@ -30,11 +30,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: int, *, service: bool) -> None:
+    """Warnings by default; the service logs its state transitions (INFO); ``-v`` adds
+    INFO, ``-vv`` DEBUG (every poll). The protocol libraries' own chatter (asyncua logs a
+    traceback for every dropped connection; the drivers report it once, typed) is shown
+    only with ``-vv``."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if service and verbose == 0:
+        for name in ("gateway", "drivers", "calibration"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    if verbose < 2:
+        for name in ("asyncua", "pymodbus"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose, service=args.command == "run")
+    if args.command == "run":
+        import faulthandler
+
+        faulthandler.enable()  # a watchdog kill (SIGABRT) leaves a traceback in the journal
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
