@@ -63,6 +63,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ROW_OVERHEAD = 40  # bytes per row beyond its blobs, for the byte bound
 _MAX_PENDING = 200_000  # rows buffered while SQLite refuses commits (disk full...)
 _RETRY_S = 1.0  # between commit attempts while SQLite refuses them
+_DELETE_CHUNK = 20_000  # delivered rows deleted per upkeep round (a few ms)
 
 
 class Row(NamedTuple):
@@ -791,10 +792,14 @@ class Outbox:
         if upto:
             self._delete_upto(upto, reason="max_age")
 
-    def _delete_delivered(self) -> None:
+    def _delete_delivered(self, limit: int | None = None) -> None:
+        """Delete rows every sink has acked (at most ``limit`` of them: a long catch-up
+        is deleted over several rounds, each short)."""
         done = min(self._cursor.values()) if self.sinks else self._committed_seq
         first = self._con.execute("SELECT min(id) FROM rows").fetchone()[0]
         if first is not None and first <= done:
+            if limit is not None:
+                done = min(done, first + limit - 1)
             self._delete_upto(done, reason=None)
         tail = self._tail
         if tail and tail[0].seq <= done:
@@ -809,7 +814,7 @@ class Outbox:
             return
         try:
             self._drop_for_age()
-            self._delete_delivered()
+            self._delete_delivered(limit=_DELETE_CHUNK)
             if self._bytes > self.settings.max_bytes:
                 self._drop_for_bytes()
         except sqlite3.Error as exc:

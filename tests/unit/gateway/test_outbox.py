@@ -495,3 +495,24 @@ async def test_a_full_disk_keeps_rows_in_memory_then_recovers(
     assert (ev["type"], ev["reason"], ev["count"]) == ("data_dropped", "commit_failed", 200)
     assert (ev["oldest_seq"], ev["newest_seq"]) == (11, 210)
     ob.close()
+
+
+def test_delivered_rows_are_deleted_in_chunks(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.outbox as outbox_mod
+
+    monkeypatch.setattr(outbox_mod, "_DELETE_CHUNK", 100)
+    ob = Outbox(db, sinks=("mqtt",))
+    ob.add([meas(i) for i in range(350)])
+    ob.commit()
+    ob.ack("mqtt", [r.seq for r in ob.fetch_nowait("mqtt", 1000)])
+
+    def kept() -> int:
+        return int(ob._con.execute("SELECT count(*) FROM rows").fetchone()[0])
+
+    counts = []
+    for _ in range(4):
+        ob.maintain()
+        counts.append(kept())
+    assert counts == [250, 150, 50, 0]
+    assert ob.stats().rows_bytes == 0
+    ob.close()
