@@ -215,7 +215,7 @@ class Monitor:
                 severity="critical",
                 equipment=equipment,
                 t_wall=self._clock(),
-                message=f"{equipment} does not answer: {error}",
+                message=f"{equipment} does not answer: {_reason(equipment, error)}",
                 detail={"error": type(error).__name__},
             )
         ]
@@ -235,7 +235,7 @@ class Monitor:
                 severity="warning",
                 equipment=equipment,
                 t_wall=self._clock(),
-                message=f"{equipment} reports an error: {error}",
+                message=f"{equipment} reports an error: {_reason(equipment, error)}",
                 detail={"code": code if isinstance(code, int | str) else key},
             )
         ]
@@ -290,3 +290,9 @@ def _limits(lim: Any) -> tuple[float | None, float | None]:
     if isinstance(lim, tuple | list):
         return lim[0], lim[1]
     return getattr(lim, "low", None), getattr(lim, "high", None)
+
+
+def _reason(equipment: str, error: BaseException) -> str:
+    """The error's text without a leading ``<equipment>: `` (drivers prefix it)."""
+    text = str(error)
+    return text.removeprefix(f"{equipment}: ")

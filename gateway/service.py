@@ -324,7 +324,7 @@ class Gateway:
         self.events.extend(events)
         self.outbox.add(events)
         for e in events:
-            log.info("event %s %s: %s", e.type, e.equipment, e.message)
+            log.info("event %s: %s", e.type, e.message)
 
     def _limits(self, equipment: str, channel: str) -> Any:
         reg = self.registry
