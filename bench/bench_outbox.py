@@ -62,11 +62,48 @@ async def main(n: int) -> None:
         c1 = time.process_time()
         print(f"fetch+ack (2 sinks): {(c1 - c0) / n * 1e6:.1f} µs CPU/row")
         c0 = time.process_time()
-        ob.maintain()
+        while ob.stats().rows_bytes:
+            ob.maintain()  # 20k rows a round
         print(f"delete delivered: {(time.process_time() - c0) / n * 1e6:.1f} µs CPU/row")
         print(ob.stats())
         ob.close()
 
 
+async def overflow(seconds: float = 10.0) -> None:
+    """100 values every 10 ms into a 16 MiB outbox that no sink drains."""
+    import logging
+
+    logging.disable(logging.WARNING)  # one "dropped" line per drop
+    with tempfile.TemporaryDirectory() as d:
+        ob = Outbox(Path(d) / "o.sqlite", OutboxSettings(max_bytes=16 * 2**20), sinks=("mqtt",))
+        commit = ob.commit
+        times: list[float] = []
+
+        def timed() -> int:
+            t = time.perf_counter()
+            n = commit()
+            times.append((time.perf_counter() - t) * 1e3)
+            return n
+
+        ob.commit = timed  # type: ignore[method-assign]
+        task = asyncio.create_task(ob.run())
+        batch = [measurement(i) for i in range(100)]
+        for _ in range(int(seconds * 100)):
+            ob.add(batch)
+            await asyncio.sleep(0.01)
+        task.cancel()
+        times.sort()
+
+        def q(p: float) -> float:
+            return times[min(len(times) - 1, int(p * len(times)))]
+
+        print(
+            f"overflowing at 10k values/s: commit p50 {q(0.5):.2f} ms, p95 {q(0.95):.2f} ms, "
+            f"p99 {q(0.99):.2f} ms, max {times[-1]:.1f} ms; {ob.dropped} rows dropped"
+        )
+        ob.close()
+
+
 if __name__ == "__main__":
     asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
+    asyncio.run(overflow())
