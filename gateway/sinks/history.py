@@ -23,7 +23,7 @@ __all__ = ["HistorySink"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reading (
     seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, t REAL NOT NULL, equipment TEXT NOT NULL,
-    channel TEXT NOT NULL, raw REAL, value REAL, u REAL, U REAL, k REAL, unit TEXT,
+    channel TEXT NOT NULL, raw REAL, value REAL, u REAL, U_expanded REAL, k REAL, unit TEXT,
     quality TEXT, calibration TEXT, certificate TEXT, conformity TEXT
 );
 CREATE INDEX IF NOT EXISTS reading_eq ON reading (equipment, channel, seq);
