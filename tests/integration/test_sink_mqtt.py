@@ -233,6 +233,15 @@ async def test_status_is_retained_republished_and_offline_after_a_clean_stop(
         assert online["state"] == "online"
         assert online["gateway"] == "edge-01"
         assert online["site"] == "lab-a"
+        sink.publish_status("OLD-1", {"connection": "online"})
+        await wait_for_async(lambda: bool(late.received("/OLD-1/status")), what="OLD-1")
+        sink.clear_status("OLD-1")  # deleted: a new subscriber gets no retained status
+        await wait_for_async(
+            lambda: late.received("/OLD-1/status")[-1].payload == b"", what="clear"
+        )
+        fresh = subscribe(mosquitto.url, f"{prefix}/lab-a/+/status")
+        await wait_for_async(lambda: bool(fresh.received("/PT-101/status")), what="retained")
+        assert fresh.received("/OLD-1/status") == []
     await wait_for_async(lambda: gw.payloads()[-1] == {"state": "offline"}, what="offline")
     # and it stays retained
     again = subscribe(mosquitto.url, f"{prefix}/lab-a/gateway/edge-01/status")
