@@ -47,7 +47,7 @@ async def test_demo_shows_every_instrument_corrected_with_its_status(
     assert f"store:   {store}" in out
     rows = last_table(out)
     assert set(rows) == set(INSTRUMENTS), out
-    for eq, line in rows.items():
+    for line in rows.values():
         assert re.search(r"\d+\.\d+ ± \d+\.?\d* \(k=2\)", line), line  # value ± U (k)
         assert "online" in line, line
     assert "untraceable" in rows["BAL-02"]  # the example registry's broken chain
