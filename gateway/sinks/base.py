@@ -112,42 +112,50 @@ class Sink(abc.ABC):
         self._stopped = asyncio.Event()
         self._running = True
         try:
-            while not self._stopping:
-                try:
-                    await self.connect()
-                except RETRYABLE as exc:
-                    self._failed("connect", exc)
-                    await self.close(clean=False)
-                else:
-                    self.connects += 1
-                    self.connected = True
-                    self.outbox.rewind(self.name)
-                    try:
-                        await self._pump()
-                    except RETRYABLE as exc:
-                        self.connected = False
-                        self._failed("deliver", exc)
-                        await self.close(clean=False)
-                    else:
-                        self.connected = False
-                        await self.close(clean=True)
-                        return
-                    finally:
-                        self.connected = False
-                if self._stopping:
-                    return
-                delay = backoff_delay(
-                    self.attempt - 1, self.backoff_min_s, self.backoff_max_s, self._rand
-                )
-                if self.retry_after_s is not None:
-                    delay = max(delay, self.retry_after_s)
-                    self.retry_after_s = None
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stop_event.wait()
+            await self._run()
+        except asyncio.CancelledError:
+            self.connected = False
+            await self.close(clean=False)  # cancelled, not stopped: no flush, no goodbye
+            raise
         finally:
             self._running = False
             self._stopped.set()
+
+    async def _run(self) -> None:
+        assert self._stop_event is not None
+        while not self._stopping:
+            try:
+                await self.connect()
+            except RETRYABLE as exc:
+                self._failed("connect", exc)
+                await self.close(clean=False)
+            else:
+                self.connects += 1
+                self.connected = True
+                self.outbox.rewind(self.name)
+                try:
+                    await self._pump()
+                except RETRYABLE as exc:
+                    self.connected = False
+                    self._failed("deliver", exc)
+                    await self.close(clean=False)
+                else:
+                    self.connected = False
+                    await self.close(clean=True)
+                    return
+                finally:
+                    self.connected = False
+            if self._stopping:
+                return
+            delay = backoff_delay(
+                self.attempt - 1, self.backoff_min_s, self.backoff_max_s, self._rand
+            )
+            if self.retry_after_s is not None:
+                delay = max(delay, self.retry_after_s)
+                self.retry_after_s = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop_event.wait()
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()

@@ -51,6 +51,15 @@ _PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 
+def _abandon(connecting: asyncio.Future[Any], client: paho.Client) -> None:
+    """A connect that finished after its task was cancelled: close what it opened."""
+    if not connecting.cancelled() and connecting.exception() is None:
+        sock = client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
 class _TrackingContext(ssl.SSLContext):
     """An SSLContext that remembers the last socket it wrapped (to close it when paho
     fails a handshake and drops it)."""
@@ -237,10 +246,17 @@ class MqttSink(Sink):
         self._client = client
         self._connack = loop.create_future()
         s = self.settings
+        # socket, TLS handshake and the CONNECT packet: blocking, so in a thread;
+        # paho has no socket callbacks yet, so nothing touches the loop from there
+        connecting = asyncio.ensure_future(
+            asyncio.to_thread(client.connect, s.host, s.port, s.keepalive_s)
+        )
         try:
-            # socket, TLS handshake and the CONNECT packet: blocking, so in a thread;
-            # paho has no socket callbacks yet, so nothing touches the loop from there
-            await asyncio.to_thread(client.connect, s.host, s.port, s.keepalive_s)
+            await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            # the thread cannot be stopped: close its socket when it is done
+            connecting.add_done_callback(lambda f: _abandon(f, client))
+            raise
         except (OSError, ssl.SSLError, ValueError) as exc:
             # paho leaves a socket open when the TLS handshake fails
             if self._tls_context is not None and self._tls_context.last_socket is not None:
@@ -312,15 +328,18 @@ class MqttSink(Sink):
 
     def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._loop is not None:
-            self._loop.remove_writer(sock)
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_writer(sock)
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._loop is not None:
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
         if sock is self._sock:
             self._sock = None
-        self._connection_lost("connection closed")
+        if client is self._client:
+            self._connection_lost("connection closed")
 
     async def _misc(self, client: paho.Client) -> None:
         while client is self._client:
@@ -405,11 +424,16 @@ class MqttSink(Sink):
             log.debug("mqtt sink: unclean close: %s", exc)
         finally:
             self._client = None
+            # paho closes its socket again when the client is collected: no callbacks
+            client.on_socket_close = None
+            client.on_socket_register_write = None
+            client.on_socket_unregister_write = None
             sock = self._sock
             self._sock = None
             if sock is not None and self._loop is not None:
-                self._loop.remove_reader(sock)
-                self._loop.remove_writer(sock)
+                with contextlib.suppress(OSError, ValueError):
+                    self._loop.remove_reader(sock)
+                    self._loop.remove_writer(sock)
                 with contextlib.suppress(OSError):
                     sock.close()
             if self._misc_task is not None:

@@ -481,3 +481,37 @@ async def test_a_wrong_password_is_refused_and_retried(
         assert "not authori" in (sink.last_error or "").lower()
         assert "wrong" not in (sink.last_error or "")
     assert outbox.cursor("mqtt") == 0
+
+
+async def test_a_cancelled_sink_closes_its_socket_and_the_will_fires(
+    mosquitto: Mosquitto, outbox: Outbox, subscribe: Any
+) -> None:
+    gw = subscribe(mosquitto.url, f"{outbox.topic_prefix}/lab-a/gateway/edge-01/status")
+    sink = make_sink(mosquitto.url, outbox)
+    task = asyncio.create_task(sink.run())
+    await wait_for_async(
+        lambda: gw.payloads()[-1:] and gw.payloads()[-1]["state"] == "online", what="online"
+    )
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not sink.connected
+    assert sink._sock is None
+    await wait_for_async(lambda: gw.payloads()[-1] == {"state": "offline"}, what="the will")
+
+
+async def test_cancelled_while_connecting(outbox: Outbox) -> None:
+    import socket as socketlib
+
+    # a listener that never accepts: connect() hangs in the SYN backlog / CONNACK wait
+    with socketlib.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        url = f"mqtt://127.0.0.1:{server.getsockname()[1]}"
+        sink = make_sink(url, outbox, connect_timeout_s=30)
+        task = asyncio.create_task(sink.run())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not sink.connected
