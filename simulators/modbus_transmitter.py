@@ -22,6 +22,9 @@ address  type      value
 9-12     float64   pressure
 13-99    -         not defined: a read gives exception 2 (illegal data address)
 100-111  pattern   constants of every type (:data:`INPUT_PATTERN`, :data:`HOLDING_PATTERN`)
+200-...  int16     with ``block_registers=K`` only: K live values, register 200 + j
+                   holds round(10 x (pressure + 0.1 x j)) (a multi-channel
+                   instrument for block reads; recomputed when a read touches them)
 ======== ========= ==========================================================
 
 Faults (``sim.faults[unit].arm(Fault.X, count)``), decided per request:
@@ -70,6 +73,7 @@ from simulators.faults import Fault, Faults
 from simulators.physics import Manifold
 
 __all__ = [
+    "BLOCK_ADDRESS",
     "HOLDING_PATTERN",
     "INPUT_PATTERN",
     "PATTERN_ADDRESS",
@@ -79,6 +83,9 @@ __all__ = [
 
 WORD_ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
 PATTERN_ADDRESS = 100
+BLOCK_ADDRESS = 200  # the optional block of live registers (``block_registers``)
+MAX_BLOCK_REGISTERS = 1000
+BLOCK_STEP = 0.1  # register 200 + j reads the pressure + j x BLOCK_STEP
 STATUS_NAN, STATUS_OVER, STATUS_UNDER = 0x0001, 0x0002, 0x0004
 _LIVE_REGISTERS = 13  # addresses 0..12 are recomputed on each read
 
@@ -134,6 +141,17 @@ class Transmitter:
     override: float | None = None  # NaN or ±inf instead of the pressure
     requests: int = 0  # requests addressed to this unit (answered or not)
     last_pressure: float = math.nan
+    block_registers: int = 0  # live int16 registers from BLOCK_ADDRESS on
+
+    def block_values(self, pressure: float) -> list[int]:
+        """The block's registers: int16 ``round(10 (pressure + j BLOCK_STEP))``, in word order."""
+        value = pressure if self.override is None else self.override
+        swap = self.word_order in ("BADC", "DCBA")
+        out = []
+        for j in range(self.block_registers):
+            word = _clip((value + j * BLOCK_STEP) * 10, -32768, 32767) & 0xFFFF
+            out.append(((word & 0xFF) << 8 | word >> 8) if swap else word)
+        return out
 
     def live_registers(self, pressure: float) -> list[int]:
         order = self.word_order
@@ -161,10 +179,17 @@ class Transmitter:
             fixed: list[int] = []
             for _address, kind, value in pattern:
                 fixed.extend(_encode(kind, value, self.word_order))
-            return [
+            out = [
                 SimData(0, values=live, datatype=DataType.REGISTERS),
                 SimData(PATTERN_ADDRESS, values=fixed, datatype=DataType.REGISTERS),
             ]
+            if self.block_registers:
+                out.append(
+                    SimData(
+                        BLOCK_ADDRESS, values=self.block_values(0.0), datatype=DataType.REGISTERS
+                    )
+                )
+            return out
 
         bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
         return SimDevice(
@@ -346,6 +371,8 @@ class ModbusTransmitterSim:
     ``offsets``: each transmitter's error in the manifold's unit (default: a few tenths,
     drawn from ``seed``); ``manifold``: shared with the pressure controller simulator
     (a quiet one is made when None). ``tcp``/``rtu`` choose the transports.
+    ``block_registers``: K > 0 adds K live int16 registers from :data:`BLOCK_ADDRESS`
+    (a multi-channel instrument, for block reads).
     """
 
     def __init__(
@@ -363,9 +390,12 @@ class ModbusTransmitterSim:
         slow_s: float = 3.0,
         garbage: Literal["reply", "noise"] = "reply",
         seed: int | None = None,
+        block_registers: int = 0,
     ) -> None:
         if not tcp and not rtu:
             raise ValueError("enable tcp, rtu or both")
+        if not 0 <= block_registers <= MAX_BLOCK_REGISTERS:
+            raise ValueError(f"block_registers must be in 0..{MAX_BLOCK_REGISTERS}")
         self.host = host
         self.port = port
         self.tcp = tcp
@@ -386,7 +416,9 @@ class ModbusTransmitterSim:
                 if offsets is not None and unit in offsets
                 else round(self.rng.uniform(-0.5, 0.5), 3)
             )
-            self.devices[unit] = Transmitter(unit, order, offset, Faults(slow_s=slow_s))
+            self.devices[unit] = Transmitter(
+                unit, order, offset, Faults(slow_s=slow_s), block_registers=block_registers
+            )
         self.connections = 0  # TCP connections accepted since construction
         self.requests_total = 0
         self._handlers: set[_Handler] = set()
@@ -436,6 +468,17 @@ class ModbusTransmitterSim:
             pressure = self.manifold.pressure() + device.offset
             device.last_pressure = pressure
             registers[0:_LIVE_REGISTERS] = device.live_registers(pressure)
+        k = device.block_registers
+        if (
+            k
+            and function_code in (3, 4)
+            and address < BLOCK_ADDRESS + k
+            and address + count > BLOCK_ADDRESS
+        ):
+            pressure = self.manifold.pressure() + device.offset
+            device.last_pressure = pressure
+            first = BLOCK_ADDRESS - start_address
+            registers[first : first + k] = device.block_values(pressure)
         return None
 
     def _simdevices(self) -> list[SimDevice]:
