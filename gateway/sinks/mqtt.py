@@ -160,6 +160,11 @@ class MqttSink(Sink):
         self.published = 0
         self.max_inflight = settings.max_inflight
 
+    @property
+    def inflight(self) -> int:
+        """Publishes waiting for their PUBACK (at most ``max_inflight``)."""
+        return len(self._mids)
+
     # ------------------------------------------------------------------ status topics
 
     def publish_status(self, equipment: str, payload: Mapping[str, Any]) -> None:

@@ -339,7 +339,7 @@ async def test_slow_broker_fills_the_window_without_blocking_add(
     async with running(sink):
         for k in range(10):
             outbox.add([meas(k * 50 + i) for i in range(50)])
-            seen_window.append(len(sink._mids))
+            seen_window.append(sink.inflight)
             await asyncio.sleep(0)
         await wait_for_async(lambda: outbox.cursor("mqtt") == 500, what="all acked")
         await wait_for_async(lambda: len(sub.seqs()) == 500, what="all received")
