@@ -330,23 +330,33 @@ async def test_broker_restart_mid_stream_loses_nothing(
         broker.stop()
 
 
-async def test_slow_broker_fills_the_window_without_blocking_add(
+async def test_the_inflight_window_is_bounded(
     mosquitto: Mosquitto, outbox: Outbox, subscribe: Any
 ) -> None:
     sub = subscribe(mosquitto.url, f"{outbox.topic_prefix}/#")
     sink = make_sink(mosquitto.url, outbox, max_inflight=10, batch_size=4)
-    seen_window: list[int] = []
+    inflight: list[int] = []
+    full = 0
+    deliver, window = sink.deliver, sink.window
+
+    async def recording_deliver(rows: list[Any]) -> None:
+        await deliver(rows)
+        inflight.append(sink.inflight)
+
+    def recording_window() -> int:
+        nonlocal full
+        room = window()
+        full += room <= 0
+        return room
+
+    sink.deliver = recording_deliver  # type: ignore[method-assign]
+    sink.window = recording_window  # type: ignore[method-assign]
     async with running(sink):
-        for k in range(10):
-            outbox.add([meas(k * 50 + i) for i in range(50)])
-            seen_window.append(sink.inflight)
-            await asyncio.sleep(0)
+        outbox.add([meas(i) for i in range(500)])  # all at once: far more than the window
         await wait_for_async(lambda: outbox.cursor("mqtt") == 500, what="all acked")
         await wait_for_async(lambda: len(sub.seqs()) == 500, what="all received")
-    assert max(seen_window) <= 10
-
-
-# --------------------------------------------------------------------------- TLS
+    assert max(inflight) <= 10
+    assert full > 0, "the sink waited for PUBACKs with a full window"
 
 
 @pytest.fixture
