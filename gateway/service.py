@@ -13,6 +13,7 @@ import logging
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,6 +26,10 @@ from gateway.errors import ConfigError
 __all__ = ["Gateway", "load_everything", "make_driver"]
 
 log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def load_everything(path: Path | str) -> tuple[Config, Any]:
@@ -79,16 +84,26 @@ class Gateway:
     ``calgate run``: start, wait for SIGTERM/SIGINT, reload on SIGHUP, stop.
     """
 
-    def __init__(self, config: Config, registry: Any, *, history: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: Any,
+        *,
+        history: Path | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """``clock`` (aware UTC) dates calibration statuses, corrections and events;
+        the default is the system clock (tests move it over due dates)."""
         from gateway.metrics import Metrics
         from gateway.monitor import Monitor
         from gateway.pipeline import Pipeline
 
         self.config = config
         self.registry = registry
+        self.clock: Callable[[], datetime] = clock or _utcnow
         self.buses = Buses()
-        self.pipeline = Pipeline(registry)
-        self.monitor = Monitor()
+        self.pipeline = Pipeline(registry, clock=self.clock)
+        self.monitor = Monitor(clock=self.clock)
         self.metrics = Metrics()
         self.events: deque[Any] = deque(maxlen=200)  # recent events, for the demo's table
         self.outbox: Any = None
@@ -348,7 +363,7 @@ class Gateway:
 
     def check_calibration(self, at: datetime | None = None) -> None:
         """Re-evaluate every equipment's calibration status (the date may have passed)."""
-        at = at or datetime.now(UTC)
+        at = at or self.clock()
         reg = self.registry
         if reg is None:
             return
