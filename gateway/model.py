@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from drivers.base import Quality, Reading
@@ -22,6 +22,8 @@ Severity = Literal["info", "warning", "critical"]
 
 def rfc3339(t: datetime) -> str:
     """RFC 3339 in UTC with microseconds: ``2026-11-27T18:38:08.123456Z``."""
+    if t.tzinfo is not UTC:
+        t = t.astimezone(UTC)  # an aware time in another zone, or a naive one (taken as local)
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
