@@ -488,7 +488,7 @@ class Gateway:
                 if eq_id not in new or new[eq_id].driver != entry.driver:
                     await self._stop_equipment(eq_id)
                     if eq_id not in new:
-                        self.monitor.forget(eq_id)
+                        self._forget_equipment(eq_id)
             self.config = _replace_equipment(self.config, config)
             for eq_id, entry in new.items():
                 if eq_id not in self._equipment:
@@ -496,6 +496,15 @@ class Gateway:
             self.check_calibration()
             log.info("reloaded: %d equipment", len(self._equipment))
             sdnotify.ready()
+
+    def _forget_equipment(self, eq_id: str) -> None:
+        """An equipment left the config: its state, metric series and retained status go."""
+        self.monitor.forget(eq_id)
+        self.metrics.forget_equipment(eq_id)
+        self._published.pop(eq_id, None)
+        if self.mqtt is not None:
+            self.mqtt.clear_status(eq_id)
+        log.info("%s: removed from the config; no longer polled", eq_id)
 
 
 def _replace_equipment(old: Config, new: Config) -> Config:
