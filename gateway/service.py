@@ -116,9 +116,11 @@ class Gateway:
         self._service_tasks: list[asyncio.Task[Any]] = []
         self._sink_tasks: list[asyncio.Task[Any]] = []
         self._published: dict[str, tuple[Any, ...]] = {}
+        self._poll_metrics: dict[str, tuple[Any, ...]] = {}  # Gateway.readings' children
         self._stop: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
         self._beat = time.monotonic()
+        self._started_at = datetime.now(UTC)
         self.started = False
 
     # -- life cycle ---------------------------------------------------------------------
@@ -137,6 +139,7 @@ class Gateway:
         from gateway.outbox import Outbox
 
         cfg = self.config
+        self._started_at = datetime.now(UTC)
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -297,12 +300,24 @@ class Gateway:
         self.monitor.device_ok(equipment)
         ms = self.pipeline.process(readings)
         events += self.monitor.measurements(ms, self._limits)
+        # The equipment's metric children, cached: one lookup per poll checks they are
+        # still the registered ones (forget_equipment drops them on reload).
         m = self.metrics
-        m.polls.inc(equipment)
-        m.poll_latency.observe(equipment, value=latency_s)
-        m.equipment_up.set(equipment, value=1.0)
+        polls = m.polls.labels(equipment)
+        cached = self._poll_metrics.get(equipment)
+        if cached is None or cached[0] is not polls:
+            cached = (polls, m.poll_latency.labels(equipment), m.equipment_up.labels(equipment), {})
+            self._poll_metrics[equipment] = cached
+        _, latency, up, by_reading = cached
+        polls.value += 1.0
+        latency.observe(latency_s)
+        up.value = 1.0
         for x in ms:
-            m.readings.inc(equipment, x.channel, x.quality)
+            key = (x.reading.channel, x.quality)
+            child = by_reading.get(key)
+            if child is None:
+                child = by_reading[key] = m.readings.labels(equipment, *key)
+            child.value += 1.0
         self.outbox.add(ms)
         if events:
             self._emit(events)
@@ -425,7 +440,7 @@ class Gateway:
             "gateway": self.config.gateway.id,
             "site": self.config.gateway.site,
             "equipment": sorted(e.id for e in self.config.equipment),
-            "started": datetime.now(UTC).isoformat(),
+            "started": self._started_at.isoformat(),
         }
 
     def status(self) -> dict[str, Any]:
@@ -494,6 +509,8 @@ class Gateway:
                 if eq_id not in self._equipment:
                     self._start_equipment(entry)
             self.check_calibration()
+            if self.mqtt is not None:  # the retained gateway status lists the equipment
+                self.mqtt.publish_gateway_status(self.gateway_status())
             log.info("reloaded: %d equipment", len(self._equipment))
             sdnotify.ready()
 
