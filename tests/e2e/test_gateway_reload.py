@@ -151,6 +151,12 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                 status = json.loads(http_get(f"http://{http}/status"))
                 assert set(status["equipment"]) == {"PT-101", "BAL-01"}
                 assert status["equipment"]["PT-101"]["certificate"] == NEW_CERT
+                gw_status = f"{base}/gateway/edge-reload/status"
+                await wait_for_async(
+                    lambda: sub.json(gw_status)[-1]["equipment"] == ["BAL-01", "PT-101"],
+                    what="the gateway's retained status to list the new equipment",
+                )
+                assert sub.json(gw_status)[-1]["started"] == sub.json(gw_status)[0]["started"]
                 metrics = http_get(f"http://{http}/metrics")
                 assert 'calgate_polls_total{equipment="BAL-01"}' in metrics
                 assert 'equipment="PC-01"' not in metrics, "series of removed equipment"
