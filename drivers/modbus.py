@@ -30,7 +30,7 @@ import math
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
@@ -45,7 +45,7 @@ from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 
-from drivers.base import Bus, Buses, Driver, DriverConfig, Reading, now
+from drivers.base import Bus, Buses, Driver, DriverConfig, Quality, Reading, now
 from drivers.errors import ConnectError, DeviceTimeout, DriverError, FrameError
 from drivers.modbus_tcp import ModbusTcpClient, exception_error
 
@@ -299,7 +299,17 @@ def _byte_permutation(width: int, word_order: str) -> tuple[int, ...] | None:
 class ChannelDecoder:
     """Decodes one channel's value from the register bytes of its request group."""
 
-    __slots__ = ("_indices", "_start", "_unpack", "group", "name", "offset", "scale", "unit")
+    __slots__ = (
+        "_format",
+        "_indices",
+        "_start",
+        "_unpack",
+        "group",
+        "name",
+        "offset",
+        "scale",
+        "unit",
+    )
 
     def __init__(
         self,
@@ -322,7 +332,8 @@ class ChannelDecoder:
         code = _CODE[type]
         perm = _byte_permutation(WIDTH[type], word_order)
         little = word_order in ("DCBA", "BA")
-        fmt = struct.Struct(("<" if little else ">") + code)
+        self._format = ("<" if little else ">") + code
+        fmt = struct.Struct(self._format)
         self._unpack: Callable[..., tuple[float | int]]
         if perm is None:
             self._unpack = fmt.unpack_from
@@ -584,6 +595,9 @@ class ModbusDriver(Driver, kind="modbus"):
             for c, (group, byte_offset) in zip(config.channels, places, strict=True)
         ]
         self._requests = [(g.function_code, g.address, g.count) for g in self.groups]
+        self._unpackers = _group_unpackers(self.decoders, len(self.groups))
+        # per decoder: (name, unit, scale, offset), for the hot loop
+        self._fields = [(d.name, d.unit, d.scale, d.offset) for d in self.decoders]
         self._joined = False
         self._ready: Link | None = None  # the bus's link, once checked and connected
 
@@ -641,31 +655,43 @@ class ModbusDriver(Driver, kind="modbus"):
         self._join()
         unit = self.modbus.unit
         timeout_s = self.config.timeout_s
+        bus = self.bus
         try:
-            async with self.bus:
-                link = self._ready
-                if link is None or link is not self.bus.resource or not link.connected:
-                    link = await self._link()
-                datas = []
-                for fc, address, count in self._requests:
-                    datas.append(await link.read(unit, fc, address, count, timeout_s))
+            if bus.gap_s > 0:
+                async with bus:
+                    datas = await self._read_all(unit, timeout_s)
+            else:  # no quiet time to keep: the bus's lock alone (no context manager frames)
+                lock = bus.lock
+                await lock.acquire()
+                try:
+                    datas = await self._read_all(unit, timeout_s)
+                finally:
+                    lock.release()
         except DriverError as exc:
             exc.equipment = self.equipment
             raise
         t_wall, t_mono = now()
-        recent = self.recent_frames
-        for data in datas:
-            recent.append(data)
+        self.recent_frames.extend(datas)
+        raws = self._decode(datas)
         equipment = self.config.id
-        readings = []
-        for decoder in self.decoders:
-            value, flags, quality = decoder.value(datas[decoder.group])
-            readings.append(
+        readings: list[Reading] = []
+        append = readings.append
+        quality: Quality
+        for raw, (name, unit_name, scale, offset) in zip(raws, self._fields, strict=True):
+            if raw != raw:  # NaN
+                value, flags, quality = float(raw), _NAN_FLAGS, "bad"
+            elif raw == math.inf:
+                value, flags, quality = raw, _OVERFLOW_FLAGS, "bad"
+            elif raw == -math.inf:
+                value, flags, quality = raw, _UNDERFLOW_FLAGS, "bad"
+            else:
+                value, flags, quality = raw * scale + offset, _NO_FLAGS, "good"
+            append(
                 Reading(
                     equipment=equipment,
-                    channel=decoder.name,
+                    channel=name,
                     raw=value,
-                    unit=decoder.unit,
+                    unit=unit_name,
                     t_wall=t_wall,
                     t_mono=t_mono,
                     flags=flags,
@@ -673,3 +699,55 @@ class ModbusDriver(Driver, kind="modbus"):
                 )
             )
         return readings
+
+    async def _read_all(self, unit: int, timeout_s: float) -> list[bytes]:
+        """One read per request group (bus lock held)."""
+        link = self._ready
+        if link is None or link is not self.bus.resource or not link.connected:
+            link = await self._link()
+        requests = self._requests
+        if len(requests) == 1:
+            fc, address, count = requests[0]
+            return [await link.read(unit, fc, address, count, timeout_s)]
+        return [
+            await link.read(unit, fc, address, count, timeout_s) for fc, address, count in requests
+        ]
+
+    def _decode(self, datas: list[bytes]) -> list[float | int]:
+        """Every channel's value as sent (before scale and offset), in channel order."""
+        unpackers = self._unpackers
+        if unpackers is None:
+            return [d.decode(datas[d.group]) for d in self.decoders]
+        raws: list[float | int] = [0] * len(self.decoders)
+        for group, (unpack_from, order) in enumerate(unpackers):
+            for i, raw in zip(order, unpack_from(datas[group]), strict=True):
+                raws[i] = raw
+        return raws
+
+
+def _group_unpackers(
+    decoders: Sequence[ChannelDecoder], ngroups: int
+) -> list[tuple[Callable[..., tuple[Any, ...]], list[int]]] | None:
+    """Per request group, one ``struct`` that decodes all its channels at once (pad bytes
+    over holes) and the channel index of each value; None when a group cannot be read
+    so (words or bytes permuted, mixed byte orders, overlapping channels): each channel
+    is then decoded on its own."""
+    out = []
+    for group in range(ngroups):
+        members = sorted((d._start, i, d) for i, d in enumerate(decoders) if d.group == group)
+        fmt, order, pos, endian = "", [], 0, ""
+        for start, i, d in members:
+            if d._indices is not None or start < pos:
+                return None
+            code = d._format
+            if endian and code[0] != endian:
+                return None
+            endian = code[0]
+            fmt += "x" * (start - pos) + code[1:]
+            order.append(i)
+            pos = start + struct.calcsize(code)
+        if not members:
+            return None
+        unpack_from = struct.Struct(endian + fmt).unpack_from
+        out.append((unpack_from, order))
+    return out

@@ -6,9 +6,12 @@ is about 100 µs per value. Reading registers needs very little of Modbus: MBAP 
 (transaction id, protocol id 0, length, unit id), two request PDUs, one response shape
 and the exception response. That is this module, about a hundred lines:
 
-- every request gets the next transaction id, a future and a timer (``call_later``,
-  cheaper than ``asyncio.wait_for``); a reply resolves the future of its transaction id,
-  a reply for an unknown id (one that arrived after its timeout) is dropped;
+- every request gets the next transaction id, a future and a deadline; one timer per
+  connection (armed for the earliest deadline, re-armed when it fires) fails the
+  requests past theirs: no timer created and cancelled per request (``call_later`` and
+  ``cancel`` cost more than the rest of a request's bookkeeping). A reply resolves the
+  future of its transaction id; a reply for an unknown id (one that arrived after its
+  timeout) is dropped;
 - a reply that cannot be framed (protocol id not 0, impossible length) desynchronises
   the byte stream: every pending request fails with FrameError and the connection is
   closed, so the next poll reconnects; a framed reply with a bad PDU fails only its own
@@ -127,10 +130,10 @@ class ModbusTcpClient(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer = bytearray()
         self._tid = 0
-        # tid -> (future, function code, count, unit, timer)
-        self._pending: dict[
-            int, tuple[asyncio.Future[bytes], int, int, int, asyncio.TimerHandle]
-        ] = {}
+        # tid -> (future, function code, count, unit, deadline (loop time), timeout_s)
+        self._pending: dict[int, tuple[asyncio.Future[bytes], int, int, int, float, float]] = {}
+        self._timer: asyncio.TimerHandle | None = None  # fires at ``_timer_at``
+        self._timer_at = 0.0
 
     @property
     def connected(self) -> bool:
@@ -164,13 +167,13 @@ class ModbusTcpClient(asyncio.Protocol):
         tid = self._tid = self._tid + 1 if self._tid < 0xFFFF else 1
         transport.write(_REQUEST.pack(tid, 0, 6, unit, function_code, address, count))
         future: asyncio.Future[bytes] = loop.create_future()
-        timer = loop.call_later(timeout_s, self._expire, tid, timeout_s)
+        deadline = loop.time() + timeout_s
         old = self._pending.get(tid)
-        if old is not None:  # 65535 requests outstanding: the oldest is long dead
-            old[4].cancel()
-            if not old[0].done():
-                old[0].set_exception(DeviceTimeout("transaction id reused"))
-        self._pending[tid] = (future, function_code, count, unit, timer)
+        if old is not None and not old[0].done():  # 65535 outstanding: the oldest is long dead
+            old[0].set_exception(DeviceTimeout("transaction id reused"))
+        self._pending[tid] = (future, function_code, count, unit, deadline, timeout_s)
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(loop, deadline)
         return future
 
     # asyncio.Protocol
@@ -181,6 +184,7 @@ class ModbusTcpClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._disarm()
         self._fail_all(lambda: ConnectError(f"connection to {self.host}:{self.port} lost"))
 
     def data_received(self, data: bytes) -> None:
@@ -200,8 +204,7 @@ class ModbusTcpClient(asyncio.Protocol):
             entry = pending.pop(tid, None)
             if entry is None:
                 continue  # a reply that arrived after its timeout
-            future, function_code, count, want_unit, timer = entry
-            timer.cancel()
+            future, function_code, count, want_unit = entry[:4]
             if future.done():
                 continue
             try:
@@ -216,16 +219,39 @@ class ModbusTcpClient(asyncio.Protocol):
 
     # internals
 
-    def _expire(self, tid: int, timeout_s: float) -> None:
-        entry = self._pending.pop(tid, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_exception(
-                DeviceTimeout(f"no reply from unit {entry[3]} within {timeout_s} s")
-            )
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        """The timer: fail the requests past their deadline, re-arm for the next one."""
+        self._timer = None
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        pending = self._pending
+        late = [tid for tid, entry in pending.items() if entry[4] <= now]
+        for tid in late:
+            future, _fc, _count, unit, _deadline, timeout_s = pending.pop(tid)
+            if not future.done():
+                future.set_exception(
+                    DeviceTimeout(f"no reply from unit {unit} within {timeout_s} s")
+                )
+        if pending:
+            self._arm(loop, min(entry[4] for entry in pending.values()))
 
     def _fail_all(self, error: Callable[[], DriverError]) -> None:
         pending, self._pending = self._pending, {}
-        for future, _fc, _count, _unit, timer in pending.values():
-            timer.cancel()
+        self._disarm()
+        for entry in pending.values():
+            future = entry[0]
             if not future.done():
                 future.set_exception(error())

@@ -51,6 +51,9 @@ class ChannelPlan:
     calibration: CalStatus
     certificate: str | None
     built_on: date
+    # (decide, low, high, rule) when the corrector judges conformity: the hot path calls
+    # calibration.conformity.decide directly (Corrector.judge_one's arithmetic)
+    judge: tuple[Callable[..., str | None], float | None, float | None, str] | None = None
 
 
 class Pipeline:
@@ -93,6 +96,12 @@ class Pipeline:
         corrector = reg.corrector(equipment, channel, at)
         state = reg.state(equipment, at)
         status: CalStatus = "none" if corrector.certificate is None else state.status
+        limits = getattr(corrector, "limits", None)
+        judge = None
+        if limits is not None:
+            from calibration.conformity import decide
+
+            judge = (decide, limits[0], limits[1], corrector.decision_rule)
         return ChannelPlan(
             equipment,
             channel,
@@ -102,6 +111,7 @@ class Pipeline:
             status,
             corrector.certificate,
             at.date(),
+            judge,
         )
 
     def process(self, readings: Sequence[Reading]) -> list[Measurement]:
@@ -110,7 +120,16 @@ class Pipeline:
             return []
         at = self._clock()
         if len(readings) == 1 or len({r.channel for r in readings}) == len(readings):
-            return [self._one(r, self.plan(r.equipment, r.channel, at)) for r in readings]
+            today = at.date()
+            plans = self._plans
+            one = self._one
+            ms = []
+            for r in readings:
+                plan = plans.get((r.equipment, r.channel))
+                if plan is None or plan.built_on != today:
+                    plan = self.plan(r.equipment, r.channel, at)
+                ms.append(one(r, plan))
+            return ms
         out: list[Measurement] = []
         groups: dict[tuple[str, str], list[Reading]] = {}
         for r in readings:
@@ -161,7 +180,8 @@ class Pipeline:
             quality = "uncertain"
         if plan.calibration in DOUBTFUL and quality == "good":
             quality = "uncertain"
-        conformity = corrector.judge_one(value, big_u)
+        judge = plan.judge
+        conformity = None if judge is None else judge[0](value, big_u, judge[1], judge[2], judge[3])
         return Measurement(
             reading=r,
             value=value,
