@@ -191,7 +191,31 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                     what="polling to go on after a refused reload",
                 )
                 assert gw.returncode is None
+
+                # A broken registry is refused the same way (the config is fine again).
                 config.write_text(good)
+                broken = registry_dir / "certificates" / "PCL-BROKEN.toml"
+                broken.write_text(
+                    new_certificate(today)
+                    .replace(NEW_CERT, "PCL-BROKEN")
+                    .replace('item = "PT-101"', 'item = "NO-SUCH-ITEM"')
+                )
+                gw.send_signal(signal.SIGHUP)
+                await wait_for_async(
+                    lambda: "PCL-BROKEN" in log.read_text(errors="replace"),
+                    timeout_s=20,
+                    what="the broken registry refused",
+                )
+                line = next(
+                    x for x in log.read_text(errors="replace").splitlines() if "PCL-BROKEN" in x
+                )
+                assert "reload refused" in line
+                assert "NO-SUCH-ITEM" in line
+                seen_pt = len(readings("PT-101"))
+                await wait_for_async(
+                    lambda: len(readings("PT-101")) >= seen_pt + 10, what="polling going on"
+                )
+                assert readings("PT-101")[-1]["certificate"] == NEW_CERT
             finally:
                 if gw.returncode is None:
                     gw.send_signal(signal.SIGTERM)

@@ -257,12 +257,23 @@ async def test_http_status_metrics_and_systemd_notify(
                 await wait_for_async(
                     lambda: notify.count("WATCHDOG=1") >= pings + 3, what="WATCHDOG=1 pings"
                 )
+                # systemctl reload (SIGHUP): RELOADING=1 with MONOTONIC_USEC, then READY=1.
+                proc.send_signal(signal.SIGHUP)
+                await wait_for_async(
+                    lambda: notify.count("READY=1") >= 2, timeout_s=20, what="READY=1 again"
+                )
+                reloading = notify.messages.index("RELOADING=1")
+                assert notify.messages[reloading + 1].startswith("MONOTONIC_USEC=")
+                ready_again = len(notify.messages) - 1 - notify.messages[::-1].index("READY=1")
+                assert reloading < ready_again
+                assert http_get(f"{base}/healthz")[0] == 200
+
                 proc.send_signal(signal.SIGTERM)
                 code = await asyncio.wait_for(proc.wait(), 30)
             assert code == 0, log.read_text()[-3000:]
             await wait_for_async(lambda: "STOPPING=1" in notify.messages, what="STOPPING=1")
             assert notify.messages.index("READY=1") < notify.messages.index("STOPPING=1")
-            assert notify.count("READY=1") == 1
+            assert notify.count("READY=1") == 2  # start and reload
             # Nothing pings after STOPPING=1.
             assert "WATCHDOG=1" not in notify.messages[notify.messages.index("STOPPING=1") :]
 
