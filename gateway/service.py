@@ -232,7 +232,11 @@ class Gateway:
         from gateway import sdnotify
 
         loop = asyncio.get_running_loop()
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # what did start (outbox, sinks) stops cleanly
+            raise
         assert self._stop is not None
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)

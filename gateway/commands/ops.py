@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import EX_CONFIG
-from gateway.errors import ConfigError
+from gateway.errors import CalgateError, ConfigError
 
 __all__ = ["register"]
+
+EX_UNAVAILABLE = 69  # sysexits.h: a resource (the HTTP port...) is unavailable; may pass
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,6 +67,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(gateway.serve_forever())
     except ConfigError as exc:
         return _print_errors(exc.errors)
+    except CalgateError as exc:  # e.g. the HTTP port is taken: not the config's fault
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"calgate: cannot start: {text}", file=sys.stderr)
+        return EX_UNAVAILABLE
     return 0
 
 
