@@ -349,3 +349,34 @@ async def test_broken_config_exits_78_listing_every_error(tmp_path: Path) -> Non
         for x in errors
     )
     assert not (tmp_path / "state").exists(), "nothing started"
+
+
+async def test_status_port_taken_exits_with_a_clear_error_not_a_traceback(
+    tmp_path: Path, mosquitto: Mosquitto, unique_name: str
+) -> None:
+    """Another process holds the HTTP port: a one-line error naming it, exit 69
+    (EX_UNAVAILABLE: systemd restarts, unlike 78), the MQTT sink closed cleanly."""
+    site = f"taken-{unique_name[-8:]}"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "calgate.toml"
+        config.write_text(
+            "[gateway]\n"
+            f'site = "{site}"\n'
+            f'registry = "{example_registry()}"\n'
+            f'state_dir = "{tmp_path / "state"}"\n'
+            f'[mqtt]\nurl = "{mosquitto.url}"\n'
+            f'[http]\nlisten = "127.0.0.1:{port}"\n'
+        )
+        code, lines = await run_broken(config)
+    assert code == 69, lines
+    assert not any("Traceback" in x for x in lines), lines
+    assert any(f"127.0.0.1:{port}" in x and "in use" in x for x in lines), lines
+    # The gateway's retained status is not left "online".
+    from mqttsub import Subscriber
+
+    with Subscriber(mosquitto.port, f"calgate/{site}/gateway/+/status") as late:
+        late.wait_for(lambda s: bool(s.messages), what="the retained gateway status")
+        assert late.json()[-1]["state"] == "offline"
