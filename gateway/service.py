@@ -399,9 +399,8 @@ class Gateway:
             self._emit(events)
 
     async def _calibration_watch(self) -> None:
-        interval = self.config.gateway.status_interval_s
-        while True:
-            await asyncio.sleep(interval)
+        while True:  # the interval as configured now (a reload may change it)
+            await asyncio.sleep(self.config.gateway.status_interval_s)
             self.check_calibration()
 
     async def _heartbeat(self) -> None:
@@ -508,6 +507,8 @@ class Gateway:
                     await self._stop_equipment(eq_id)
                     if eq_id not in new:
                         self._forget_equipment(eq_id)
+            for name in _needs_restart(self.config, config):
+                log.warning("reload: %s changed; it applies at the next restart", name)
             self.config = _replace_equipment(self.config, config)
             for eq_id, entry in new.items():
                 if eq_id not in self._equipment:
@@ -539,6 +540,17 @@ def _replace_equipment(old: Config, new: Config) -> Config:
             update={
                 "registry": new.gateway.registry,
                 "status_interval_s": new.gateway.status_interval_s,
+                "backoff_min_s": new.gateway.backoff_min_s,
+                "backoff_max_s": new.gateway.backoff_max_s,
             }
         ),
     )
+
+
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """The settings a reload does not apply (sinks, HTTP, outbox, identity), when changed."""
+    out = [f"[{name}]" for name in ("mqtt", "influxdb", "http", "outbox")
+           if getattr(old, name) != getattr(new, name)]  # fmt: skip
+    out += [f"gateway.{key}" for key in ("id", "site", "state_dir")
+            if getattr(old.gateway, key) != getattr(new.gateway, key)]  # fmt: skip
+    return out
