@@ -216,6 +216,18 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                     lambda: len(readings("PT-101")) >= seen_pt + 10, what="polling going on"
                 )
                 assert readings("PT-101")[-1]["certificate"] == NEW_CERT
+
+                # (4) What a reload cannot apply (the HTTP address) is said, and kept.
+                broken.unlink()
+                other = f"127.0.0.1:{free_port()}"
+                config.write_text(good.replace(http, other))
+                gw.send_signal(signal.SIGHUP)
+                await wait_for_async(
+                    lambda: "[http] changed" in log.read_text(errors="replace"),
+                    timeout_s=20,
+                    what="the warning",
+                )
+                assert http_get(f"http://{http}/healthz")
             finally:
                 if gw.returncode is None:
                     gw.send_signal(signal.SIGTERM)
