@@ -5,16 +5,19 @@ the equipment is ``due_soon`` 45 days before. The gateway is run against real mo
 with its clock moved over those dates: a ``calibration_due_soon`` and then a
 ``calibration_expired`` event arrive once each (transitions, not every check), the
 retained status follows, the ``calgate_calibration_status`` metric too, and readings
-corrected after the boundary carry the new ``calibration`` status.
+corrected after the boundary carry the new ``calibration`` status. A recalibration
+certificate dated ahead applies from its day on, without a reload.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from helpers import wait_for_async
 from mqttsub import Subscriber
@@ -226,3 +229,93 @@ async def test_the_date_passing_while_running_switches_events_status_and_reading
         assert r["quality"] != "good"
     for r in by_seq[:first_expired]:
         assert r["quality"] == "good"
+
+
+RECAL = "PCL-2028-0925"
+
+
+def recalibration() -> str:
+    """PT-101 recalibrated on 2028-09-25 (before the old certificate's due date), by an
+    NMI directly; it reads 0.8 mbar low."""
+    points = ",\n".join(
+        f"  {{ reference = {ref:.1f}, indicated = {ref - 0.8:.1f}, U = 0.4, k = 2 }}"
+        for ref in (1.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0)
+    )
+    return (
+        f'number = "{RECAL}"\nitem = "PT-101"\nchannel = "pressure"\n'
+        'issued_by = "A national metrology institute"\nnmi = true\n'
+        "calibrated = 2028-09-25\ndue = 2030-09-25\nstandards = []\n"
+        f'unit = "mbar"\nmodel = "interpolate"\npoints = [\n{points},\n]\n'
+    )
+
+
+async def test_a_certificate_dated_ahead_applies_on_its_day(
+    tmp_path: Path, mosquitto: Mosquitto, site: str
+) -> None:
+    registry_dir = tmp_path / "registry"
+    shutil.copytree(example_registry(), registry_dir)
+    (registry_dir / "certificates" / f"{RECAL}.toml").write_text(recalibration())
+    day_before = datetime(2028, 9, 24, 23, 59, 59, tzinfo=UTC)
+    on_the_day = datetime(2028, 9, 25, 0, 0, 1, tzinfo=UTC)
+    reg = Registry.load(registry_dir)
+    assert reg.state(EQ, day_before).certificate == CERT
+    assert reg.state(EQ, on_the_day).certificate == RECAL
+    assert reg.state(EQ, on_the_day).status == "valid"
+    corrector = reg.corrector(EQ, "pressure", on_the_day)
+
+    clock = Clock(day_before)
+    async with Lab(fixed_ports=False, opcua=False, seed=9) as lab:
+        path = tmp_path / "calgate.toml"
+        path.write_text(
+            lab_toml(
+                lab.endpoints(),
+                registry=registry_dir,
+                state_dir=tmp_path / "state",
+                mqtt_url=mosquitto.url,
+                interval_s=0.05,
+                site=site,
+                gateway_id="edge-clock",
+                only={EQ},
+                gateway_extra={"status_interval_s": 0.1},
+            )
+        )
+        config, loaded = load_everything(path)
+        with Subscriber(mosquitto.port, f"calgate/{site}/#") as sub:
+            gw = Gateway(config, loaded, clock=clock)
+            await gw.start()
+            try:
+
+                def readings() -> list[dict[str, Any]]:
+                    return sub.json(f"{EQ}/pressure/reading")
+
+                def status() -> dict[str, Any]:
+                    return sub.json(f"{EQ}/status")[-1]
+
+                await wait_for_async(lambda: len(readings()) >= 3, what="readings")
+                assert readings()[-1]["calibration"] == "due_soon"
+                assert readings()[-1]["certificate"] == CERT
+                clock.set(on_the_day)
+                await wait_for_async(
+                    lambda: sum(r["certificate"] == RECAL for r in readings()) >= 5,
+                    what="readings corrected by the new certificate",
+                )
+                await wait_for_async(lambda: status()["certificate"] == RECAL, what="status")
+                assert status()["calibration"] == "valid"
+                assert status()["due"] == "2030-09-25"
+                assert status_metric(gw)["valid"] == 1.0
+                assert gw.metrics.calibration_days_until_due.value(EQ) == 730
+            finally:
+                await gw.stop()
+    by_seq = sorted(readings(), key=lambda r: r["seq"])
+    certs = [r["certificate"] for r in by_seq]
+    first = certs.index(RECAL)
+    assert set(certs[:first]) == {CERT}
+    assert set(certs[first:]) == {RECAL}
+    for r in by_seq[first:]:
+        assert r["calibration"] == "valid"
+        res = corrector.correct(np.array([r["raw"]]))
+        assert r["value"] == pytest.approx(float(res.value[0]), rel=1e-12)
+        assert r["U"] == pytest.approx(float(res.U[0]), rel=1e-12)
+        assert r["value"] == pytest.approx(r["raw"] + 0.8, abs=1e-9)
+    # Due soon was announced at start; nothing expired.
+    assert [e["type"] for e in cal_events(sub)] == ["calibration_due_soon"]
