@@ -123,7 +123,7 @@ def make_registry(dst: Path, n: int, registers: int) -> list[str]:
 
 def make_config(
     path: Path, registry: Path, state: Path, ids: list[str], urls: list[str], period_s: float,
-    mqtt_port: int, vm_port: int, http_port: int, registers: int,
+    mqtt_port: int, vm_port: int, http_port: int, registers: int, tail_rows: int | None = None,
 ) -> None:  # fmt: skip
     lines = [
         "[gateway]", 'id = "bench"', 'site = "bench"', f'registry = "{registry}"',
@@ -132,6 +132,8 @@ def make_config(
         "[influxdb]", 'api = "v2"', f'url = "http://127.0.0.1:{vm_port}"', 'org = "lab"',
         'bucket = "bench"', "", "[http]", f'listen = "127.0.0.1:{http_port}"', "",
     ]  # fmt: skip
+    if tail_rows is not None:
+        lines += ["[outbox]", f"tail_rows = {tail_rows}", ""]
     for eq, url in zip(ids, urls, strict=True):
         lines += [
             "[[equipment]]", f'id = "{eq}"', 'driver = "modbus"', f'url = "{url}"', "unit = 1",
@@ -271,6 +273,8 @@ def main() -> int:
     ap.add_argument("--profile-out", type=Path, help="keep py-spy's raw stacks here")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment of the gateway (e.g. MALLOC_ARENA_MAX=2)")  # fmt: skip
+    ap.add_argument("--tail-rows", type=int, help="[outbox] tail_rows (default: the gateway's)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -322,7 +326,7 @@ def main() -> int:
         ids = make_registry(work / "registry", args.devices, args.registers)
         config = work / "calgate.toml"
         make_config(config, work / "registry", work / "state", ids, urls, args.period_ms / 1000,
-                    mqtt_port, vm_port, http_port, args.registers)  # fmt: skip
+                    mqtt_port, vm_port, http_port, args.registers, args.tail_rows)  # fmt: skip
         channels = max(args.registers, 1)
         expected = args.devices * channels * 1000.0 / args.period_ms
         counter = Counter(mqtt_port, latency_every=max(1, int(expected // 2000)))
@@ -397,7 +401,10 @@ def main() -> int:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
