@@ -380,3 +380,56 @@ async def test_status_port_taken_exits_with_a_clear_error_not_a_traceback(
     with Subscriber(mosquitto.port, f"calgate/{site}/gateway/+/status") as late:
         late.wait_for(lambda s: bool(s.messages), what="the retained gateway status")
         assert late.json()[-1]["state"] == "offline"
+
+
+async def test_metrics_show_backlog_lag_and_drops_while_the_broker_is_away(
+    tmp_path: Path, unique_name: str
+) -> None:
+    """No broker at the MQTT address and a short age bound: the outbox backs up, then
+    drops its oldest rows; /metrics counts them and shows the sink's depth and lag."""
+    http = f"127.0.0.1:{free_port()}"
+    base = f"http://{http}"
+    config = tmp_path / "calgate.toml"
+    log = tmp_path / "calgate.log"
+    async with Lab(fixed_ports=False, opcua=False, seed=7) as lab:
+        config.write_text(
+            lab_toml(
+                lab.endpoints(),
+                registry=example_registry(),
+                state_dir=tmp_path / "state",
+                mqtt_url=f"mqtt://127.0.0.1:{free_port()}",  # nobody listens
+                http=http,
+                interval_s=0.05,
+                site="drops",
+                only={"PT-101", "PT-102"},
+            )
+            + "\n[outbox]\nmax_age_s = 0.5\nmaintenance_interval_s = 0.1\n"
+        )
+        async with service(config, log, {}) as proc:
+
+            def metrics() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+                return parse_metrics(http_get(f"{base}/metrics")[1])
+
+            await wait_for_async(
+                lambda: (sample(metrics(), "calgate_outbox_dropped_total") or 0) > 0,
+                timeout_s=30,
+                what="dropped rows counted",
+            )
+            m = metrics()
+            depth = sample(m, "calgate_outbox_depth", sink="mqtt")
+            lag = sample(m, "calgate_sink_lag_seconds", sink="mqtt")
+            assert depth is not None
+            assert depth > 0
+            assert lag is not None
+            assert lag > 0
+            polls = sample(m, "calgate_polls_total", equipment="PT-101")
+            assert polls is not None
+            assert polls > 0, "polling goes on"
+            code, body = http_get(f"{base}/status")
+            assert code == 200
+            st = json.loads(body)
+            assert st["outbox"]["dropped"] > 0
+            assert st["outbox"]["depth"]["mqtt"] > 0
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0, log.read_text()[-3000:]
+    assert "outbox: dropped" in log.read_text()  # and why: max_age
