@@ -264,6 +264,8 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
         assert r["value"] == pytest.approx(float(res.value[0]), rel=1e-12)
         assert r["U"] == pytest.approx(float(res.U[0]), rel=1e-12)
         assert r["value"] == pytest.approx(r["raw"] - 1.2, abs=1e-9)
+    # PT-101, unchanged in the config, kept polling through every reload: one connection.
+    assert log.read_text(errors="replace").count("PT-101: connected to") == 1
     # PC-01's readings all precede BAL-01's first: it stopped before BAL-01 started.
     pc = [r["seq"] for r in readings("PC-01")]
     bal = [r["seq"] for r in readings("BAL-01")]
