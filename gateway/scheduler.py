@@ -4,6 +4,14 @@ A loop catches every driver error, tells its :class:`PollHooks`, backs off after
 connection failures (capped exponential, full jitter) and never stalls another
 equipment. Polls are scheduled on ``loop.time()`` deadlines: no drift, and a missed
 deadline is counted, not queued. Only bugs escape.
+
+Equipment started together polls together (a burst of requests, then of readings, every
+interval). ``phase_s`` (see :func:`stagger`) moves an equipment's deadlines by a phase
+in the interval: the first poll is at once, the second half an interval to one and a
+half intervals later, on the phase; from then on one interval apart. Off by default:
+measured with bench/bench_gateway.py (100 devices at 10 Hz, 1000 at 1 Hz), staggering
+cut the latency p95 from 11 to 7 ms and from 72 to 7.5 ms, but doubled the CPU per value
+(one run each; the outbox and the sinks batch less).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import asyncio
 import logging
 import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,6 +69,7 @@ class Supervisor:
         backoff: Backoff | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        phase_s: float = 0.0,
     ) -> None:
         self.driver = driver
         self.hooks = hooks
@@ -67,6 +77,7 @@ class Supervisor:
         self.backoff = backoff or Backoff()
         self._clock = clock
         self._sleep = sleep
+        self.phase_s = phase_s % interval_s
         self.polls = 0
         self.missed_total = 0
         self.poll_started: float | None = None  # time.monotonic() while a poll runs
@@ -101,6 +112,9 @@ class Supervisor:
         # still hangs is caught by :meth:`stalled` (no timer per poll on the hot path).
         clock = self._clock or asyncio.get_running_loop().time
         deadline = clock()
+        # the deadline after the first poll moves by ``shift`` in [-interval/2, interval/2)
+        phase, interval = self.phase_s, self.interval_s
+        shift = phase - (interval if phase >= interval / 2 else 0.0)
         monotonic = time.monotonic
         while True:
             now = clock()
@@ -125,7 +139,8 @@ class Supervisor:
                     # The instrument is gone or silent: back off before the next try.
                     deadline = clock() + self.backoff.next_delay()
                     continue
-            deadline += self.interval_s
+            deadline += self.interval_s + shift
+            shift = 0.0
             now = clock()
             if now > deadline:
                 missed = int((now - deadline) // self.interval_s) + 1
@@ -143,6 +158,11 @@ class Supervisor:
             except DriverError as exc:
                 self.hooks.failure(self.equipment, exc)
             await self._sleep(backoff.next_delay())
+
+
+def stagger(equipment: str, interval_s: float) -> float:
+    """A phase in ``[0, interval_s)`` from the equipment id (stable across restarts)."""
+    return interval_s * (zlib.crc32(equipment.encode()) / 2**32)
 
 
 def classify(error: DriverError) -> str:
