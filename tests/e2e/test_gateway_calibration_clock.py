@@ -114,7 +114,7 @@ async def test_check_calibration_at_due_soon_and_expired_fires_once_each(
         path = write_config(lab, tmp_path, mosquitto.url, site, status_s=3600)
         config, reg = load_everything(path)
         with Subscriber(mosquitto.port, f"calgate/{site}/#") as sub:
-            gw = Gateway(config, reg)
+            gw = Gateway(config, reg, clock=Clock(VALID_AT))  # today's date plays no part
             await gw.start()
             try:
                 await wait_for_async(lambda: len(sub.json("/reading")) >= 3, what="readings")

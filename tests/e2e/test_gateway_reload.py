@@ -37,7 +37,8 @@ NEW_CERT = "PCL-RELOAD-0001"
 
 
 def new_certificate(today: datetime) -> str:
-    """A recalibration of PT-101 dated today (UTC), in mbar, reading 1.2 mbar high."""
+    """A recalibration of PT-101 dated today (UTC), in mbar, reading 1.2 mbar high (by an
+    NMI, so its chain holds whatever today's date)."""
     cal = today.date()
     due = cal + timedelta(days=730)
     points = ",\n".join(
@@ -46,10 +47,9 @@ def new_certificate(today: datetime) -> str:
     )
     return (
         f'number = "{NEW_CERT}"\nitem = "PT-101"\nchannel = "pressure"\n'
-        'issued_by = "Demo Metrology Lab, pressure calibration laboratory"\n'
-        'accreditation = "DAkkS D-K-15070-02-00"\n'
+        'issued_by = "A national metrology institute"\nnmi = true\n'
         f"calibrated = {cal.isoformat()}\ndue = {due.isoformat()}\n"
-        'standards = ["WS-P1"]\nunit = "mbar"\nmodel = "interpolate"\n'
+        'standards = []\nunit = "mbar"\nmodel = "interpolate"\n'
         f"points = [\n{points},\n]\n"
     )
 
@@ -127,6 +127,7 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                 reg = Registry.load(registry_dir)  # what the reloaded gateway will use
                 corrector = reg.corrector("PT-101", "pressure", today)
                 assert corrector.certificate == NEW_CERT
+                assert reg.state("PT-101", today).status == "valid"
                 gw.send_signal(signal.SIGHUP)
                 await wait_for_async(
                     lambda: sum(r["certificate"] == NEW_CERT for r in readings("PT-101")) >= 10,
@@ -260,6 +261,7 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
     assert set(certs[:first_new]) == {old}
     assert set(certs[first_new:]) == {NEW_CERT}
     for r in pt[first_new:]:
+        assert r["calibration"] == "valid"
         res = corrector.correct(np.array([r["raw"]]))
         assert r["value"] == pytest.approx(float(res.value[0]), rel=1e-12)
         assert r["U"] == pytest.approx(float(res.U[0]), rel=1e-12)
