@@ -101,6 +101,7 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
             )
 
         write({"PT-101", "PC-01"})
+        bal_url = lab.endpoints()["BAL-01"]["tcp"]
         with Subscriber(mosquitto.port, f"{base}/#") as sub:
 
             def readings(eq: str) -> list[dict[str, Any]]:
@@ -218,10 +219,14 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                 )
                 assert readings("PT-101")[-1]["certificate"] == NEW_CERT
 
-                # (4) What a reload cannot apply (the HTTP address) is said, and kept.
+                # (4) What a reload cannot apply (the HTTP address) is said, and kept;
+                # changed equipment (BAL-01's interval, equipment[0]) restarts.
                 broken.unlink()
                 other = f"127.0.0.1:{free_port()}"
-                config.write_text(good.replace(http, other))
+                config.write_text(
+                    good.replace(http, other).replace("interval_s = 0.05", "interval_s = 0.1", 1)
+                )
+                seen_bal = len(readings("BAL-01"))
                 gw.send_signal(signal.SIGHUP)
                 await wait_for_async(
                     lambda: "[http] changed" in log.read_text(errors="replace"),
@@ -229,6 +234,11 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                     what="the warning",
                 )
                 assert http_get(f"http://{http}/healthz")
+                await wait_for_async(
+                    lambda: len(readings("BAL-01")) >= seen_bal + 10,
+                    timeout_s=20,
+                    what="BAL-01 polling again after its restart",
+                )
             finally:
                 if gw.returncode is None:
                     gw.send_signal(signal.SIGTERM)
@@ -268,6 +278,7 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
         assert r["value"] == pytest.approx(r["raw"] - 1.2, abs=1e-9)
     # PT-101, unchanged in the config, kept polling through every reload: one connection.
     assert log.read_text(errors="replace").count("PT-101: connected to") == 1
+    assert log.read_text(errors="replace").count(f"connected to {bal_url}") == 2  # restarted
     # PC-01's readings all precede BAL-01's first: it stopped before BAL-01 started.
     pc = [r["seq"] for r in readings("PC-01")]
     bal = [r["seq"] for r in readings("BAL-01")]
