@@ -232,6 +232,11 @@ class Gateway:
         from gateway import sdnotify
 
         loop = asyncio.get_running_loop()
+        # Signals during start-up are held, not fatal: a stop asked for while starting
+        # stops right after; a reload asked for while starting runs once started.
+        early: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, early.append, sig)
         try:
             await self.start()
         except BaseException:
@@ -241,6 +246,10 @@ class Gateway:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
+        if signal.SIGTERM in early or signal.SIGINT in early:
+            self._stop.set()
+        elif signal.SIGHUP in early:
+            self._spawn(self.reload(), "reload")
         sdnotify.ready()
         sdnotify.status(f"polling {len(self._equipment)} equipment")
         watchdog = asyncio.create_task(sdnotify.watchdog_task(self.alive), name="watchdog")
