@@ -148,7 +148,10 @@ class Pipeline:
         return r.raw * factor, plan.unit, r.flags
 
     def _one(self, r: Reading, plan: ChannelPlan) -> Measurement:
-        raw, unit, flags = self._convert(r, plan)
+        if plan.unit is None or r.unit == plan.unit:  # _convert's common case, inline
+            raw, unit, flags = r.raw, plan.unit or r.unit, r.flags
+        else:
+            raw, unit, flags = self._convert(r, plan)
         corrector = plan.corrector
         quality: Quality = r.quality
         if corrector is None or "unit_mismatch" in flags:

@@ -1,0 +1,84 @@
+"""Pipeline: the per-poll fast path gives what the Corrector gives, reading by reading."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from calibration import Registry
+from drivers.base import Reading
+from gateway.pipeline import Pipeline
+
+REGISTRY = Path(__file__).resolve().parents[3] / "examples" / "registry"
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.load(REGISTRY)
+
+
+def reading(raw: float, unit: str = "mbar", quality: str = "good") -> Reading:
+    return Reading(
+        equipment="PT-101", channel="pressure", raw=raw, unit=unit, t_wall=T0, t_mono=0.0,
+        quality=quality,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", [1000.3, 949.0, 1099.9, 1200.0, 20.0, 2600.0, -5.0])
+def test_values_uncertainty_and_conformity_are_the_correctors(
+    registry: Registry, raw: float
+) -> None:
+    pipeline = Pipeline(registry, clock=lambda: T0)
+    [m] = pipeline.process([reading(raw)])
+    corrector = registry.corrector("PT-101", "pressure", T0)
+    value, u, big_u, out_of_range = corrector.correct_one(raw)
+    assert (m.value, m.u, m.U, m.k) == (value, u, big_u, corrector.k)
+    assert m.conformity == corrector.judge_one(value, big_u)
+    assert ("out_of_range" in m.flags) == out_of_range
+    assert m.quality == ("uncertain" if out_of_range else "good")
+    assert m.certificate == corrector.certificate
+    assert m.calibration == "valid"
+
+
+def test_units_are_converted_and_mismatches_flagged(registry: Registry) -> None:
+    pipeline = Pipeline(registry, clock=lambda: T0)
+    kpa, wrong = pipeline.process([reading(100.03, unit="kPa"), reading(1.0, unit="kg")])
+    corrector = registry.corrector("PT-101", "pressure", T0)
+    assert kpa.unit == "mbar"
+    assert kpa.value == corrector.correct_one(100.03 * 10.0)[0]
+    assert wrong.unit == "kg"
+    assert "unit_mismatch" in wrong.flags
+    assert wrong.certificate is None
+
+
+def test_bad_and_nan_readings_stay_bad(registry: Registry) -> None:
+    pipeline = Pipeline(registry, clock=lambda: T0)
+    bad, nan = pipeline.process([reading(1000.0, quality="bad"), reading(math.nan)])
+    for m in (bad, nan):
+        assert m.quality == "bad"
+        assert math.isnan(m.value)
+        assert m.conformity is None
+
+
+def test_plans_are_rebuilt_when_the_date_changes(registry: Registry) -> None:
+    now = [T0]
+    pipeline = Pipeline(registry, clock=lambda: now[0])
+    pipeline.process([reading(1000.0)])
+    first = pipeline.plan("PT-101", "pressure", T0)
+    pipeline.process([reading(1000.0)])
+    assert pipeline.plan("PT-101", "pressure", T0) is first
+    now[0] = T0 + timedelta(days=1)
+    pipeline.process([reading(1000.0)])
+    assert pipeline.plan("PT-101", "pressure", now[0]) is not first
+    assert pipeline.plan("PT-101", "pressure", now[0]).built_on == now[0].date()
+
+
+def test_unknown_equipment_passes_through_uncorrected(registry: Registry) -> None:
+    pipeline = Pipeline(registry, clock=lambda: T0)
+    r = Reading(equipment="NOPE", channel="x", raw=1.5, unit="g", t_wall=T0, t_mono=0.0)
+    [m] = pipeline.process([r])
+    assert (m.value, m.unit, m.calibration, m.conformity) == (1.5, "g", "none", None)
