@@ -17,7 +17,8 @@ multi-value list: the trap METROLOGY.md warns about).
 
 Transports: ``tcp://host[:502]`` uses the lean client of :mod:`drivers.modbus_tcp`;
 ``rtu:///dev/ttyUSB1?baudrate=19200&parity=E&bytesize=8&stopbits=1`` uses pymodbus's
-``AsyncModbusSerialClient``, whose exceptions are translated in :class:`RtuLink` only.
+``AsyncModbusSerialClient``, whose exceptions are translated in :class:`RtuLink` only
+(pymodbus is imported when the first RTU link is made: a TCP-only gateway never loads it).
 Equipment on one TCP gateway or one RS-485 port shares one connection and one lock
 (``Bus``); RTU keeps an inter-frame gap of 3.5 character times by default.
 """
@@ -41,9 +42,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.exceptions import ConnectionException, ModbusException
-from pymodbus.framer import FramerType
 
 from drivers.base import Bus, Buses, Driver, DriverConfig, Quality, Reading, now
 from drivers.errors import ConnectError, DeviceTimeout, DriverError, FrameError
@@ -474,6 +472,9 @@ class RtuLink:
     """
 
     def __init__(self, transport: RtuTransport) -> None:
+        from pymodbus.client import AsyncModbusSerialClient
+        from pymodbus.framer import FramerType
+
         self.transport = transport
         self.connects = 0
         self._rx = b""
@@ -518,6 +519,8 @@ class RtuLink:
     async def read(
         self, unit: int, function_code: int, address: int, count: int, timeout_s: float
     ) -> bytes:
+        from pymodbus.exceptions import ConnectionException, ModbusException
+
         self._rx = b""
         client = self._client
         try:
