@@ -334,7 +334,18 @@ def main() -> int:
         env.update(kv.split("=", 1) for kv in args.env)
         gw = spawn([sys.executable, "-m", "gateway", "run", "-c", str(config)], "gateway", env=env)
         started = time.monotonic()
-        wait_until(lambda: scrape(http_port).get("calgate_polls_total", 0) > 0, 300)
+
+        def polling() -> bool:
+            if gw.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {gw.returncode}")
+            return scrape(http_port).get("calgate_polls_total", 0) > 0
+
+        try:
+            wait_until(polling, 300)
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"{exc!r}; the gateway's log ends:", file=sys.stderr)
+            print((work / "gateway.log").read_text()[-3000:], file=sys.stderr)
+            return 1
         startup_s = time.monotonic() - started
         time.sleep(args.warmup)  # a benchmark's warm-up, not a readiness wait
         if gw.poll() is not None:
