@@ -599,6 +599,12 @@ class ModbusDriver(Driver, kind="modbus"):
         ]
         self._requests = [(g.function_code, g.address, g.count) for g in self.groups]
         self._unpackers = _group_unpackers(self.decoders, len(self.groups))
+        # one group whose struct gives every channel in config order: one call decodes all
+        self._whole: Callable[[bytes], tuple[Any, ...]] | None = None
+        if self._unpackers is not None and len(self._unpackers) == 1:
+            unpack_from, order = self._unpackers[0]
+            if order == list(range(len(self.decoders))):
+                self._whole = unpack_from
         # per decoder: (name, unit, scale, offset), for the hot loop
         self._fields = [(d.name, d.unit, d.scale, d.offset) for d in self.decoders]
         self._joined = False
@@ -656,18 +662,29 @@ class ModbusDriver(Driver, kind="modbus"):
 
     async def poll(self) -> list[Reading]:
         self._join()
-        unit = self.modbus.unit
-        timeout_s = self.config.timeout_s
         bus = self.bus
         try:
             if bus.gap_s > 0:
                 async with bus:
-                    datas = await self._read_all(unit, timeout_s)
-            else:  # no quiet time to keep: the bus's lock alone (no context manager frames)
+                    datas = await self._read_all()
+            else:  # no quiet time to keep: the bus's lock alone, the reads inline (hot path)
                 lock = bus.lock
                 await lock.acquire()
                 try:
-                    datas = await self._read_all(unit, timeout_s)
+                    link = self._ready
+                    if link is None or link is not bus.resource or not link.connected:
+                        link = await self._link()
+                    unit, timeout_s, requests = (
+                        self.modbus.unit,
+                        self.config.timeout_s,
+                        self._requests,
+                    )
+                    if len(requests) == 1:
+                        datas = [await link.read(unit, *requests[0], timeout_s)]
+                    else:
+                        datas = []
+                        for fc, address, count in requests:
+                            datas.append(await link.read(unit, fc, address, count, timeout_s))
                 finally:
                     lock.release()
         except DriverError as exc:
@@ -675,12 +692,13 @@ class ModbusDriver(Driver, kind="modbus"):
             raise
         t_wall, t_mono = now()
         self.recent_frames.extend(datas)
-        raws = self._decode(datas)
+        whole = self._whole
+        raws = whole(datas[0]) if whole is not None else self._decode(datas)
         equipment = self.config.id
         readings: list[Reading] = []
         append = readings.append
         quality: Quality
-        for raw, (name, unit_name, scale, offset) in zip(raws, self._fields, strict=True):
+        for raw, (name, unit_name, scale, offset) in zip(raws, self._fields):  # noqa: B905 - same length by construction
             if raw != raw:  # NaN
                 value, flags, quality = float(raw), _NAN_FLAGS, "bad"
             elif raw == math.inf:
@@ -703,18 +721,16 @@ class ModbusDriver(Driver, kind="modbus"):
             )
         return readings
 
-    async def _read_all(self, unit: int, timeout_s: float) -> list[bytes]:
+    async def _read_all(self) -> list[bytes]:
         """One read per request group (bus lock held)."""
         link = self._ready
         if link is None or link is not self.bus.resource or not link.connected:
             link = await self._link()
-        requests = self._requests
-        if len(requests) == 1:
-            fc, address, count = requests[0]
-            return [await link.read(unit, fc, address, count, timeout_s)]
-        return [
-            await link.read(unit, fc, address, count, timeout_s) for fc, address, count in requests
-        ]
+        unit, timeout_s = self.modbus.unit, self.config.timeout_s
+        datas = []
+        for fc, address, count in self._requests:
+            datas.append(await link.read(unit, fc, address, count, timeout_s))
+        return datas
 
     def _decode(self, datas: list[bytes]) -> list[float | int]:
         """Every channel's value as sent (before scale and offset), in channel order."""
