@@ -30,6 +30,7 @@ __all__ = [
     "Quality",
     "Reading",
     "now",
+    "unique_channel_names",
     "with_timeout",
 ]
 
@@ -80,6 +81,23 @@ class DriverConfig(BaseModel):
 
 
 DRIVERS: dict[str, type[Driver]] = {}
+
+C = TypeVar("C")
+
+
+def unique_channel_names(channels: tuple[C, ...]) -> tuple[C, ...]:
+    """Validator body for a driver's ``channels``: at least one, names unique."""
+    if not channels:
+        raise ValueError("at least one channel is needed")
+    seen: dict[str, int] = {}
+    for index, channel in enumerate(channels):
+        name = channel.name  # type: ignore[attr-defined]
+        if name in seen:
+            raise ValueError(
+                f"duplicate channel name {name!r} (channels.{seen[name]} and channels.{index})"
+            )
+        seen[name] = index
+    return channels
 
 
 class Bus:

@@ -43,7 +43,16 @@ from pydantic import (
     model_validator,
 )
 
-from drivers.base import Bus, Buses, Driver, DriverConfig, Quality, Reading, now
+from drivers.base import (
+    Bus,
+    Buses,
+    Driver,
+    DriverConfig,
+    Quality,
+    Reading,
+    now,
+    unique_channel_names,
+)
 from drivers.errors import ConnectError, DeviceTimeout, DriverError, FrameError
 from drivers.modbus_tcp import ModbusTcpClient, exception_error
 
@@ -235,17 +244,7 @@ class ModbusConfig(DriverConfig):
     @field_validator("channels")
     @classmethod
     def _unique_names(cls, channels: tuple[ModbusChannel, ...]) -> tuple[ModbusChannel, ...]:
-        if not channels:
-            raise ValueError("at least one channel is needed")
-        seen: dict[str, int] = {}
-        for index, channel in enumerate(channels):
-            if channel.name in seen:
-                raise ValueError(
-                    f"duplicate channel name {channel.name!r} "
-                    f"(channels.{seen[channel.name]} and channels.{index})"
-                )
-            seen[channel.name] = index
-        return channels
+        return unique_channel_names(channels)
 
     @model_validator(mode="after")
     def _check(self) -> ModbusConfig:

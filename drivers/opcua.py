@@ -65,7 +65,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from drivers.base import Buses, Driver, DriverConfig, Quality, Reading
+from drivers.base import Buses, Driver, DriverConfig, Quality, Reading, unique_channel_names
 from drivers.errors import ConnectError, DeviceError, DeviceTimeout, DriverError, FrameError
 
 __all__ = [
@@ -263,17 +263,7 @@ class OpcUaConfig(DriverConfig):
     @field_validator("channels")
     @classmethod
     def _channels(cls, channels: tuple[OpcUaChannel, ...]) -> tuple[OpcUaChannel, ...]:
-        if not channels:
-            raise ValueError("at least one channel is needed")
-        seen: dict[str, int] = {}
-        for index, channel in enumerate(channels):
-            if channel.name in seen:
-                raise ValueError(
-                    f"duplicate channel name {channel.name!r} "
-                    f"(channels.{seen[channel.name]} and channels.{index})"
-                )
-            seen[channel.name] = index
-        return channels
+        return unique_channel_names(channels)
 
     def bus_key(self) -> str | None:
         return None  # each equipment has its own session
