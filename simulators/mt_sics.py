@@ -132,7 +132,52 @@ class Balance:
         return "S"
 
 
-class MtSicsSim(SerialSimulator):
+class BalanceSimulator(SerialSimulator):
+    """A simulated balance on its own line: the weighing cell and the scripting of the pan,
+    shared by the MT-SICS and SBI simulators (each adds its protocol)."""
+
+    reply_terminator = b"\r\n"
+
+    def __init__(
+        self,
+        *,
+        capacity: float,
+        resolution: float,
+        unit: str,
+        tau_s: float,
+        noise: float | None,
+        drift_per_s: float,
+        host: str,
+        port: int,
+        tcp: bool,
+        pty: bool,
+        faults: Faults | None,
+        seed: int | None,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(host=host, port=port, tcp=tcp, pty=pty, faults=faults, seed=seed)
+        self.balance = Balance(
+            capacity=capacity,
+            resolution=resolution,
+            unit=unit,
+            tau_s=tau_s,
+            noise=noise,
+            drift_per_s=drift_per_s,
+            seed=seed,
+            clock=clock,
+        )
+
+    def place(self, mass: float) -> None:
+        self.balance.place(mass)
+
+    def remove(self, mass: float | None = None) -> None:
+        self.balance.remove(mass)
+
+    def set_load(self, mass: float) -> None:
+        self.balance.set_load(mass)
+
+
+class MtSicsSim(BalanceSimulator):
     """An MT-SICS balance on a pty and/or TCP: ``S``, ``SI``, ``Z``, ``T``, ``I2``, ``I4``, ``@``."""
 
     reply_terminator = b"\r\n"
@@ -157,29 +202,14 @@ class MtSicsSim(SerialSimulator):
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(host=host, port=port, tcp=tcp, pty=pty, faults=faults, seed=seed)
-        self.balance = Balance(
-            capacity=capacity,
-            resolution=resolution,
-            unit=unit,
-            tau_s=tau_s,
-            noise=noise,
-            drift_per_s=drift_per_s,
-            seed=seed,
-            clock=clock,
-        )
+        super().__init__(
+            capacity=capacity, resolution=resolution, unit=unit, tau_s=tau_s, noise=noise,
+            drift_per_s=drift_per_s, host=host, port=port, tcp=tcp, pty=pty, faults=faults,
+            seed=seed, clock=clock,
+        )  # fmt: skip
         self.model = model
         self.serial = serial
         self.stable_timeout_s = stable_timeout_s
-
-    def place(self, mass: float) -> None:
-        self.balance.place(mass)
-
-    def remove(self, mass: float | None = None) -> None:
-        self.balance.remove(mass)
-
-    def set_load(self, mass: float) -> None:
-        self.balance.set_load(mass)
 
     # -- LineDevice -------------------------------------------------------------------
 

@@ -14,15 +14,14 @@ import time
 from collections.abc import Callable
 
 from simulators.faults import Faults
-from simulators.mt_sics import Balance
-from simulators.serial_server import SerialSimulator
+from simulators.mt_sics import BalanceSimulator
 
 __all__ = ["SbiSim"]
 
 ESC = b"\x1b"
 
 
-class SbiSim(SerialSimulator):
+class SbiSim(BalanceSimulator):
     """A Sartorius SBI balance on a pty and/or TCP."""
 
     reply_terminator = b"\r\n"
@@ -46,30 +45,15 @@ class SbiSim(SerialSimulator):
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(host=host, port=port, tcp=tcp, pty=pty, faults=faults, seed=seed)
         if len(unit) > 3 or (id_code is not None and len(id_code) > 6):
             raise ValueError("SBI units have at most 3 characters, id codes at most 6")
-        self.balance = Balance(
-            capacity=capacity,
-            resolution=resolution,
-            unit=unit,
-            tau_s=tau_s,
-            noise=noise,
-            drift_per_s=drift_per_s,
-            seed=seed,
-            clock=clock,
-        )
+        super().__init__(
+            capacity=capacity, resolution=resolution, unit=unit, tau_s=tau_s, noise=noise,
+            drift_per_s=drift_per_s, host=host, port=port, tcp=tcp, pty=pty, faults=faults,
+            seed=seed, clock=clock,
+        )  # fmt: skip
         self.id_code = id_code
         self.error_code = error_code
-
-    def place(self, mass: float) -> None:
-        self.balance.place(mass)
-
-    def remove(self, mass: float | None = None) -> None:
-        self.balance.remove(mass)
-
-    def set_load(self, mass: float) -> None:
-        self.balance.set_load(mass)
 
     # -- frames -----------------------------------------------------------------------
 
