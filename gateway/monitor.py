@@ -130,53 +130,23 @@ class Monitor:
                 ch.last_oot = m.t_wall
                 st.oot_version += 1
                 lo, hi = _limits(limits(m.equipment, m.channel))
-                st.last_oot = {
-                    "channel": m.channel,
-                    "ts": m.t_wall.isoformat(),
-                    "value": m.value,
-                    "U": m.U,
-                    "low": lo,
-                    "high": hi,
-                    "conformity": m.conformity,
-                }
-                events.append(
-                    Event(
-                        type="out_of_tolerance",
-                        severity="warning",
-                        equipment=m.equipment,
-                        channel=m.channel,
-                        t_wall=m.t_wall,
-                        message=f"{m.channel} = {m.value:.6g} {m.unit} outside [{lo}, {hi}] ({m.conformity})",
-                        detail={
-                            "value": m.value,
-                            "U": m.U,
-                            "unit": m.unit,
-                            "low": lo,
-                            "high": hi,
-                            "conformity": m.conformity,
-                            "certificate": m.certificate,
-                        },
-                    )
-                )
-            elif ch.out_of_tolerance and m.conformity == "pass" and self._inside(m, limits):
-                ch.out_of_tolerance = False
-                st.oot_version += 1
+                ev = _tolerance_event(m, "out_of_tolerance", "warning", lo, hi,
+                                      f"outside [{lo}, {hi}] ({m.conformity})")  # fmt: skip
+                st.last_oot = {"channel": m.channel, "ts": m.t_wall.isoformat(), **ev.detail}
+                events.append(ev)
+            elif ch.out_of_tolerance and m.conformity == "pass":
                 lo, hi = _limits(limits(m.equipment, m.channel))
-                events.append(
-                    Event(
-                        type="back_in_tolerance",
-                        severity="info",
-                        equipment=m.equipment,
-                        channel=m.channel,
-                        t_wall=m.t_wall,
-                        message=f"{m.channel} = {m.value:.6g} {m.unit} back inside [{lo}, {hi}]",
-                        detail={"value": m.value, "U": m.U, "unit": m.unit, "low": lo, "high": hi},
+                if self._inside(m, lo, hi):
+                    ch.out_of_tolerance = False
+                    st.oot_version += 1
+                    events.append(
+                        _tolerance_event(
+                            m, "back_in_tolerance", "info", lo, hi, f"back inside [{lo}, {hi}]"
+                        )
                     )
-                )
         return events
 
-    def _inside(self, m: Measurement, limits: Callable[[str, str], Any]) -> bool:
-        lo, hi = _limits(limits(m.equipment, m.channel))
+    def _inside(self, m: Measurement, lo: float | None, hi: float | None) -> bool:
         margin = m.U or 0.0
         if lo is not None and hi is not None:
             margin = max(margin, self.hysteresis_fraction * (hi - lo))
@@ -282,6 +252,29 @@ class Monitor:
                 },
             )
         ]
+
+
+def _tolerance_event(
+    m: Measurement, etype: str, severity: Severity, lo: float | None, hi: float | None, text: str
+) -> Event:
+    """An out-of/back-in-tolerance Event of a measurement against its limits."""
+    return Event(
+        type=etype,
+        severity=severity,
+        equipment=m.equipment,
+        channel=m.channel,
+        t_wall=m.t_wall,
+        message=f"{m.channel} = {m.value:.6g} {m.unit} {text}",
+        detail={
+            "value": m.value,
+            "U": m.U,
+            "unit": m.unit,
+            "low": lo,
+            "high": hi,
+            "conformity": m.conformity,
+            "certificate": m.certificate,
+        },
+    )
 
 
 def _limits(lim: Any) -> tuple[float | None, float | None]:
