@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from drivers.base import Quality, Reading
+from drivers.base import Quality, Reading, record
 
 __all__ = ["CalStatus", "Event", "Measurement", "Severity", "rfc3339"]
 
@@ -34,7 +34,7 @@ def _num(x: float | None) -> float | None:
     return x
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Measurement:
     """A Reading kept whole, plus its correction, uncertainty, status and conformity."""
 
