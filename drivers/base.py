@@ -80,6 +80,33 @@ class Reading:
     flags: frozenset[str] = frozenset()
     quality: Quality = "good"
 
+    @staticmethod
+    def make(
+        equipment: str,
+        channel: str,
+        raw: float,
+        unit: str,
+        t_wall: datetime,
+        t_mono: float,
+        flags: frozenset[str],
+        quality: Quality,
+    ) -> Reading:
+        """The Reading the keyword constructor builds, from positional arguments, for hot
+        paths (a keyword call costs twice the object)."""
+        r: Any = _new(Reading)
+        r.equipment = equipment
+        r.channel = channel
+        r.raw = raw
+        r.unit = unit
+        r.t_wall = t_wall
+        r.t_mono = t_mono
+        r.flags = flags
+        r.quality = quality
+        return r  # type: ignore[no-any-return]
+
+
+_new = object.__new__
+
 
 class DriverConfig(BaseModel):
     """Fields every ``[[equipment]]`` table has; each driver subclasses it.

@@ -696,6 +696,7 @@ class ModbusDriver(Driver, kind="modbus"):
         equipment = self.config.id
         readings: list[Reading] = []
         append = readings.append
+        make = Reading.make
         quality: Quality
         for raw, (name, unit_name, scale, offset) in zip(raws, self._fields):  # noqa: B905 - same length by construction
             if raw != raw:  # NaN
@@ -706,18 +707,7 @@ class ModbusDriver(Driver, kind="modbus"):
                 value, flags, quality = raw, _UNDERFLOW_FLAGS, "bad"
             else:
                 value, flags, quality = raw * scale + offset, _NO_FLAGS, "good"
-            append(
-                Reading(
-                    equipment=equipment,
-                    channel=name,
-                    raw=value,
-                    unit=unit_name,
-                    t_wall=t_wall,
-                    t_mono=t_mono,
-                    flags=flags,
-                    quality=quality,
-                )
-            )
+            append(make(equipment, name, value, unit_name, t_wall, t_mono, flags, quality))
         return readings
 
     async def _read_all(self) -> list[bytes]:

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # Calibration states under which a corrected value cannot be trusted as "good".
 DOUBTFUL: frozenset[str] = frozenset({"expired", "untraceable", "suspect"})
+_OUT_OF_RANGE = frozenset({"out_of_range"})
+_isfinite = math.isfinite
 
 
 @lru_cache(maxsize=256)
@@ -51,9 +53,9 @@ class ChannelPlan:
     calibration: CalStatus
     certificate: str | None
     built_on: date
-    # (decide, low, high, rule) when the corrector judges conformity: the hot path calls
-    # calibration.conformity.decide directly (Corrector.judge_one's arithmetic)
-    judge: tuple[Callable[..., str | None], float | None, float | None, str] | None = None
+    # judge(value, U) when the corrector judges conformity: calibration.conformity.decider
+    # of its limits and rule (Corrector.judge_one's decision, the rule settled once)
+    judge: Callable[[float, float], str | None] | None = None
 
 
 class Pipeline:
@@ -99,9 +101,9 @@ class Pipeline:
         limits = getattr(corrector, "limits", None)
         judge = None
         if limits is not None:
-            from calibration.conformity import decide
+            from calibration.conformity import decider
 
-            judge = (decide, limits[0], limits[1], corrector.decision_rule)
+            judge = decider(limits[0], limits[1], corrector.decision_rule)
         return ChannelPlan(
             equipment,
             channel,
@@ -148,57 +150,35 @@ class Pipeline:
         return r.raw * factor, plan.unit, r.flags
 
     def _one(self, r: Reading, plan: ChannelPlan) -> Measurement:
-        if plan.unit is None or r.unit == plan.unit:  # _convert's common case, inline
-            raw, unit, flags = r.raw, plan.unit or r.unit, r.flags
+        unit = plan.unit
+        if unit is None or r.unit == unit:  # _convert's common case, inline
+            raw, unit, flags = r.raw, unit or r.unit, r.flags
         else:
             raw, unit, flags = self._convert(r, plan)
         corrector = plan.corrector
         quality: Quality = r.quality
         if corrector is None or "unit_mismatch" in flags:
-            return Measurement(
-                reading=r,
-                value=raw,
-                unit=unit,
-                quality=quality,
-                flags=flags,
-                calibration="none" if corrector is None else plan.calibration,
-                certificate=None,
-                quantity=plan.quantity,
-            )
-        if quality == "bad" or not math.isfinite(raw):
-            return Measurement(
-                reading=r,
-                value=math.nan,
-                unit=unit,
-                k=corrector.k,
-                quality="bad",
-                flags=flags,
-                calibration=plan.calibration,
-                certificate=plan.certificate,
-                quantity=plan.quantity,
-            )
+            return Measurement.make(
+                r, raw, unit, None, None, None, quality, flags,
+                "none" if corrector is None else plan.calibration, None, None, plan.quantity,
+            )  # fmt: skip
+        calibration = plan.calibration
+        if quality == "bad" or not _isfinite(raw):
+            return Measurement.make(
+                r, math.nan, unit, None, None, corrector.k, "bad", flags,
+                calibration, plan.certificate, None, plan.quantity,
+            )  # fmt: skip
         value, u, big_u, out_of_range = corrector.correct_one(raw)
         if out_of_range:
-            flags = flags | {"out_of_range"}
+            flags = flags | _OUT_OF_RANGE
             quality = "uncertain"
-        if plan.calibration in DOUBTFUL and quality == "good":
+        if quality == "good" and calibration in DOUBTFUL:
             quality = "uncertain"
         judge = plan.judge
-        conformity = None if judge is None else judge[0](value, big_u, judge[1], judge[2], judge[3])
-        return Measurement(
-            reading=r,
-            value=value,
-            unit=unit,
-            u=u,
-            U=big_u,
-            k=corrector.k,
-            quality=quality,
-            flags=flags,
-            calibration=plan.calibration,
-            certificate=plan.certificate,
-            conformity=conformity,
-            quantity=plan.quantity,
-        )
+        return Measurement.make(
+            r, value, unit, u, big_u, corrector.k, quality, flags, calibration,
+            plan.certificate, None if judge is None else judge(value, big_u), plan.quantity,
+        )  # fmt: skip
 
     def _many(self, group: list[Reading], plan: ChannelPlan) -> list[Measurement]:
         corrector = plan.corrector

@@ -14,6 +14,7 @@ from calibration.conformity import (
     Tolerance,
     decide,
     decide_many,
+    decider,
     instrument_conformity,
     judge_error,
     mpe,
@@ -300,3 +301,38 @@ def test_non_binary_refines_simple_and_guarded(
         return
     assert (nb == "pass") == (guarded == "pass")
     assert (nb in ("pass", "conditional_pass")) == (simple == "pass")
+
+
+# -- decider: decide with the rule and limits settled once (the gateway's hot path) -----------
+
+_EDGES = [9.0, 11.0, 9.2, 10.8, 10.9, 11.1, 11.2, 8.85, 8.7, 9.1999, 10.8001, 1e300, -1e300]
+_EDGES += [math.inf, -math.inf, math.nan, 0.0, -0.0, 10.8 + 1e-15, 9.2 - 1e-15]
+
+
+@pytest.mark.parametrize("rule", ["simple", "guarded", "non_binary"])
+@pytest.mark.parametrize(("low", "high"), [(9.0, 11.0), (None, 11.0), (9.0, None), (None, None)])
+def test_decider_equals_decide_on_the_worked_examples(
+    rule: str, low: float | None, high: float | None
+) -> None:
+    f = decider(low, high, rule)
+    for y in _EDGES:
+        for big_u in (0.0, 0.2, 1.5, math.inf, math.nan):
+            assert f(y, big_u) == decide(y, big_u, low, high, rule), (y, big_u)
+
+
+@given(
+    y=st.floats(allow_nan=True),
+    big_u=st.floats(0.0, 1e6, allow_nan=False),
+    low=st.floats(-1e6, 1e6),
+    width=st.floats(0.0, 1e6),
+    rule=st.sampled_from(["simple", "guarded", "non_binary"]),
+)
+def test_decider_equals_decide(y: float, big_u: float, low: float, width: float, rule: str) -> None:
+    high = low + width
+    assert decider(low, high, rule)(y, big_u) == decide(y, big_u, low, high, rule)
+    assert decider(-high, -low, rule)(y, big_u) == decide(y, big_u, -high, -low, rule)
+
+
+def test_decider_refuses_an_unknown_rule() -> None:
+    with pytest.raises(CalibrationError, match="decision rule"):
+        decider(0.0, 1.0, "lenient")

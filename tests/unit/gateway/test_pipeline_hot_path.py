@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from calibration import Registry
 from drivers.base import Reading
+from gateway.model import Measurement
 from gateway.pipeline import Pipeline
 
 REGISTRY = Path(__file__).resolve().parents[3] / "examples" / "registry"
@@ -82,3 +84,23 @@ def test_unknown_equipment_passes_through_uncorrected(registry: Registry) -> Non
     r = Reading(equipment="NOPE", channel="x", raw=1.5, unit="g", t_wall=T0, t_mono=0.0)
     [m] = pipeline.process([r])
     assert (m.value, m.unit, m.calibration, m.conformity) == (1.5, "g", "none", None)
+
+
+def test_positional_builders_equal_the_keyword_constructors(registry: Registry) -> None:
+    flags = frozenset({"stable"})
+    r = Reading.make("PT-101", "pressure", 1000.3, "mbar", T0, 1.5, flags, "uncertain")
+    kw = Reading(
+        equipment="PT-101", channel="pressure", raw=1000.3, unit="mbar", t_wall=T0,
+        t_mono=1.5, flags=flags, quality="uncertain",
+    )  # fmt: skip
+    assert r == kw
+    assert hash(r) == hash(kw)
+    assert repr(r) == repr(kw)
+    assert dataclasses.replace(r, raw=2.0) == dataclasses.replace(kw, raw=2.0)
+    [m] = Pipeline(registry, clock=lambda: T0).process([r])
+    fields = {f.name: getattr(m, f.name) for f in dataclasses.fields(Measurement)}
+    assert Measurement(**fields) == m
+    assert hash(Measurement(**fields)) == hash(m)
+    assert m.conformity is not None
+    assert m.U is not None
+    assert len({m, Measurement(**fields)}) == 1
