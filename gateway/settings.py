@@ -75,7 +75,7 @@ class MqttSettings(_Settings):
     keepalive_s: int = Field(default=30, ge=5, le=65535)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     qos: Literal[1] = 1
-    max_inflight: int = Field(default=1000, ge=1, le=65535)
+    max_inflight: int = Field(default=1000, ge=1, le=60000)  # packet ids: 65535 in all
     # rows published per turn of the event loop (~20 µs each): small, so polls interleave
     batch_size: int = Field(default=100, ge=1)
     backoff_min_s: float = Field(default=0.5, gt=0)

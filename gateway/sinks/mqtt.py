@@ -1,11 +1,19 @@
 """MQTT sink (ARCHITECTURE.md 4.3): outbox rows out at QoS 1, retained status, last will.
 
-paho-mqtt is driven from the asyncio loop, with no network thread (PERFORMANCE.md: a
-thread doubles the cost of a publish): the loop watches paho's socket
-(``add_reader``/``add_writer`` through paho's socket callbacks) and calls
-``loop_read``/``loop_write``; a 1 s task calls ``loop_misc`` for keep-alives. A publish is
-a plain ``client.publish()``; its PUBACK calls ``on_publish(mid)``, which acks the row's
-seq in the outbox — one callback per message, no future per message.
+paho-mqtt owns the session: connect (TCP or TLS, credentials, last will), CONNACK,
+keep-alive, retained status messages, disconnect. It is driven from the asyncio loop, with
+no network thread (PERFORMANCE.md: a thread doubles the cost of a publish): the loop
+watches paho's socket (``add_reader``/``add_writer`` through paho's socket callbacks) and
+calls ``loop_read``/``loop_write``; a 1 s task calls ``loop_misc`` for keep-alives.
+
+The rows themselves — thousands a second — do not go through ``Client.publish``, which
+builds a message object with a ``threading.Condition`` per message and sends each packet
+with its own system call. :meth:`MqttSink.deliver` writes a batch's QoS 1 PUBLISH packets
+(MQTT 3.1.1 §3.3: fixed header, topic, packet id, payload) into one buffer, numbered from
+paho's own packet-id counter, and queues it on paho's output queue as one packet, so it
+leaves in one ``send`` between paho's own packets. Their PUBACKs are taken from the read
+buffer in runs at packet boundaries (§3.4: four bytes each) and ack the rows' seqs in the
+outbox; anything else read goes to paho as before.
 
 At most ``max_inflight`` publishes wait for their PUBACK; when the window is full the
 sink waits for acks, so a slow broker holds back this sink's cursor, never the polling.
@@ -24,7 +32,8 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Container, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -45,7 +54,6 @@ __all__ = ["MqttSink"]
 log = logging.getLogger(__name__)
 
 OFFLINE = b'{"state":"offline"}'
-_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux
 _PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
@@ -72,23 +80,64 @@ class _TrackingContext(ssl.SSLContext):
         return sock
 
 
+_PUBLISH_QOS1 = 0x32  # PUBLISH, QoS 1, no DUP, no RETAIN (MQTT 3.1.1 §3.3.1)
+_PUBACK = 0x40
+
+
+def _fixed_header(remaining: int) -> bytes:
+    """PUBLISH QoS 1's fixed header with the remaining length (§2.2.3 variable byte int)."""
+    if remaining < 0x80:
+        return bytes((_PUBLISH_QOS1, remaining))
+    if remaining < 0x4000:
+        return bytes((_PUBLISH_QOS1, (remaining & 0x7F) | 0x80, remaining >> 7))
+    out = bytearray((_PUBLISH_QOS1,))
+    while True:
+        byte, remaining = remaining & 0x7F, remaining >> 7
+        out.append(byte | 0x80 if remaining else byte)
+        if not remaining:
+            return bytes(out)
+
+
+def _topic_field(topic: str) -> bytes:
+    """A publish topic as a length-prefixed UTF-8 string (§1.5.3); paho's rules."""
+    raw = topic.encode()
+    if not raw or b"+" in raw or b"#" in raw or len(raw) > 0xFFFF:
+        raise ValueError(f"invalid publish topic {topic!r}")
+    return len(raw).to_bytes(2, "big") + raw
+
+
 class _BufferedClient(paho.Client):
-    """paho reads a packet with two or three ``recv`` calls (type, length, body): this
+    """A paho client with two additions for the sink's hot path.
+
+    Reads: paho reads a packet with two or three ``recv`` calls (type, length, body): this
     client reads what the socket has at once and serves paho from that buffer, so a burst
     of PUBACKs costs one system call. :meth:`buffered` tells the reader to call
-    ``loop_read`` again (no readiness event comes for bytes already read)."""
+    ``loop_read`` again (no readiness event comes for bytes already read). When paho is
+    about to read a new packet, the PUBACKs at the head of the buffer whose packet ids are
+    in ``owned`` (the sink's publishes) are taken in one run and handed to ``on_acks``.
+
+    Writes: :meth:`queue_publishes` queues a buffer of ready PUBLISH packets on paho's
+    output queue as one packet (written in order with paho's own, by ``loop_write``).
+    """
 
     _rbuf: bytes = b""
     _rpos: int = 0
+    owned: Container[int] = ()
+    on_acks: Callable[[list[int]], None] | None = None
 
     def _sock_recv(self, bufsize: int) -> bytes:
-        buf, pos = self._rbuf, self._rpos
-        if pos >= len(buf):
+        take = bufsize == 1 and self.on_acks is not None and self._in_packet["command"] == 0
+        while True:
+            buf, pos = self._rbuf, self._rpos
+            if take:
+                pos = self._take_acks(buf, pos)
+            if pos < len(buf):
+                break
             buf = super()._sock_recv(65536)  # BlockingIOError when empty: paho's AGAIN
             if not buf:
                 return buf  # EOF
-            pos = 0
-            self._rbuf = buf
+            self._rbuf, self._rpos = buf, 0
+            self._last_bytes_received = time.monotonic()  # paho's keep-alive clock
             if _TCP_QUICKACK is not None:
                 # ACK at once: a broker with Nagle on (mosquitto's default) holds further
                 # PUBACKs until its first is ACKed, and Linux delays ACKs up to 40 ms
@@ -98,8 +147,33 @@ class _BufferedClient(paho.Client):
         self._rpos = pos + len(out)
         return out
 
+    def _take_acks(self, buf: bytes, pos: int) -> int:
+        """Take the run of whole PUBACKs of owned packet ids at ``pos``; the new position."""
+        owned, end, mids = self.owned, len(buf) - 3, []
+        while pos < end and buf[pos] == _PUBACK and buf[pos + 1] == 2:
+            mid = (buf[pos + 2] << 8) | buf[pos + 3]
+            if mid not in owned:
+                break  # paho's own publish (a retained status): paho handles it
+            mids.append(mid)
+            pos += 4
+        if mids:
+            self._rpos = pos
+            assert self.on_acks is not None
+            self.on_acks(mids)
+        return pos
+
     def buffered(self) -> bool:
         return self._rpos < len(self._rbuf)
+
+    def next_mid(self) -> int:
+        """The packet id paho would give the next message (its counter is shared)."""
+        mid = self._last_mid + 1
+        return mid if mid < 65536 else 1
+
+    def queue_publishes(self, packets: bytes, last_mid: int) -> None:
+        """Queue ready PUBLISH packets numbered up to ``last_mid`` (one write, in order)."""
+        self._last_mid = last_mid
+        self._packet_queue(_PUBLISH_QOS1, memoryview(packets), last_mid, 1)  # type: ignore[arg-type]
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         # MQTT 3.1.1 PUBACK: two bytes of message id. paho builds a ReasonCode and a
@@ -108,6 +182,9 @@ class _BufferedClient(paho.Client):
         if cmd != "PUBACK" or self._protocol != MQTTProtocolVersion.MQTTv311 or len(packet) != 2:
             return super()._handle_pubackcomp(cmd)
         mid = (packet[0] << 8) | packet[1]
+        if mid in self.owned and self.on_acks is not None:
+            self.on_acks([mid])  # a PUBACK split across reads
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         with self._out_message_mutex:
             if mid in self._out_messages:
                 return self._do_on_publish(mid, _PUBACK_OK, _NO_PROPERTIES)
@@ -148,7 +225,8 @@ class MqttSink(Sink):
         self._gateway_status: dict[str, Any] = {}
         self._client: _BufferedClient | None = None
         self._sock: Any = None
-        self._mids: dict[int, int] = {}  # paho message id -> outbox seq, in flight
+        self._mids: dict[int, int] = {}  # packet id -> outbox seq, in flight
+        self._topics: dict[str, bytes] = {}  # topic -> its encoded field, for deliver
         self._status_mids: set[int] = set()
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._lost: str | None = None
@@ -239,6 +317,8 @@ class MqttSink(Sink):
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.owned = self._mids
+        c.on_acks = self._on_acks
         return c
 
     async def connect(self) -> None:
@@ -247,6 +327,7 @@ class MqttSink(Sink):
         self._lost = None
         self._mids.clear()
         self._status_mids.clear()
+        self._topics.clear()
         client = self._new_client()
         self._client = client
         self._connack = loop.create_future()
@@ -311,25 +392,10 @@ class MqttSink(Sink):
             self._loop.add_writer(sock, self._writable)
 
     def _writable(self) -> None:
-        """Write what paho has queued. paho sends each packet with its own ``send``; the
-        socket is corked meanwhile so a batch leaves in full segments, at once."""
-        client, sock = self._client, self._sock
-        if client is None:
-            return
-        if _TCP_CORK is None or sock is None:
+        """Write what paho has queued (a batch of rows is one buffer, one ``send``)."""
+        client = self._client
+        if client is not None:
             client.loop_write()
-            return
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-        except OSError:
-            client.loop_write()
-            return
-        try:
-            client.loop_write()
-        finally:
-            if self._sock is sock:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
 
     def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._loop is not None:
@@ -389,6 +455,20 @@ class MqttSink(Sink):
         if len(self._mids) == self.max_inflight - 1 or not self._mids:
             self.outbox.wake(self.name)  # the window opened, or a flush may be done
 
+    def _on_acks(self, mids: list[int]) -> None:
+        """PUBACKs of rows (packet ids in ``self._mids``): ack their seqs in the outbox."""
+        inflight = self._mids
+        was_full = len(inflight) >= self.max_inflight
+        pop, ack, name = inflight.pop, self.outbox.ack_one, self.name
+        n = len(inflight)
+        for mid in mids:
+            seq = pop(mid, None)
+            if seq is not None:  # None: a duplicate PUBACK
+                ack(name, seq)
+        self.delivered += n - len(inflight)
+        if was_full or not inflight:
+            self.outbox.wake(self.name)  # the window opened, or a flush may be done
+
     # ------------------------------------------------------------------ Sink
 
     def window(self) -> int:
@@ -405,14 +485,25 @@ class MqttSink(Sink):
         client = self._client
         if client is None:
             raise SinkError("not connected")
-        publish = client.publish
-        mids = self._mids
-        ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+        if not rows:
+            return
+        if self._sock is None or self._lost is not None:
+            raise SinkError(f"{self.settings.url}: {self._lost or 'not connected'}")
+        mids, busy, topics = self._mids, self._status_mids, self._topics
+        mid = client.next_mid()
+        parts: list[bytes] = []
+        add = parts.extend
         for row in rows:
-            info = publish(row.topic, row.payload, 1)
-            if info.rc != ok:
-                raise SinkError(f"publish failed: {paho.error_string(info.rc)}")
-            mids[info.mid] = row.seq
+            topic = topics.get(row.topic)
+            if topic is None:
+                topic = topics[row.topic] = _topic_field(row.topic)
+            while mid in mids or mid in busy or mid == self._offline_mid:
+                mid = mid + 1 if mid < 65535 else 1
+            payload = row.payload
+            add((_fixed_header(len(topic) + 2 + len(payload)), topic, mid.to_bytes(2), payload))
+            mids[mid] = row.seq
+            last, mid = mid, mid + 1 if mid < 65535 else 1
+        client.queue_publishes(b"".join(parts), last)
         self.published += len(rows)
 
     async def close(self, *, clean: bool) -> None:

@@ -525,3 +525,76 @@ async def test_cancelled_while_connecting(outbox: Outbox) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not sink.connected
+
+
+async def test_large_payloads_and_packet_id_wraparound(
+    mosquitto: Mosquitto, outbox: Outbox, subscribe: Any
+) -> None:
+    """Rows are written as raw PUBLISH packets: a 3-byte remaining length (an event with
+    a 20 kB detail) and packet ids that wrap from 65535 to 1 reach the broker intact."""
+    sub = subscribe(mosquitto.url, f"{outbox.topic_prefix}/#")
+    sink = make_sink(mosquitto.url, outbox)
+    big = Event(
+        type="device_error",
+        severity="warning",
+        equipment="PT-101",
+        message="long diagnostic",
+        t_wall=T0,
+        detail={"dump": "x" * 20_000},
+    )
+    async with running(sink):
+        await wait_for_async(lambda: sink.connected, what="connected")
+        assert sink._client is not None
+        sink._client._last_mid = 65_500  # the next 35 ids, then 1, 2, ...
+        outbox.add([meas(i) for i in range(100)])
+        outbox.add([big])
+        await wait_for_async(lambda: outbox.cursor("mqtt") == 101, what="all acked")
+        await wait_for_async(
+            lambda: len(sub.seqs()) == 100 and sub.received("/event"), what="all received"
+        )
+    assert sub.seqs() == set(range(1, 101))
+    (ev,) = sub.received("/event")
+    assert json.loads(ev.payload) == big.payload(101)
+
+
+async def test_pubacks_split_across_reads(outbox: Outbox) -> None:
+    """A broker whose PUBACKs arrive a byte at a time: each is still matched to its row."""
+    received: list[int] = []
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def packet() -> tuple[int, bytes]:
+            head = (await reader.readexactly(1))[0]
+            length, mult = 0, 1
+            while True:
+                b = (await reader.readexactly(1))[0]
+                length += (b & 0x7F) * mult
+                mult *= 128
+                if not b & 0x80:
+                    break
+            return head, await reader.readexactly(length)
+
+        head, _ = await packet()
+        assert head == 0x10  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head, body = await packet()
+                if head & 0xF0 != 0x30:
+                    continue
+                tlen = int.from_bytes(body[:2], "big")
+                mid = body[2 + tlen : 4 + tlen]
+                if not head & 0x01:  # not retained: a row
+                    received.append(json.loads(body[4 + tlen :])["seq"])
+                for byte in b"\x40\x02" + mid:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.001)
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = make_sink(f"mqtt://127.0.0.1:{port}", outbox)
+    async with server, running(sink):
+        outbox.add([meas(i) for i in range(30)])
+        await wait_for_async(lambda: outbox.cursor("mqtt") == 30, what="all acked")
+    assert sorted(received) == list(range(1, 31))
+    assert sink.delivered == 30
