@@ -196,22 +196,28 @@ def _jnum(x: float | None) -> str:
     return repr(float(x))
 
 
+_Tail = tuple[float | None, str, frozenset[str], str, str | None, str | None]
+
+
 class _Encoder:
     """Measurement → (topic, JSON payload, line), with per-channel parts cached.
 
     The JSON is written directly (no dict, no ``json.dumps``): it equals
-    ``json.dumps(m.payload(seq))`` field for field, which the unit tests check.
+    ``json.dumps(m.payload(seq))`` field for field, which the unit tests check. Per value,
+    only the numbers, ``seq`` and the time are rendered: the parts that depend on the
+    channel (topic, tags, names, unit) and on its status (k, quality, flags, calibration,
+    certificate, conformity) are cached, and the readings of one poll share their time.
     """
 
     def __init__(self, site: str, topic_prefix: str) -> None:
         self.site = site
         self.base = f"{topic_prefix}/{site}/"
         self._heads: dict[tuple[str, str, str | None, str], tuple[str, str, str, str]] = {}
-        self._strs: dict[str | None, str] = {None: "null"}
-        self._lstrs: dict[str, str] = {}
-        self._flags: dict[frozenset[str], str] = {frozenset(): "[]"}
+        self._tails: dict[_Tail, tuple[str, str]] = {}
         self._sec = -1  # the second ``_prefix`` renders (readings come in time order)
         self._prefix = ""
+        self._t: datetime | None = None  # the last time rendered (one poll's readings share it)
+        self._tsns = ("", 0)
 
     def _times(self, t: datetime) -> tuple[str, int]:
         """RFC 3339 (UTC, µs) and ns since the epoch, the date part cached per second."""
@@ -234,51 +240,84 @@ class _Encoder:
             )
         return head
 
-    def _s(self, v: str | None) -> str:
-        out = self._strs.get(v)
-        if out is None:
-            out = _jstr(v) if v is not None else "null"
-            if len(self._strs) < 10000:
-                self._strs[v] = out
-        return out
-
-    def _ls(self, v: str) -> str:
-        out = self._lstrs.get(v)
-        if out is None:
-            out = _str(v)
-            if len(self._lstrs) < 10000:
-                self._lstrs[v] = out
-        return out
+    def _tail(self, key: _Tail) -> tuple[str, str]:
+        """The JSON from ``"k"`` on, and the line's fields from ``k`` on (with a leading comma)."""
+        k, quality, flags, calibration, certificate, conformity = key
+        kk = _jnum(k)
+        jflags = "[" + ",".join(_jstr(f) for f in sorted(flags)) + "]"
+        jtail = (
+            f',"k":{kk},"quality":{_jstr(quality)},"flags":{jflags},'
+            f'"calibration":{_jstr(calibration)},'
+            f'"certificate":{"null" if certificate is None else _jstr(certificate)},'
+            f'"conformity":{"null" if conformity is None else _jstr(conformity)}}}'
+        )
+        ltail = "" if kk == "null" else f",k={kk}"
+        ltail += f",quality={_str(quality)},calibration={_str(calibration)}"
+        if certificate is not None:
+            ltail += f",certificate={_str(certificate)}"
+        if conformity is not None:
+            ltail += f",conformity={_str(conformity)}"
+        # k = 0.0 and -0.0 are one key but two texts: never cache them
+        if (k is None or k != 0) and len(self._tails) < 10000:
+            self._tails[key] = (jtail, ltail)
+        return jtail, ltail
 
     def measurement(self, m: Measurement, seq: int) -> tuple[str, bytes, bytes]:
         r = m.reading
-        topic, jhead, junit, lkey = self._head(r.equipment, r.channel, m.quantity, m.unit)
-        raw, value, u, U, k = _jnum(r.raw), _jnum(m.value), _jnum(m.u), _jnum(m.U), _jnum(m.k)
-        ts, ns = self._times(r.t_wall)
-        flags = self._flags.get(m.flags)
-        if flags is None:
-            flags = "[" + ",".join(_jstr(f) for f in sorted(m.flags)) + "]"
-            if len(self._flags) < 1000:
-                self._flags[m.flags] = flags
-        s = self._s
+        hkey = (r.equipment, r.channel, m.quantity, m.unit)
+        head = self._heads.get(hkey)
+        if head is None:
+            head = self._head(*hkey)
+        topic, jhead, junit, lkey = head
+        tkey = (m.k, m.quality, m.flags, m.calibration, m.certificate, m.conformity)
+        tail = self._tails.get(tkey)
+        if tail is None:
+            tail = self._tail(tkey)
+        jtail, ltail = tail
+        t = r.t_wall
+        if t is self._t:
+            ts, ns = self._tsns
+        else:
+            ts, ns = self._tsns = self._times(t)
+            self._t = t
+        # the numbers as _jnum writes them; a finite float (the usual) without the call
+        every = True
+        x = r.raw
+        if type(x) is float and x - x == 0.0:
+            raw = repr(x)
+        else:
+            raw = _jnum(x)
+            every = False
+        x = m.value
+        if type(x) is float and x - x == 0.0:
+            value = repr(x)
+        else:
+            value = _jnum(x)
+            every = False
+        y = m.u
+        if type(y) is float and y - y == 0.0:
+            u = repr(y)
+        else:
+            u = _jnum(y)
+            every = False
+        y = m.U
+        if type(y) is float and y - y == 0.0:
+            big_u = repr(y)
+        else:
+            big_u = _jnum(y)
+            every = False
         payload = (
-            f'{{"ts":"{ts}","seq":{seq}{jhead}{raw},"value":{value}{junit}{u},'
-            f'"U":{U},"k":{k},"quality":{s(m.quality)},"flags":{flags},'
-            f'"calibration":{s(m.calibration)},"certificate":{s(m.certificate)},'
-            f'"conformity":{s(m.conformity)}}}'
+            f'{{"ts":"{ts}","seq":{seq}{jhead}{raw},"value":{value}{junit}{u},"U":{big_u}{jtail}'
         )
-        fields = [
-            f"{name}={v}"
-            for name, v in (("raw", raw), ("value", value), ("u", u), ("U", U), ("k", k))
-            if v != "null"
-        ]
-        ls = self._ls
-        fields.append(f"quality={ls(m.quality)},calibration={ls(m.calibration)}")
-        if m.certificate is not None:
-            fields.append(f"certificate={ls(m.certificate)}")
-        if m.conformity is not None:
-            fields.append(f"conformity={ls(m.conformity)}")
-        line = f"{lkey} {','.join(fields)},seq={seq}i {ns}"
+        if every:
+            line = f"{lkey} raw={raw},value={value},u={u},U={big_u}{ltail},seq={seq}i {ns}"
+        else:
+            fields = "".join(
+                f",{name}={v}"
+                for name, v in (("raw", raw), ("value", value), ("u", u), ("U", big_u))
+                if v != "null"
+            )
+            line = f"{lkey} {(fields + ltail)[1:]},seq={seq}i {ns}"
         return topic, payload.encode(), line.encode()
 
 
