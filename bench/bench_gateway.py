@@ -2,7 +2,7 @@
 
 Starts N simulated Modbus TCP pressure transmitters (one float32 each, a new value on
 every read) in a process of their own, real ``mosquitto`` and ``victoria-metrics``
-(InfluxDB's v2 write API, through influxdb-client), and ``calgate run`` polling every
+(InfluxDB's v2 write API), and ``calgate run`` polling every
 transmitter every P ms with calibration on (a registry with one certificate per
 transmitter, chained to the example lab's NMI) and both sinks on. A subscriber counts
 what arrives and the latency from register read (the payload's acquisition ``ts``) to

@@ -126,7 +126,7 @@ class MqttSettings(_Settings):
 
 
 class InfluxSettings(_Settings):
-    """``[influxdb]``: ``api = "v2"`` (influxdb-client) or ``"v1"`` (``/write`` of 1.x)."""
+    """``[influxdb]``: ``api = "v2"`` (``/api/v2/write``) or ``"v1"`` (``/write`` of 1.x)."""
 
     api: Literal["v2", "v1"] = "v2"
     url: str = "http://127.0.0.1:8086"

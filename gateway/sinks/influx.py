@@ -1,9 +1,12 @@
 """InfluxDB sink (ARCHITECTURE.md 4.4): outbox lines out in batches, acked on 2xx only.
 
-``api = "v2"`` writes through influxdb-client's asyncio API (``InfluxDBClientAsync``,
-``WriteApiAsync.write``); ``api = "v1"`` POSTs to ``/write?db=…&rp=…&precision=ns`` of an
-InfluxDB 1.x with aiohttp. Either way the body is the rows' pre-built line protocol,
-joined: nothing is re-encoded here.
+Both APIs are one aiohttp POST of the rows' pre-built line protocol, joined (nothing is
+re-encoded here): ``api = "v2"`` to ``/api/v2/write?org=…&bucket=…&precision=ns`` with
+``Authorization: Token …`` (InfluxDB 2.x/3.x, 1.8+, victoria-metrics and other servers of
+that API); ``api = "v1"`` to ``/write?db=…&rp=…&precision=ns`` with basic auth (InfluxDB
+1.x). influxdb-client's async client did the same v2 POST over the same aiohttp, but its
+import (every generated API model, reactivex, urllib3) cost 11.4 MB of the gateway's
+memory budget (bench/README.md); the write endpoint is all the sink uses.
 
 A batch is ``batch_size`` rows, or what came within ``flush_interval_s``. Answers:
 
@@ -19,6 +22,7 @@ A batch is ``batch_size`` rows, or what came within ``flush_interval_s``. Answer
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import logging
 import ssl
@@ -76,8 +80,8 @@ class InfluxSink(Sink):
         )
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._client: Any = None  # InfluxDBClientAsync
-        self._write_api: Any = None
+        self._url = ""
+        self._params: dict[str, str] = {}
         self.rejected = 0  # rows rejected by the server (4xx)
         self.splits = 0  # 413 answers
         self.writes = 0  # successful requests
@@ -88,28 +92,30 @@ class InfluxSink(Sink):
 
     async def connect(self) -> None:
         s = self.settings
+        base = s.url.rstrip("/")
+        headers: dict[str, str] = {}
         if s.api == "v2":
-            from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-
-            token = s.token.get_secret_value() if s.token is not None else ""
-            tls: dict[str, Any] = {}
-            if s.url.startswith("https:"):
-                tls = {"ssl_context": self._ssl_context()}
-            self._client = InfluxDBClientAsync(
-                url=s.url, token=token, org=s.org, timeout=int(s.timeout_s * 1000), **tls
-            )
-            self._write_api = self._client.write_api()
+            self._url = f"{base}/api/v2/write"
+            self._params = {"org": s.org or "", "bucket": s.bucket or "", "precision": "ns"}
+            if s.token is not None:
+                headers["Authorization"] = f"Token {s.token.get_secret_value()}"
         else:
-            auth = None
+            self._url = f"{base}/write"
+            self._params = {"db": s.database or "", "precision": "ns"}
+            if s.retention_policy:
+                self._params["rp"] = s.retention_policy
             if s.username:
                 pw = s.password.get_secret_value() if s.password is not None else ""
-                auth = aiohttp.BasicAuth(s.username, pw)
-            connector = None
-            if s.url.startswith("https:"):
-                connector = aiohttp.TCPConnector(ssl=self._ssl_context())
-            self._session = aiohttp.ClientSession(
-                auth=auth, timeout=aiohttp.ClientTimeout(total=s.timeout_s), connector=connector
-            )
+                user_pw = base64.b64encode(f"{s.username}:{pw}".encode()).decode()
+                headers["Authorization"] = f"Basic {user_pw}"  # RFC 7617
+        connector = None
+        if s.url.startswith("https:"):
+            connector = aiohttp.TCPConnector(ssl=self._ssl_context())
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=s.timeout_s),
+            connector=connector,
+        )
 
     def _ssl_context(self) -> ssl.SSLContext:
         s = self.settings
@@ -121,14 +127,12 @@ class InfluxSink(Sink):
 
     async def close(self, *, clean: bool) -> None:
         try:
-            if self._client is not None:
-                await self._client.close()
             if self._session is not None:
                 await self._session.close()
         except Exception as exc:  # closing never raises
             log.debug("influx sink: close: %s", exc)
         finally:
-            self._client = self._write_api = self._session = None
+            self._session = None
 
     # ------------------------------------------------------------------ batching
 
@@ -206,31 +210,15 @@ class InfluxSink(Sink):
 
     async def _post(self, body: bytes) -> tuple[int, Any, bytes]:
         """(status, headers, body) of one write; network trouble raises SinkError."""
-        s = self.settings
+        if self._session is None:
+            raise SinkError("not connected")
         try:
-            if s.api == "v2":
-                return await self._post_v2(body)
-            assert self._session is not None
-            params = {"db": s.database or "", "precision": "ns"}
-            if s.retention_policy:
-                params["rp"] = s.retention_policy
             async with self._session.post(
-                f"{s.url.rstrip('/')}/write", params=params, data=body
+                self._url,
+                params=self._params,
+                data=body,
+                headers={"Content-Type": "text/plain; charset=utf-8"},
             ) as resp:
                 return resp.status, resp.headers, await resp.read()
         except aiohttp.ClientError as exc:
-            raise SinkError(f"{s.url}: {type(exc).__name__}: {exc}") from exc
-
-    async def _post_v2(self, body: bytes) -> tuple[int, Any, bytes]:
-        from influxdb_client.client.exceptions import InfluxDBError
-        from influxdb_client.rest import ApiException
-
-        s = self.settings
-        try:
-            await self._write_api.write(bucket=s.bucket, org=s.org, record=body)
-        except ApiException as exc:
-            data = exc.body if isinstance(exc.body, bytes) else str(exc.body or "").encode()
-            return int(exc.status or 0), exc.headers or {}, data
-        except InfluxDBError as exc:
-            raise SinkError(f"{s.url}: {exc}") from exc
-        return 204, {}, b""
+            raise SinkError(f"{self.settings.url}: {type(exc).__name__}: {exc}") from exc

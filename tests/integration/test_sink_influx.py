@@ -1,9 +1,10 @@
-"""InfluxDB sink against real servers: InfluxDB 1.x (api v1), victoria-metrics (api v2 via
-influxdb-client), outages, and an HTTP peer that answers 429 / 413 / 400."""
+"""InfluxDB sink against real servers: InfluxDB 1.x (api v1), victoria-metrics (api v2),
+outages, and an HTTP peer that answers 429 / 413 / 400."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import email.utils
@@ -230,7 +231,7 @@ async def test_v1_outage_catches_up_oldest_first_exactly_once(
 # --------------------------------------------------------------------------- v2
 
 
-async def test_v2_through_influxdb_client_on_victoria_metrics(
+async def test_v2_write_api_on_victoria_metrics(
     victoria: VictoriaMetrics, outbox: Outbox, unique_name: str
 ) -> None:
     eq = f"PT-{unique_name}"
@@ -299,12 +300,14 @@ class Peer:
         self.tls = tls
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.requests: list[tuple[float, str, list[str]]] = []  # (time, path, lines)
+        self.seen: list[web.Request] = []  # query and headers of each request
         self.answers: list[web.Response] = []  # next answers; then 204
         self.max_lines: int | None = None  # 413 beyond
         self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         lines = (await request.read()).decode().split("\n")
+        self.seen.append(request)
         self.requests.append((time.monotonic(), request.path, lines))
         if self.max_lines is not None and len(lines) > self.max_lines:
             return web.Response(status=413, text="request entity too large")
@@ -481,3 +484,39 @@ async def test_rows_are_batched_by_size_and_by_interval(peer: Peer, outbox: Outb
     assert sizes[0] == 20
     assert sizes[1:] == [50, 50, 20]
     assert peer.seqs() == list(range(1, 141))
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+async def test_each_api_is_addressed_and_authenticated_as_its_servers_expect(
+    peer: Peer, outbox: Outbox, api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v2: POST /api/v2/write?org&bucket&precision=ns with ``Authorization: Token``
+    (InfluxDB 2.x API reference); v1: POST /write?db&rp&precision=ns with basic auth."""
+    monkeypatch.setenv("T_INFLUX_SECRET", "s3cr3t")
+    if api == "v2":
+        settings = v2(peer.url, "metrology", token_env="T_INFLUX_SECRET")
+    else:
+        settings = v1(
+            peer.url,
+            "calgate",
+            retention_policy="autogen",
+            username="edge",
+            password_env="T_INFLUX_SECRET",
+        )
+    sink = InfluxSink(settings, outbox)
+    async with running(sink):
+        outbox.add([meas(i) for i in range(3)])
+        await wait_for_async(lambda: outbox.cursor("influx") == 3, what="acked")
+    req = peer.seen[0]
+    assert req.method == "POST"
+    assert req.content_type == "text/plain"
+    if api == "v2":
+        assert req.path == "/api/v2/write"
+        assert dict(req.query) == {"org": "lab", "bucket": "metrology", "precision": "ns"}
+        assert req.headers["Authorization"] == "Token s3cr3t"
+    else:
+        assert req.path == "/write"
+        assert dict(req.query) == {"db": "calgate", "rp": "autogen", "precision": "ns"}
+        user_pw = base64.b64decode(req.headers["Authorization"].removeprefix("Basic "))
+        assert user_pw == b"edge:s3cr3t"
+    assert peer.seqs() == [1, 2, 3]

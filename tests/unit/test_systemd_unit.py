@@ -186,7 +186,7 @@ MDWE_PROBE = textwrap.dedent(
     else:
         sys.exit("MDWE is not in force: a W+X mapping was allowed")
     import numpy, lxml.etree, pydantic, aiohttp, paho.mqtt.client, serial, pymodbus, pint
-    import asyncua, influxdb_client, xmlschema, GTC
+    import asyncua, xmlschema, GTC
     from cryptography.hazmat.primitives.asymmetric import ec
     ec.generate_private_key(ec.SECP256R1())
     a = numpy.vander([1.0, 2.0, 3.0, 4.0], 3)
