@@ -48,8 +48,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lxml import etree
-
 from calibration import units
 from calibration.errors import CalibrationError, RegistryError
 
@@ -188,6 +186,8 @@ def dsi_unit(text: str) -> str:
 
 
 def _local(el: Any) -> str:
+    from lxml import etree
+
     return str(etree.QName(el).localname)
 
 
@@ -510,6 +510,8 @@ def read(path: Path | bytes, *, source: str | None = None) -> DccDocument:
         src = source or "<dcc>"
         data = path
     r = _Reader(src)
+    from lxml import etree  # only when a DCC is read: 3.6 MB the gateway need not carry
+
     parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
     try:
         root = etree.fromstring(data, parser=parser)
