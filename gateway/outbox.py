@@ -627,8 +627,12 @@ class Outbox:
                 )
             ]
         if rows:
-            self._fetched[sink] = rows[-1].seq
-            self._inflight[sink].extend([r.seq for r in rows])
+            first, last = rows[0].seq, rows[-1].seq
+            self._fetched[sink] = last
+            if last - first == len(rows) - 1:  # contiguous (the usual): no list of seqs
+                self._inflight[sink].extend(range(first, last + 1))
+            else:
+                self._inflight[sink].extend([r.seq for r in rows])
         return rows
 
     async def fetch(self, sink: str, limit: int, timeout_s: float | None = None) -> list[Row]:
