@@ -78,6 +78,9 @@ class Row(NamedTuple):
     line: bytes  # InfluxDB line protocol
 
 
+_tuple_new = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
     depth: dict[str, int]  # rows not yet acked, per sink
@@ -467,13 +470,13 @@ class Outbox:
         encode = self._encoder.measurement
         base = self._base
         seq = self._next
+        new = _tuple_new  # Row(...) without NamedTuple's Python-level __new__
         try:
             for rec in records:
                 if type(rec) is Measurement:
                     topic, payload, line = encode(rec, seq)
-                    append(
-                        Row(seq, now, KIND_MEASUREMENT, rec.reading.equipment, topic, payload, line)
-                    )
+                    eq = rec.reading.equipment
+                    append(new(Row, (seq, now, KIND_MEASUREMENT, eq, topic, payload, line)))
                 elif isinstance(rec, Event):
                     append(
                         Row(
