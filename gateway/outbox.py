@@ -200,16 +200,21 @@ def _jnum(x: float | None) -> str:
 
 
 _Tail = tuple[float | None, str, frozenset[str], str, str | None, str | None]
+_Nums = tuple[str, float, float, float | None, float | None]
+_NUMS_CACHED = 8192  # (unit, raw, value, u, U) texts kept (about 3 MB)
 
 
 class _Encoder:
     """Measurement → (topic, JSON payload, line), with per-channel parts cached.
 
     The JSON is written directly (no dict, no ``json.dumps``): it equals
-    ``json.dumps(m.payload(seq))`` field for field, which the unit tests check. Per value,
-    only the numbers, ``seq`` and the time are rendered: the parts that depend on the
-    channel (topic, tags, names, unit) and on its status (k, quality, flags, calibration,
-    certificate, conformity) are cached, and the readings of one poll share their time.
+    ``json.dumps(m.payload(seq))`` field for field, which the unit tests check. Cached:
+    the parts that depend on the channel (topic, tags, names, unit) and on its status (k,
+    quality, flags, calibration, certificate, conformity); the time, which one poll's
+    readings share; and the numbers (raw, value, u, U), which repeat when the instrument
+    is quantised (a Modbus register, a display digit) — a float's repr is the largest
+    cost per value. The numbers cache is switched off for a while when it hardly hits
+    (instruments whose every value is new).
     """
 
     def __init__(self, site: str, topic_prefix: str) -> None:
@@ -221,6 +226,9 @@ class _Encoder:
         self._prefix = ""
         self._t: datetime | None = None  # the last time rendered (one poll's readings share it)
         self._tsns = ("", 0)
+        self._nums: dict[_Nums, tuple[str, str]] = {}
+        self._nums_from = 0  # the seq when the numbers cache was last emptied
+        self._nums_off_until = 0  # no numbers cache for seqs below this one
 
     def _times(self, t: datetime) -> tuple[str, int]:
         """RFC 3339 (UTC, µs) and ns since the epoch, the date part cached per second."""
@@ -244,7 +252,7 @@ class _Encoder:
         return head
 
     def _tail(self, key: _Tail) -> tuple[str, str]:
-        """The JSON from ``"k"`` on, and the line's fields from ``k`` on (with a leading comma)."""
+        """The JSON from ``"k"`` on, and the line's fields from ``k`` on."""
         k, quality, flags, calibration, certificate, conformity = key
         kk = _jnum(k)
         jflags = "[" + ",".join(_jstr(f) for f in sorted(flags)) + "]"
@@ -254,8 +262,8 @@ class _Encoder:
             f'"certificate":{"null" if certificate is None else _jstr(certificate)},'
             f'"conformity":{"null" if conformity is None else _jstr(conformity)}}}'
         )
-        ltail = "" if kk == "null" else f",k={kk}"
-        ltail += f",quality={_str(quality)},calibration={_str(calibration)}"
+        ltail = "" if kk == "null" else f"k={kk},"
+        ltail += f"quality={_str(quality)},calibration={_str(calibration)}"
         if certificate is not None:
             ltail += f",certificate={_str(certificate)}"
         if conformity is not None:
@@ -264,6 +272,40 @@ class _Encoder:
         if (k is None or k != 0) and len(self._tails) < 10000:
             self._tails[key] = (jtail, ltail)
         return jtail, ltail
+
+    def _numbers(self, key: _Nums, seq: int) -> tuple[str, str]:
+        """The JSON from raw's number to U's, and the line's number fields (each with a
+        trailing comma), as ``_jnum`` writes the numbers."""
+        junit, x, v, y, z = key
+        if (
+            type(x) is type(v) is type(y) is type(z) is float
+            and x - x == v - v == y - y == z - z == 0.0  # all finite (the usual)
+        ):
+            raw, value, u, big_u = repr(x), repr(v), repr(y), repr(z)
+            out = (
+                f'{raw},"value":{value}{junit}{u},"U":{big_u}',
+                f"raw={raw},value={value},u={u},U={big_u},",
+            )
+            # Cache only non-zero numbers: equal floats then have equal texts (0.0 and
+            # -0.0 are equal, NaN never is; None or an int never becomes a key).
+            if x and v and y and z and seq >= self._nums_off_until:
+                nums = self._nums
+                if len(nums) >= _NUMS_CACHED:
+                    nums.clear()
+                    if seq - self._nums_from < 2 * _NUMS_CACHED:  # fewer than half were hits
+                        self._nums_off_until = seq + 16 * _NUMS_CACHED
+                    self._nums_from = seq
+                nums[key] = out
+            return out
+        raw, value, u, big_u = _jnum(x), _jnum(v), _jnum(y), _jnum(z)
+        return (
+            f'{raw},"value":{value}{junit}{u},"U":{big_u}',
+            "".join(
+                f"{name}={text},"
+                for name, text in (("raw", raw), ("value", value), ("u", u), ("U", big_u))
+                if text != "null"
+            ),
+        )
 
     def measurement(self, m: Measurement, seq: int) -> tuple[str, bytes, bytes]:
         r = m.reading
@@ -277,50 +319,19 @@ class _Encoder:
         if tail is None:
             tail = self._tail(tkey)
         jtail, ltail = tail
+        nkey = (junit, r.raw, m.value, m.u, m.U)
+        nums = self._nums.get(nkey) if seq >= self._nums_off_until else None
+        if nums is None:
+            nums = self._numbers(nkey, seq)
+        jnums, lnums = nums
         t = r.t_wall
         if t is self._t:
             ts, ns = self._tsns
         else:
             ts, ns = self._tsns = self._times(t)
             self._t = t
-        # the numbers as _jnum writes them; a finite float (the usual) without the call
-        every = True
-        x = r.raw
-        if type(x) is float and x - x == 0.0:
-            raw = repr(x)
-        else:
-            raw = _jnum(x)
-            every = False
-        x = m.value
-        if type(x) is float and x - x == 0.0:
-            value = repr(x)
-        else:
-            value = _jnum(x)
-            every = False
-        y = m.u
-        if type(y) is float and y - y == 0.0:
-            u = repr(y)
-        else:
-            u = _jnum(y)
-            every = False
-        y = m.U
-        if type(y) is float and y - y == 0.0:
-            big_u = repr(y)
-        else:
-            big_u = _jnum(y)
-            every = False
-        payload = (
-            f'{{"ts":"{ts}","seq":{seq}{jhead}{raw},"value":{value}{junit}{u},"U":{big_u}{jtail}'
-        )
-        if every:
-            line = f"{lkey} raw={raw},value={value},u={u},U={big_u}{ltail},seq={seq}i {ns}"
-        else:
-            fields = "".join(
-                f",{name}={v}"
-                for name, v in (("raw", raw), ("value", value), ("u", u), ("U", big_u))
-                if v != "null"
-            )
-            line = f"{lkey} {(fields + ltail)[1:]},seq={seq}i {ns}"
+        payload = f'{{"ts":"{ts}","seq":{seq}{jhead}{jnums}{jtail}'
+        line = f"{lkey} {lnums}{ltail},seq={seq}i {ns}"
         return topic, payload.encode(), line.encode()
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from drivers.base import Reading
 from gateway.model import Event, Measurement
 from gateway.outbox import (
+    _NUMS_CACHED,
     DROP_EQUIPMENT,
     KIND_EVENT,
     Outbox,
@@ -414,6 +415,20 @@ def test_cached_parts_never_mix_values_that_compare_equal() -> None:
         assert json.loads(payload) == json.loads(dumps(m.payload(seq)))
         if not isinstance(m.k, int):  # an int k is written as a float (2.0) by design
             assert payload.decode() == dumps(m.payload(seq))  # -0.0 stays -0.0
+
+
+def test_numbers_cache_turns_itself_off_when_values_never_repeat() -> None:
+    enc = _Encoder("lab", "calgate")
+    n = 2 * _NUMS_CACHED + 10
+    for seq in range(1, n + 1):
+        m = meas(0, raw=1.0 + seq * 1e-9, value=2.0 + seq * 1e-9)
+        _, payload, line = enc.measurement(m, seq)
+        if seq % 997 == 0:
+            assert payload.decode() == dumps(m.payload(seq))
+            assert line.decode() == measurement_line(m, seq, "lab")
+    assert enc._nums_off_until > n  # off for a while: every value was new
+    m = meas(0, raw=3.0, value=4.0)
+    assert enc.measurement(m, n + 1)[1].decode() == dumps(m.payload(n + 1))
 
 
 def test_row_is_a_tuple() -> None:
