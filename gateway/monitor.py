@@ -117,13 +117,24 @@ class Monitor:
         self, ms: Sequence[Measurement], limits: Callable[[str, str], Any]
     ) -> list[Event]:
         events: list[Event] = []
+        equipment: str | None = None
+        channels: dict[str, ChannelState] = {}
+        st = None
         for m in ms:
-            st = self.state(m.equipment)
-            ch = st.channels.get(m.channel)
+            r = m.reading
+            if r.equipment != equipment:  # a poll's readings share their equipment
+                equipment = r.equipment
+                st = self.state(equipment)
+                channels = st.channels
+            assert st is not None
+            ch = channels.get(r.channel)
             if ch is None:
-                ch = st.channels[m.channel] = ChannelState()
+                ch = channels[r.channel] = ChannelState()
             ch.last = m
-            if m.conformity is None or m.quality == "bad" or not math.isfinite(m.value):
+            conformity = m.conformity
+            if conformity == "pass" and not ch.out_of_tolerance:
+                continue  # the usual: in tolerance, and it was
+            if conformity is None or m.quality == "bad" or not math.isfinite(m.value):
                 continue
             if not ch.out_of_tolerance and m.conformity in _OUT:
                 ch.out_of_tolerance = True
