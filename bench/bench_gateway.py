@@ -51,9 +51,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -361,19 +362,19 @@ def main() -> int:
                  "--nonblocking", "--format", "raw", "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-        cpu0, t0 = cpu_seconds(gw.pid), time.monotonic()
+        (u0, s0), t0 = cpu_split(gw.pid), time.monotonic()
         with counter.lock:
             counter.measuring = True
         time.sleep(args.seconds)
         with counter.lock:
             counter.measuring = False
             n, lat = counter.count, sorted(counter.latencies)
-        cpu1, t1 = cpu_seconds(gw.pid), time.monotonic()
+        (u1, s1), t1 = cpu_split(gw.pid), time.monotonic()
         m1 = scrape(http_port)
         rss = peak_rss_mb(gw.pid)
         counter.stop()
         elapsed = t1 - t0
-        cpu = cpu1 - cpu0
+        cpu = (u1 - u0) + (s1 - s0)
 
         def delta(name: str) -> int:
             return round(m1.get(name, 0.0) - m0.get(name, 0.0))
@@ -389,6 +390,7 @@ def main() -> int:
             "delivered_pct": round(100 * n / elapsed / expected, 2),
             "cpu_s_per_1000_values": round(1000 * cpu / max(n, 1), 4),
             "core_pct": round(100 * cpu / elapsed, 1),
+            "system_pct_of_cpu": round(100 * (s1 - s0) / max(cpu, 1e-9), 1),
             "peak_rss_mb": round(rss, 1),
             "latency_ms_p50": round(1000 * q[49], 2),
             "latency_ms_p95": round(1000 * q[94], 2),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import zlib
@@ -28,7 +29,7 @@ from typing import Protocol
 from drivers.base import Driver, Reading
 from drivers.errors import ConnectError, DeviceError, DeviceTimeout, DriverError, FrameError
 
-__all__ = ["Backoff", "PollHooks", "Supervisor"]
+__all__ = ["Backoff", "PollHooks", "Supervisor", "Ticker"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,39 @@ class Backoff:
         self.attempt = 0
 
 
+class Ticker:
+    """One timer for every poll due in the same millisecond.
+
+    A hundred equipment on one interval wake together; with ``asyncio.sleep`` each would
+    push its own timer onto the loop's heap (Python-level comparisons) every poll. Here
+    waiters due in the same millisecond (``resolution_s``) share one ``call_at``; each
+    still awaits its own future, so cancelling one poll loop touches no other. A waiter
+    never wakes before its deadline.
+    """
+
+    def __init__(self, resolution_s: float = 0.001) -> None:
+        self.resolution_s = resolution_s
+        self._due: dict[int, list[asyncio.Future[None]]] = {}
+
+    def until(self, deadline: float) -> asyncio.Future[None]:
+        """A future done at loop time ``deadline`` (up to ``resolution_s`` later)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        key = math.ceil(deadline / self.resolution_s)
+        waiters = self._due.get(key)
+        if waiters is None:
+            self._due[key] = [fut]
+            loop.call_at(key * self.resolution_s, self._fire, key)
+        else:
+            waiters.append(fut)
+        return fut
+
+    def _fire(self, key: int) -> None:
+        for fut in self._due.pop(key):
+            if not fut.done():
+                fut.set_result(None)
+
+
 class Supervisor:
     """Polls one equipment on its interval, or consumes its subscription, until cancelled."""
 
@@ -70,6 +104,7 @@ class Supervisor:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         phase_s: float = 0.0,
+        ticker: Ticker | None = None,
     ) -> None:
         self.driver = driver
         self.hooks = hooks
@@ -78,6 +113,7 @@ class Supervisor:
         self._clock = clock
         self._sleep = sleep
         self.phase_s = phase_s % interval_s
+        self._ticker = ticker  # shared with the other supervisors (on the loop's clock)
         self.polls = 0
         self.missed_total = 0
         self.poll_started: float | None = None  # time.monotonic() while a poll runs
@@ -116,10 +152,14 @@ class Supervisor:
         phase, interval = self.phase_s, self.interval_s
         shift = phase - (interval if phase >= interval / 2 else 0.0)
         monotonic = time.monotonic
+        ticker = self._ticker if self._clock is None else None
         while True:
             now = clock()
             if now < deadline:
-                await self._sleep(deadline - now)
+                if ticker is not None:
+                    await ticker.until(deadline)
+                else:
+                    await self._sleep(deadline - now)
             self.poll_started = started = monotonic()
             try:
                 readings = await self.driver.poll()

@@ -117,6 +117,9 @@ class Gateway:
         self._sink_tasks: list[asyncio.Task[Any]] = []
         self._published: dict[str, tuple[Any, ...]] = {}
         self._poll_metrics: dict[str, tuple[Any, ...]] = {}  # Gateway.readings' children
+        from gateway.scheduler import Ticker
+
+        self._ticker = Ticker()  # the supervisors' shared timers
         self._stop: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
         self._beat = time.monotonic()
@@ -281,6 +284,7 @@ class Gateway:
             self,
             interval_s=entry.driver.interval_s,
             backoff=Backoff(gw.backoff_min_s, gw.backoff_max_s),
+            ticker=self._ticker,
         )
         self.monitor.state(entry.id)
         task = asyncio.create_task(sup.run(), name=f"equipment:{entry.id}")
