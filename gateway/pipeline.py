@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 DOUBTFUL: frozenset[str] = frozenset({"expired", "untraceable", "suspect"})
 _OUT_OF_RANGE = frozenset({"out_of_range"})
 _isfinite = math.isfinite
+_channel = attrgetter("channel")
 
 
 @lru_cache(maxsize=256)
@@ -67,6 +70,11 @@ class Pipeline:
         self._registry = registry
         self._clock = clock or (lambda: datetime.now(UTC))
         self._plans: dict[tuple[str, str], ChannelPlan] = {}
+        # With the wall clock, a poll only needs today's date: time.time() against the
+        # next UTC midnight instead of a datetime per poll (an injected clock is asked)
+        self._wall = clock is None
+        self._today = date.min
+        self._day_end = -math.inf  # time.time() of the next UTC midnight
 
     @property
     def registry(self) -> Any | None:
@@ -120,9 +128,17 @@ class Pipeline:
         """Correct one poll's readings; the readings of one channel as one array."""
         if not readings:
             return []
-        at = self._clock()
-        if len(readings) == 1 or len({r.channel for r in readings}) == len(readings):
+        if self._wall and time.time() < self._day_end:
+            at = None  # the plans' date is today's: a datetime only if a plan is built
+            today = self._today
+        else:
+            at = self._clock()
             today = at.date()
+            if self._wall:
+                self._today = today
+                midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
+                self._day_end = (midnight + timedelta(days=1)).timestamp()
+        if len(readings) == 1 or len(set(map(_channel, readings))) == len(readings):
             plans = self._plans
             one = self._one
             ms = []
@@ -132,6 +148,7 @@ class Pipeline:
                     plan = self.plan(r.equipment, r.channel, at)
                 ms.append(one(r, plan))
             return ms
+        at = at or self._clock()
         out: list[Measurement] = []
         groups: dict[tuple[str, str], list[Reading]] = {}
         for r in readings:

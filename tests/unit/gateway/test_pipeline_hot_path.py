@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -104,3 +105,21 @@ def test_positional_builders_equal_the_keyword_constructors(registry: Registry) 
     assert m.conformity is not None
     assert m.U is not None
     assert len({m, Measurement(**fields)}) == 1
+
+
+def test_with_the_wall_clock_plans_are_rebuilt_after_utc_midnight(registry: Registry) -> None:
+    pipeline = Pipeline(registry)  # the default clock: today's date from time.time()
+    key = ("PT-101", "pressure")
+    pipeline.process([reading(1000.0)])
+    today = datetime.now(UTC).date()
+    assert pipeline._plans[key].built_on == today
+    tomorrow = datetime(today.year, today.month, today.day, tzinfo=UTC) + timedelta(days=1)
+    assert pipeline._day_end == tomorrow.timestamp()
+    # a plan from yesterday, and the day the pipeline knows has ended: rebuilt
+    old = dataclasses.replace(pipeline._plans[key], built_on=today - timedelta(days=1))
+    pipeline._plans[key] = old
+    pipeline._day_end = time.time() - 1.0
+    [m] = pipeline.process([reading(1000.0)])
+    assert pipeline._plans[key] is not old
+    assert pipeline._plans[key].built_on == today
+    assert m.certificate == old.certificate
