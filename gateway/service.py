@@ -317,15 +317,18 @@ class Gateway:
         self.monitor.device_ok(equipment)
         ms = self.pipeline.process(readings)
         events += self.monitor.measurements(ms, self._limits)
-        # The equipment's metric children, cached: one lookup per poll checks they are
-        # still the registered ones (forget_equipment drops them on reload).
-        m = self.metrics
-        polls = m.polls.labels(equipment)
+        # The equipment's metric children, cached (_forget_equipment drops them on reload)
         cached = self._poll_metrics.get(equipment)
-        if cached is None or cached[0] is not polls:
-            cached = (polls, m.poll_latency.labels(equipment), m.equipment_up.labels(equipment), {})
+        if cached is None:
+            m = self.metrics
+            cached = (
+                m.polls.labels(equipment),
+                m.poll_latency.labels(equipment),
+                m.equipment_up.labels(equipment),
+                {},
+            )
             self._poll_metrics[equipment] = cached
-        _, latency, up, by_reading = cached
+        polls, latency, up, by_reading = cached
         polls.value += 1.0
         latency.observe(latency_s)
         up.value = 1.0
@@ -333,7 +336,7 @@ class Gateway:
             key = (x.reading.channel, x.quality)
             child = by_reading.get(key)
             if child is None:
-                child = by_reading[key] = m.readings.labels(equipment, *key)
+                child = by_reading[key] = self.metrics.readings.labels(equipment, *key)
             child.value += 1.0
         self.outbox.add(ms)
         if events:
@@ -536,6 +539,7 @@ class Gateway:
         """An equipment left the config: its state, metric series and retained status go."""
         self.monitor.forget(eq_id)
         self.metrics.forget_equipment(eq_id)
+        self._poll_metrics.pop(eq_id, None)
         self._published.pop(eq_id, None)
         if self.mqtt is not None:
             self.mqtt.clear_status(eq_id)
