@@ -232,8 +232,11 @@ class _Encoder:
 
     def _times(self, t: datetime) -> tuple[str, int]:
         """RFC 3339 (UTC, µs) and ns since the epoch, the date part cached per second."""
-        ns = _ns(t)
-        sec, us = divmod(ns // 1000, 1_000_000)
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=UTC)
+        d = t - _EPOCH  # _ns's arithmetic, the seconds and µs kept apart
+        sec, us = d.days * 86400 + d.seconds, d.microseconds
+        ns = (sec * 1_000_000 + us) * 1000
         if sec != self._sec:
             self._sec = sec
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
