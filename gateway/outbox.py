@@ -567,17 +567,13 @@ class Outbox:
         try:
             con.execute("BEGIN")
             if rows:
-                params = []
-                for r in rows:
-                    n = (
-                        len(r.payload)
-                        + len(r.line)
-                        + len(r.topic)
-                        + len(r.equipment)
-                        + _ROW_OVERHEAD
-                    )
+                # exact tuples (sqlite3 binds a NamedTuple's items more slowly), unpacked
+                params: list[tuple[Any, ...]] = []
+                append = params.append
+                for seq, t, kind, eq, topic, payload, line in rows:
+                    n = len(payload) + len(line) + len(topic) + len(eq) + _ROW_OVERHEAD
                     size += n
-                    params.append((r.seq, r.t, r.kind, r.equipment, r.topic, r.payload, r.line, n))
+                    append((seq, t, kind, eq, topic, payload, line, n))
                 con.executemany(_INSERT, params)
                 con.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
