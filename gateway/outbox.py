@@ -201,7 +201,7 @@ def _jnum(x: float | None) -> str:
 
 _Tail = tuple[float | None, str, frozenset[str], str, str | None, str | None]
 _Nums = tuple[str, float, float, float | None, float | None]
-_NUMS_CACHED = 8192  # (unit, raw, value, u, U) texts kept (about 3 MB)
+_NUMS_CACHED = 1024  # (unit, raw, value, u, U) texts kept (about 0.4 MB: RSS is budgeted)
 
 
 class _Encoder:
