@@ -576,7 +576,10 @@ async def test_pubacks_split_across_reads(outbox: Outbox) -> None:
         head, _ = await packet()
         assert head == 0x10  # CONNECT
         writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        with (
+            contextlib.closing(writer),
+            contextlib.suppress(asyncio.IncompleteReadError, ConnectionError),
+        ):
             while True:
                 head, body = await packet()
                 if head & 0xF0 != 0x30:
