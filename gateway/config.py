@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -44,6 +44,8 @@ class GatewaySettings(BaseModel):
     status_interval_s: float = Field(default=60.0, gt=0)
     backoff_min_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
+    # the service's event loop (gateway/eventloop.py); read at start, not on reload
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 class _TopLevel(BaseModel):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway import eventloop
 from gateway.cli import EX_CONFIG
 from gateway.errors import CalgateError, ConfigError
 
@@ -64,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_errors(exc.errors)
     gateway = Gateway(config, registry)
     try:
-        asyncio.run(gateway.serve_forever())
+        eventloop.run(gateway.serve_forever(), config.gateway.event_loop)
     except ConfigError as exc:
         return _print_errors(exc.errors)
     except CalgateError as exc:  # e.g. the HTTP port is taken: not the config's fault

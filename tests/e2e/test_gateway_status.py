@@ -177,7 +177,11 @@ async def test_http_status_metrics_and_systemd_notify(
 
                 now = datetime.now(UTC)
                 st = status()
-                assert st["gateway"] == {"id": "edge-status", "site": f"status-{unique_name[-8:]}"}
+                assert st["gateway"] == {
+                    "id": "edge-status",
+                    "site": f"status-{unique_name[-8:]}",
+                    "event_loop": "uvloop",  # the default of [gateway] event_loop
+                }
                 assert set(st["equipment"]) == EQUIPMENT
                 for eq_id, eq in st["equipment"].items():
                     cal = registry.state(eq_id, now)
