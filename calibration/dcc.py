@@ -1,7 +1,7 @@
 """PTB Digital Calibration Certificates (DCC) into registry certificates.
 
-A DCC (namespaces ``https://ptb.de/dcc`` and ``https://ptb.de/si``) is read with lxml and
-checked for the structure calgate relies on; every missing or malformed part is reported
+A DCC (namespaces ``https://ptb.de/dcc`` and ``https://ptb.de/si``) is read with the
+standard library's XML parser and checked for the structure calgate relies on; every missing or malformed part is reported
 as ``file: path.to.element: message`` (the real PTB XSD is not shipped, so validation is of
 what this reader uses, with clear messages, not of the whole schema).
 
@@ -185,10 +185,11 @@ def dsi_unit(text: str) -> str:
 # -- XML helpers ---------------------------------------------------------------------------
 
 
-def _local(el: Any) -> str:
-    from lxml import etree
-
-    return str(etree.QName(el).localname)
+def _find(el: Any, path: str) -> list[Any]:
+    """The children at ``path`` (``dcc:a/si:b``); ``…/text()``: their texts."""
+    if path.endswith("/text()"):
+        return [e.text for e in el.findall(path[: -len("/text()")], _NS) if e.text]
+    return list(el.findall(path, _NS))
 
 
 class _Reader:
@@ -200,7 +201,7 @@ class _Reader:
         self.errors.append(f"{self.source}: {path}: {message}")
 
     def one(self, el: Any, xpath: str, path: str, *, required: bool = True) -> Any | None:
-        found = el.xpath(xpath, namespaces=_NS)
+        found = _find(el, xpath)
         if not found:
             if required:
                 self.error(path, "missing")
@@ -257,7 +258,7 @@ class _Values:
 
 
 def _content(el: Any) -> str:
-    texts = el.xpath("dcc:name/dcc:content/text()", namespaces=_NS) if el is not None else []
+    texts = _find(el, "dcc:name/dcc:content/text()") if el is not None else []
     return str(texts[0]).strip() if texts else ""
 
 
@@ -349,7 +350,7 @@ def _quantity(r: _Reader, q: Any, path: str) -> _Values | None:
     lst = r.one(q, "si:realListXMLList", "", required=False)
     if lst is not None:
         return _real_list(r, lst, f"{path}.realListXMLList")
-    reals = q.xpath("si:list/si:real", namespaces=_NS)
+    reals = _find(q, "si:list/si:real")
     if reals:
         parts = [_real(r, x, f"{path}.list.real[{i}]") for i, x in enumerate(reals)]
         if any(p is None for p in parts):
@@ -403,7 +404,7 @@ _ROLES = {
 def _points(r: _Reader, lst: Any, path: str) -> tuple[list[DccPoint], str, set[int]] | None:
     found: dict[str, list[_Values]] = {}
     failed = False
-    for i, q in enumerate(lst.xpath("dcc:quantity", namespaces=_NS)):
+    for i, q in enumerate(_find(lst, "dcc:quantity")):
         refs = (q.get("refType") or "").split()
         role = next((_ROLES[t] for t in refs if t in _ROLES), None)
         if role is None:
@@ -510,12 +511,13 @@ def read(path: Path | bytes, *, source: str | None = None) -> DccDocument:
         src = source or "<dcc>"
         data = path
     r = _Reader(src)
-    from lxml import etree  # only when a DCC is read: 3.6 MB the gateway need not carry
+    # The standard library's parser (expat): no network, no external entities, and
+    # expat's limits on entity amplification; lxml cost the gateway 3.6 MB of memory.
+    from xml.etree import ElementTree
 
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
     try:
-        root = etree.fromstring(data, parser=parser)
-    except etree.XMLSyntaxError as exc:
+        root = ElementTree.fromstring(data)
+    except ElementTree.ParseError as exc:
         raise RegistryError([f"{src}: (file): XML syntax error: {exc}"]) from exc
     if root.tag != f"{{{DCC_NS}}}digitalCalibrationCertificate":
         raise RegistryError(
@@ -543,9 +545,8 @@ def read(path: Path | bytes, *, source: str | None = None) -> DccDocument:
 
     item_ids = tuple(
         str(v).strip()
-        for v in adm.xpath(
-            "dcc:items/dcc:item/dcc:identifications/dcc:identification/dcc:value/text()",
-            namespaces=_NS,
+        for v in _find(
+            adm, "dcc:items/dcc:item/dcc:identifications/dcc:identification/dcc:value/text()"
         )
     )
     if not item_ids:
@@ -565,7 +566,7 @@ def read(path: Path | bytes, *, source: str | None = None) -> DccDocument:
         accreditation = r.text(lab, "dcc:calibrationLaboratoryCode", "", required=False) or ""
 
     due: date | None = None
-    for i, st in enumerate(adm.xpath("dcc:statements/dcc:statement", namespaces=_NS)):
+    for i, st in enumerate(_find(adm, "dcc:statements/dcc:statement")):
         if "basic_recalibration" not in (st.get("refType") or "").split():
             continue
         p = f"administrativeData.statements.statement[{i}]"
@@ -598,19 +599,15 @@ def read(path: Path | bytes, *, source: str | None = None) -> DccDocument:
     unit: str | None = None
     gens: set[int] = set()
     names: list[str] = []
-    for i, mr in enumerate(results.xpath("dcc:measurementResult", namespaces=_NS)):
+    for i, mr in enumerate(_find(results, "dcc:measurementResult")):
         mp = f"measurementResults.measurementResult[{i}]"
-        for j, me in enumerate(
-            mr.xpath("dcc:measuringEquipments/dcc:measuringEquipment", namespaces=_NS)
-        ):
+        for j, me in enumerate(_find(mr, "dcc:measuringEquipments/dcc:measuringEquipment")):
             ep = f"{mp}.measuringEquipments.measuringEquipment[{j}]"
             ids = tuple(
                 str(v).strip()
-                for v in me.xpath(
-                    "dcc:identifications/dcc:identification/dcc:value/text()", namespaces=_NS
-                )
+                for v in _find(me, "dcc:identifications/dcc:identification/dcc:value/text()")
             )
-            cited = me.xpath("dcc:certificate/dcc:referralID/text()", namespaces=_NS)
+            cited = _find(me, "dcc:certificate/dcc:referralID/text()")
             if not ids:
                 r.error(f"{ep}.identifications", "missing: cannot tell which standard this is")
                 continue
@@ -622,7 +619,7 @@ def read(path: Path | bytes, *, source: str | None = None) -> DccDocument:
                     certificate=str(cited[0]).strip() if cited else None,
                 )
             )
-        for j, res in enumerate(mr.xpath("dcc:results/dcc:result", namespaces=_NS)):
+        for j, res in enumerate(_find(mr, "dcc:results/dcc:result")):
             rp = f"{mp}.results.result[{j}]"
             lst = r.one(res, "dcc:data/dcc:list", f"{rp}.data.list")
             if lst is None:

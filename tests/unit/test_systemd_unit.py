@@ -185,8 +185,9 @@ MDWE_PROBE = textwrap.dedent(
         pass
     else:
         sys.exit("MDWE is not in force: a W+X mapping was allowed")
-    import numpy, lxml.etree, pydantic, aiohttp, paho.mqtt.client, serial, pymodbus, pint
-    import asyncua, xmlschema, GTC
+    import numpy, xml.etree.ElementTree, pydantic, aiohttp, paho.mqtt.client, serial, pymodbus, pint
+    import asyncua, xmlschema, GTC, uvloop
+    uvloop.new_event_loop().run_until_complete(__import__("asyncio").sleep(0))
     from cryptography.hazmat.primitives.asymmetric import ec
     ec.generate_private_key(ec.SECP256R1())
     a = numpy.vander([1.0, 2.0, 3.0, 4.0], 3)

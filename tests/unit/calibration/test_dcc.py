@@ -315,3 +315,25 @@ def test_mangled_dcc_is_a_registry_error_or_a_document(cut: int, junk: bytes, at
     else:
         assert doc.number
         assert doc.points
+
+
+def _hostile(body: str, dtd: str) -> bytes:
+    return (
+        f'<?xml version="1.0"?><!DOCTYPE x [{dtd}]>'
+        f'<dcc:digitalCalibrationCertificate xmlns:dcc="https://ptb.de/dcc">{body}'
+        "</dcc:digitalCalibrationCertificate>"
+    ).encode()
+
+
+def test_entity_expansion_bomb_is_refused_not_expanded() -> None:
+    dtd = '<!ENTITY l0 "lol">' + "".join(
+        f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10)
+    )
+    with pytest.raises(RegistryError, match="XML syntax error: limit on input amplification"):
+        read(_hostile("&l9;", dtd), source="bomb.xml")
+
+
+def test_external_entities_are_never_fetched() -> None:
+    dtd = '<!ENTITY xxe SYSTEM "file:///etc/passwd">'
+    with pytest.raises(RegistryError, match="XML syntax error: undefined entity &xxe;"):
+        read(_hostile("&xxe;", dtd), source="xxe.xml")
