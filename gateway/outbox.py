@@ -439,7 +439,11 @@ class Outbox:
         con.execute("PRAGMA synchronous=NORMAL")
         # run() checkpoints in a worker thread when the WAL passes 4 MiB; SQLite's own
         # checkpoint (in the committing thread) is only a safety net, at ~40 MiB
-        con.execute("PRAGMA wal_autocheckpoint=10000")
+        page = int(con.execute("PRAGMA page_size").fetchone()[0])
+        con.execute(f"PRAGMA wal_autocheckpoint={40 * 2**20 // page}")
+        # 1 MiB of page cache (SQLite's default is 2 MiB): rows are appended and deleted
+        # at the ends of the table, and the sinks read recent rows from memory
+        con.execute("PRAGMA cache_size=-1024")
         con.execute("PRAGMA journal_size_limit=67108864")  # a reset WAL shrinks to 64 MiB
         con.executescript(_SCHEMA)
         return con
