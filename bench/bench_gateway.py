@@ -125,10 +125,11 @@ def make_registry(dst: Path, n: int, registers: int) -> list[str]:
 def make_config(
     path: Path, registry: Path, state: Path, ids: list[str], urls: list[str], period_s: float,
     mqtt_port: int, vm_port: int, http_port: int, registers: int, tail_rows: int | None = None,
+    event_loop: str = "uvloop",
 ) -> None:  # fmt: skip
     lines = [
         "[gateway]", 'id = "bench"', 'site = "bench"', f'registry = "{registry}"',
-        f'state_dir = "{state}"', "",
+        f'state_dir = "{state}"', f'event_loop = "{event_loop}"', "",
         "[mqtt]", f'url = "mqtt://127.0.0.1:{mqtt_port}"', "max_inflight = 5000", "",
         "[influxdb]", 'api = "v2"', f'url = "http://127.0.0.1:{vm_port}"', 'org = "lab"',
         'bucket = "bench"', "", "[http]", f'listen = "127.0.0.1:{http_port}"', "",
@@ -275,6 +276,8 @@ def main() -> int:
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment of the gateway (e.g. MALLOC_ARENA_MAX=2)")  # fmt: skip
     ap.add_argument("--tail-rows", type=int, help="[outbox] tail_rows (default: the gateway's)")
+    ap.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                    help="[gateway] event_loop")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -327,7 +330,8 @@ def main() -> int:
         ids = make_registry(work / "registry", args.devices, args.registers)
         config = work / "calgate.toml"
         make_config(config, work / "registry", work / "state", ids, urls, args.period_ms / 1000,
-                    mqtt_port, vm_port, http_port, args.registers, args.tail_rows)  # fmt: skip
+                    mqtt_port, vm_port, http_port, args.registers, args.tail_rows,
+                    args.event_loop)  # fmt: skip
         channels = max(args.registers, 1)
         expected = args.devices * channels * 1000.0 / args.period_ms
         counter = Counter(mqtt_port, latency_every=max(1, int(expected // 2000)))
@@ -388,6 +392,7 @@ def main() -> int:
             "delivered_per_s": round(n / elapsed, 1),
             "expected_per_s": expected,
             "delivered_pct": round(100 * n / elapsed / expected, 2),
+            "event_loop": args.event_loop,
             "cpu_s_per_1000_values": round(1000 * cpu / max(n, 1), 4),
             "core_pct": round(100 * cpu / elapsed, 1),
             "system_pct_of_cpu": round(100 * (s1 - s0) / max(cpu, 1e-9), 1),
