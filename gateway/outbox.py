@@ -63,7 +63,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ROW_OVERHEAD = 40  # bytes per row beyond its blobs, for the byte bound
 _MAX_PENDING = 200_000  # rows buffered while SQLite refuses commits (disk full...)
 _RETRY_S = 1.0  # between commit attempts while SQLite refuses them
-_DELETE_CHUNK = 20_000  # delivered rows deleted per upkeep round (a few ms)
+_DELETE_CHUNK = 2_000  # delivered rows deleted per step (~2-3 ms; the loop runs between)
 
 
 class Row(NamedTuple):
@@ -856,14 +856,15 @@ class Outbox:
         if upto:
             self._delete_upto(upto, reason="max_age")
 
-    def _delete_delivered(self, limit: int | None = None) -> None:
+    def _delete_delivered(self, limit: int | None = None) -> bool:
         """Delete rows every sink has acked (at most ``limit`` of them: a long catch-up
-        is deleted over several rounds, each short)."""
+        is deleted in several short steps). True when delivered rows remain."""
         done = min(self._cursor.values()) if self.sinks else self._committed_seq
         first = self._con.execute("SELECT min(id) FROM rows").fetchone()[0]
+        more = False
         if first is not None and first <= done:
-            if limit is not None:
-                done = min(done, first + limit - 1)
+            if limit is not None and done > first + limit - 1:
+                done, more = first + limit - 1, True
             self._delete_upto(done, reason=None)
         tail = self._tail
         if tail and tail[0].seq <= done:
@@ -871,18 +872,32 @@ class Outbox:
         excess = len(tail) - self.settings.tail_rows
         if excess > 0:
             del tail[:excess]
+        return more
 
-    def maintain(self) -> None:
-        """One round of upkeep: age bound, delete delivered rows, trim the tail."""
+    def maintain(self) -> bool:
+        """One round of upkeep: age bound, delete delivered rows (one step), trim the
+        tail. True when more delivered rows wait (:meth:`delete_step`)."""
         if self._closed:
-            return
+            return False
         try:
             self._drop_for_age()
-            self._delete_delivered(limit=_DELETE_CHUNK)
+            more = self._delete_delivered(limit=_DELETE_CHUNK)
             if self._bytes > self.settings.max_bytes:
                 self._drop_for_bytes()
         except sqlite3.Error as exc:
             log.error("outbox upkeep failed: %s", exc)
+            return False
+        return more
+
+    def delete_step(self) -> bool:
+        """Delete up to ``_DELETE_CHUNK`` more delivered rows; True when more wait."""
+        if self._closed:
+            return False
+        try:
+            return self._delete_delivered(limit=_DELETE_CHUNK)
+        except sqlite3.Error as exc:
+            log.error("outbox upkeep failed: %s", exc)
+            return False
 
     async def run(self) -> None:
         """Upkeep every ``maintenance_interval_s`` until cancelled; checkpoints the WAL
@@ -894,7 +909,14 @@ class Outbox:
             await asyncio.sleep(tick_s)
             if loop.time() >= next_upkeep:
                 next_upkeep = loop.time() + self.settings.maintenance_interval_s
-                self.maintain()
+                # delivered rows go in short steps, polls in between (at 20,000 rows/s
+                # one long DELETE a second stalled the loop for tens of ms)
+                more = self.maintain()
+                for _ in range(1000):
+                    if not more:
+                        break
+                    await asyncio.sleep(0)
+                    more = self.delete_step()
             # often enough that SQLite's own checkpoint (on the loop) never has to run
             await self.checkpoint(min_wal_bytes=4 * 1024 * 1024)
 

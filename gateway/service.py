@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -123,6 +124,7 @@ class Gateway:
         self._stop: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
         self._beat = time.monotonic()
+        self._frozen = False  # gc.freeze()d after start (serve_forever)
         self._started_at = datetime.now(UTC)
         self.started = False
 
@@ -253,6 +255,7 @@ class Gateway:
             self._stop.set()
         elif signal.SIGHUP in early:
             self._spawn(self.reload(), "reload")
+        self._freeze_heap()
         sdnotify.ready()
         sdnotify.status(f"polling {len(self._equipment)} equipment")
         watchdog = asyncio.create_task(sdnotify.watchdog_task(self.alive), name="watchdog")
@@ -503,6 +506,17 @@ class Gateway:
 
         self.metrics.on_scrape(outbox_stats)
 
+    def _freeze_heap(self, *, collect: bool = False) -> None:
+        """Move what lives as long as the service (modules, config, registry, drivers)
+        out of the cyclic collector's reach (``gc.freeze``). Measured at 20,000 values/s:
+        full collections scanned it all, about 75 ms each, every few seconds — every
+        one a stall of the event loop and missed polls."""
+        if collect:
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
+        self._frozen = True
+
     # -- reload ---------------------------------------------------------------------------
 
     async def reload(self) -> None:
@@ -542,6 +556,8 @@ class Gateway:
             if self.mqtt is not None:  # the retained gateway status lists the equipment
                 self.mqtt.publish_gateway_status(self.gateway_status())
             log.info("reloaded: %d equipment", len(self._equipment))
+            if self._frozen:  # the old config and registry go; the new ones are frozen
+                self._freeze_heap(collect=True)
             sdnotify.ready()
 
     def _forget_equipment(self, eq_id: str) -> None:
