@@ -58,16 +58,34 @@ class _Settings(BaseModel):
         return _refuse_literal_secrets(data)
 
 
-class MqttSettings(_Settings):
+class _Login(_Settings):
+    """A username and where its password is (read by :meth:`_read_password`)."""
+
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    password_credential: str | None = None
+
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    def _read_password(self) -> None:
+        self._password = resolve_secret(
+            self.password_env, self.password_file, self.password_credential, what="password"
+        )
+        if self._password is not None and not self.username:
+            raise ValueError("a password needs a username")
+
+    @property
+    def password(self) -> SecretStr | None:
+        return self._password
+
+
+class MqttSettings(_Login):
     """``[mqtt]``: the broker, TLS, credentials and the publish window."""
 
     url: str = "mqtt://127.0.0.1:1883"
     topic_prefix: str = Field(default="calgate", min_length=1, pattern=r"^[^#+]+$")
     client_id: str | None = None
-    username: str | None = None
-    password_env: str | None = None
-    password_file: str | None = None
-    password_credential: str | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -76,13 +94,11 @@ class MqttSettings(_Settings):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     qos: Literal[1] = 1
     max_inflight: int = Field(default=1000, ge=1, le=60000)  # packet ids: 65535 in all
-    # rows published per turn of the event loop (~20 µs each): small, so polls interleave
+    # rows published per turn of the event loop (a few µs each): polls interleave
     batch_size: int = Field(default=100, ge=1)
     backoff_min_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     flush_timeout_s: float = Field(default=5.0, ge=0)
-
-    _password: SecretStr | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> MqttSettings:
@@ -101,16 +117,8 @@ class MqttSettings(_Settings):
             p = getattr(self, name)
             if p is not None and not p.is_file():
                 raise ValueError(f"{name}: no such file {p}")
-        self._password = resolve_secret(
-            self.password_env, self.password_file, self.password_credential, what="password"
-        )
-        if self._password is not None and not self.username:
-            raise ValueError("a password needs a username")
+        self._read_password()
         return self
-
-    @property
-    def password(self) -> SecretStr | None:
-        return self._password
 
     @property
     def tls(self) -> bool:
@@ -125,7 +133,7 @@ class MqttSettings(_Settings):
         return urllib.parse.urlsplit(self.url).port or (8883 if self.tls else 1883)
 
 
-class InfluxSettings(_Settings):
+class InfluxSettings(_Login):
     """``[influxdb]``: ``api = "v2"`` (``/api/v2/write``) or ``"v1"`` (``/write`` of 1.x)."""
 
     api: Literal["v2", "v1"] = "v2"
@@ -138,11 +146,7 @@ class InfluxSettings(_Settings):
     token_credential: str | None = None
     # v1
     database: str | None = None
-    retention_policy: str | None = None
-    username: str | None = None
-    password_env: str | None = None
-    password_file: str | None = None
-    password_credential: str | None = None
+    retention_policy: str | None = None  # and username, password_* (v1)
     # https: a private CA, or no verification at all (a lab network's self-signed server)
     ca_file: Path | None = None
     verify_tls: bool = True
@@ -155,7 +159,6 @@ class InfluxSettings(_Settings):
     flush_timeout_s: float = Field(default=5.0, ge=0)
 
     _token: SecretStr | None = PrivateAttr(default=None)
-    _password: SecretStr | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> InfluxSettings:
@@ -173,20 +176,12 @@ class InfluxSettings(_Settings):
         else:
             if not self.database:
                 raise ValueError('database: required with api = "v1"')
-            self._password = resolve_secret(
-                self.password_env, self.password_file, self.password_credential, what="password"
-            )
-            if self._password is not None and not self.username:
-                raise ValueError("a password needs a username")
+            self._read_password()
         return self
 
     @property
     def token(self) -> SecretStr | None:
         return self._token
-
-    @property
-    def password(self) -> SecretStr | None:
-        return self._password
 
 
 class OutboxSettings(_Settings):
