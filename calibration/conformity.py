@@ -134,54 +134,30 @@ def decider(
     # decide's scale is max(|y|, |high|, |low|): the limits' part, taken once
     lim = max(abs(tu), abs(tl))
 
-    if rule == "simple":
+    simple, guarded = rule == "simple", rule == "guarded"
 
-        def simple(y: float, U: float) -> str | None:
-            if y != y:
-                return None
-            inside = tu - y
-            d = y - tl
-            if d < inside:  # min(inside, d)
-                inside = d
-            a = abs(y)
-            slack = _SLACK * (a if a > lim else lim)
-            return "pass" if inside >= -slack else "fail"
-
-        return simple
-
-    if rule == "guarded":
-
-        def guarded(y: float, U: float) -> str | None:
-            if y != y:
-                return None
-            inside = tu - y
-            d = y - tl
-            if d < inside:
-                inside = d
-            a = abs(y)
-            slack = _SLACK * (a if a > lim else lim)
-            return "pass" if inside >= U - slack else "fail"
-
-        return guarded
-
-    def non_binary(y: float, U: float) -> str | None:
+    def two_sided(y: float, U: float) -> str | None:
         if y != y:
             return None
         inside = tu - y
         d = y - tl
-        if d < inside:
+        if d < inside:  # min(inside, d)
             inside = d
         a = abs(y)
         slack = _SLACK * (a if a > lim else lim)
+        if simple:
+            return "pass" if inside >= -slack else "fail"
         if inside >= U - slack:
             return "pass"
-        if inside >= -slack:
+        if guarded:
+            return "fail"
+        if inside >= -slack:  # non-binary from here
             return "conditional_pass"
         if -inside < U - slack:
             return "conditional_fail"
         return "fail"
 
-    return non_binary
+    return two_sided
 
 
 def decide_many(
