@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -80,3 +82,17 @@ def wait_port(port: int, host: str = "127.0.0.1", *, timeout_s: float = 15.0) ->
             return True
 
     wait_for(probe, timeout_s=timeout_s, what=f"{host}:{port} to accept connections")
+
+
+@contextlib.asynccontextmanager
+async def running_sink(sink: Any) -> AsyncIterator[asyncio.Task[None]]:
+    """A sink's ``run()`` as a task; on exit it is stopped (flushing what is committed)."""
+    task = asyncio.create_task(sink.run(), name=f"sink:{sink.name}")
+    try:
+        yield task
+    finally:
+        await sink.stop(timeout_s=3)
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

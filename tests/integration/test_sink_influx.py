@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from certs import make_certs
-from helpers import free_port, wait_for_async
+from helpers import free_port, running_sink, wait_for_async
 from servers import InfluxV1, VictoriaMetrics
 
 from drivers.base import Reading
@@ -72,19 +72,6 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
     )
     yield ob
     ob.close()
-
-
-@contextlib.asynccontextmanager
-async def running(sink: InfluxSink) -> AsyncIterator[None]:
-    task = asyncio.create_task(sink.run(), name="sink:influx")
-    try:
-        yield
-    finally:
-        await sink.stop(timeout_s=3)
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def v1(url: str, db: str, **kw: Any) -> InfluxSettings:
@@ -144,7 +131,7 @@ async def test_v1_writes_the_schema_of_4_4(
         detail={"limit": 101.0},
     )
     sink = InfluxSink(v1(influxd.url, unique_name), outbox)
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([*ms, nan, odd, ev])
         await wait_for_async(lambda: outbox.cursor("influx") == 33, what="acked")
     rows = influxd.rows("SELECT * FROM reading GROUP BY *", unique_name)
@@ -210,7 +197,7 @@ async def test_v1_outage_catches_up_oldest_first_exactly_once(
     own_influxd.create_database("lab")
     sink = InfluxSink(v1(own_influxd.url, "lab", batch_size=100), outbox)
     n = 0
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(i) for i in range(200)])
         n = 200
         await wait_for_async(lambda: outbox.cursor("influx") == n, what="first rows")
@@ -237,7 +224,7 @@ async def test_v2_write_api_on_victoria_metrics(
     eq = f"PT-{unique_name}"
     ms = [meas(i, equipment=eq) for i in range(20)]
     sink = InfluxSink(v2(victoria.url, unique_name), outbox)
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add(ms)
         await wait_for_async(lambda: outbox.cursor("influx") == 20, what="acked")
     labels = {
@@ -275,7 +262,7 @@ def own_victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
 
 async def test_v2_outage_catches_up(own_victoria: VictoriaMetrics, outbox: Outbox) -> None:
     sink = InfluxSink(v2(own_victoria.url, "lab", batch_size=50), outbox)
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(i) for i in range(100)])
         await wait_for_async(lambda: outbox.cursor("influx") == 100, what="first rows")
         await asyncio.to_thread(own_victoria.stop)
@@ -364,7 +351,7 @@ async def test_429_waits_as_long_as_retry_after_says(
         delay = 1.0
     peer.answers = [web.Response(status=429, headers={"Retry-After": header}, text="slow down")]
     sink = InfluxSink(settings_for(api, peer.url, backoff_max_s=0.05), outbox)
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(i) for i in range(5)])
         await wait_for_async(lambda: outbox.cursor("influx") == 5, what="written after 429")
     assert len(peer.requests) == 2
@@ -377,7 +364,7 @@ async def test_429_waits_as_long_as_retry_after_says(
 async def test_503_is_retried(peer: Peer, outbox: Outbox, api: str) -> None:
     peer.answers = [web.Response(status=503, text="busy"), web.Response(status=500, text="oops")]
     sink = InfluxSink(settings_for(api, peer.url), outbox)
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(i) for i in range(3)])
         await wait_for_async(lambda: outbox.cursor("influx") == 3, what="written after 5xx")
     assert len(peer.requests) == 3
@@ -391,7 +378,7 @@ async def test_413_splits_the_batch(peer: Peer, outbox: Outbox, api: str) -> Non
     sink = InfluxSink(settings_for(api, peer.url, batch_size=100, flush_interval_s=0.5), outbox)
     outbox.add([meas(i) for i in range(100)])
     outbox.commit()
-    async with running(sink):
+    async with running_sink(sink):
         await wait_for_async(lambda: outbox.cursor("influx") == 100, what="all written")
     accepted = [lines for _, _, lines in peer.requests if len(lines) <= 30]
     assert sorted(int(x.split("seq=")[1].split("i")[0]) for ls in accepted for x in ls) == list(
@@ -406,7 +393,7 @@ async def test_413_splits_the_batch(peer: Peer, outbox: Outbox, api: str) -> Non
 async def test_400_rejects_the_batch_and_says_so(peer: Peer, outbox: Outbox, api: str) -> None:
     peer.answers = [web.Response(status=400, text='{"error":"partial write: unable to parse"}')]
     sink = InfluxSink(settings_for(api, peer.url), outbox)
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(i) for i in range(4)])
         # the rejected batch is acked (not retried); the event is written next
         await wait_for_async(lambda: outbox.cursor("influx") == 5, what="rejected + event")
@@ -443,7 +430,7 @@ def sqlite_rows(outbox: Outbox) -> Iterator[list[Any]]:
 
 async def test_unreachable_server_is_retried_with_backoff(outbox: Outbox) -> None:
     sink = InfluxSink(v1(f"http://127.0.0.1:{free_port()}", "lab"), outbox)
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(0)])
         await wait_for_async(lambda: sink.failures >= 3, what="failures")
         assert outbox.cursor("influx") == 0
@@ -457,13 +444,13 @@ async def test_https_with_a_private_ca(tmp_path: Path, outbox: Outbox, api: str)
     await peer.start()
     try:
         refused = InfluxSink(settings_for(api, peer.url), outbox)  # system CAs only
-        async with running(refused):
+        async with running_sink(refused):
             outbox.add([meas(i) for i in range(3)])
             await wait_for_async(lambda: refused.failures >= 1, what="certificate refused")
         assert "certificate" in (refused.last_error or "").lower()
         assert peer.requests == []
         sink = InfluxSink(settings_for(api, peer.url, ca_file=certs[0]), outbox)
-        async with running(sink):
+        async with running_sink(sink):
             await wait_for_async(lambda: outbox.cursor("influx") == 3, what="written over TLS")
         assert peer.seqs() == [1, 2, 3]
     finally:
@@ -472,7 +459,7 @@ async def test_https_with_a_private_ca(tmp_path: Path, outbox: Outbox, api: str)
 
 async def test_rows_are_batched_by_size_and_by_interval(peer: Peer, outbox: Outbox) -> None:
     sink = InfluxSink(v1(peer.url, "lab", batch_size=50, flush_interval_s=0.3), outbox)
-    async with running(sink):
+    async with running_sink(sink):
         await wait_for_async(lambda: sink.connected, what="running")
         for k in range(5):  # five polls, 10 ms apart: one write
             outbox.add([meas(k * 4 + i) for i in range(4)])
@@ -504,7 +491,7 @@ async def test_each_api_is_addressed_and_authenticated_as_its_servers_expect(
             password_env="T_INFLUX_SECRET",
         )
     sink = InfluxSink(settings, outbox)
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(i) for i in range(3)])
         await wait_for_async(lambda: outbox.cursor("influx") == 3, what="acked")
     req = peer.seen[0]

@@ -13,14 +13,14 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 from certs import make_certs
-from helpers import wait_for, wait_for_async
+from helpers import running_sink, wait_for, wait_for_async
 from paho.mqtt.enums import CallbackAPIVersion
 from servers import Mosquitto
 
@@ -140,19 +140,6 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
     ob.close()
 
 
-@contextlib.asynccontextmanager
-async def running(sink: MqttSink) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(sink.run(), name="sink:mqtt")
-    try:
-        yield task
-    finally:
-        await sink.stop(timeout_s=3)
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 def make_sink(url: str, outbox: Outbox, **kw: Any) -> MqttSink:
     settings = MqttSettings(
         url=url,
@@ -180,7 +167,7 @@ async def test_measurements_and_events_arrive_per_contract(
         t_wall=T0,
         detail={"limit": 101.0, "value": 101.2},
     )
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add(ms)
         outbox.add([ev])
         await wait_for_async(
@@ -208,7 +195,7 @@ async def test_status_is_retained_republished_and_offline_after_a_clean_stop(
     prefix = outbox.topic_prefix
     sink = make_sink(mosquitto.url, outbox)
     sink.publish_status("PT-101", {"connection": "offline"})  # before connecting: kept
-    async with running(sink):
+    async with running_sink(sink):
         await wait_for_async(lambda: sink.connected, what="connected")
         sink.publish_status("PT-101", {"connection": "online", "calibration": "valid"})
         sink.publish_gateway_status({"version": "0.1.0"})
@@ -307,7 +294,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
         sub = subscribe(broker.url, f"{prefix}/#", client_id=f"sub-{prefix}", clean_session=False)
         sink = make_sink(broker.url, outbox)
         n = 0
-        async with running(sink):
+        async with running_sink(sink):
             for _ in range(20):
                 outbox.add([meas(n + i) for i in range(25)])
                 n += 25
@@ -351,7 +338,7 @@ async def test_the_inflight_window_is_bounded(
 
     sink.deliver = recording_deliver  # type: ignore[method-assign]
     sink.window = recording_window  # type: ignore[method-assign]
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(i) for i in range(500)])  # all at once: far more than the window
         await wait_for_async(lambda: outbox.cursor("mqtt") == 500, what="all acked")
         await wait_for_async(lambda: len(sub.seqs()) == 500, what="all received")
@@ -375,7 +362,7 @@ async def test_tls_with_a_private_ca(tls_broker: Mosquitto, outbox: Outbox, subs
     ca = tls_broker.tls[0]
     sub = subscribe(tls_broker.url, f"{outbox.topic_prefix}/#", ca=ca)
     sink = make_sink(tls_broker.url, outbox, ca_file=ca)
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(i) for i in range(20)])
         await wait_for_async(lambda: len(sub.seqs()) == 20, what="TLS delivery")
         await wait_for_async(lambda: outbox.cursor("mqtt") == 20, what="acks over TLS")
@@ -383,7 +370,7 @@ async def test_tls_with_a_private_ca(tls_broker: Mosquitto, outbox: Outbox, subs
 
 async def test_tls_refuses_an_unknown_ca(tls_broker: Mosquitto, outbox: Outbox) -> None:
     sink = make_sink(tls_broker.url, outbox)  # system CAs only: the test CA is unknown
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(0)])
         await wait_for_async(lambda: sink.failures >= 2, what="refused connects")
         assert not sink.connected
@@ -418,7 +405,7 @@ async def test_a_dead_influxdb_does_not_hold_back_mqtt(
         )
         itask = asyncio.create_task(influx.run())
         try:
-            async with running(mqtt):
+            async with running_sink(mqtt):
                 for k in range(10):
                     ob.add([meas(k * 30 + i) for i in range(30)])
                     await asyncio.sleep(0.01)
@@ -473,7 +460,7 @@ async def test_username_and_password_from_a_file(
     pw = tmp_path / "mqtt-password"
     pw.write_text("s3cret pw\n")
     sink = make_sink(auth_broker.url, outbox, username="edge-01", password_file=str(pw))
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(i) for i in range(5)])
         await wait_for_async(lambda: outbox.cursor("mqtt") == 5, what="delivered with auth")
 
@@ -485,7 +472,7 @@ async def test_a_wrong_password_is_refused_and_retried(
     sink = make_sink(
         auth_broker.url, outbox, username="edge-01", password_env="CALGATE_TEST_MQTT_PW"
     )
-    async with running(sink):
+    async with running_sink(sink):
         outbox.add([meas(0)])
         await wait_for_async(lambda: sink.failures >= 2, what="refused twice")
         assert "not authori" in (sink.last_error or "").lower()
@@ -542,7 +529,7 @@ async def test_large_payloads_and_packet_id_wraparound(
         t_wall=T0,
         detail={"dump": "x" * 20_000},
     )
-    async with running(sink):
+    async with running_sink(sink):
         await wait_for_async(lambda: sink.connected, what="connected")
         assert sink._client is not None
         sink._client._last_mid = 65_500  # the next 35 ids, then 1, 2, ...
@@ -596,7 +583,7 @@ async def test_pubacks_split_across_reads(outbox: Outbox) -> None:
     server = await asyncio.start_server(broker, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     sink = make_sink(f"mqtt://127.0.0.1:{port}", outbox)
-    async with server, running(sink):
+    async with server, running_sink(sink):
         outbox.add([meas(i) for i in range(30)])
         await wait_for_async(lambda: outbox.cursor("mqtt") == 30, what="all acked")
     assert sorted(received) == list(range(1, 31))
