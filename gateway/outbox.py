@@ -63,6 +63,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ROW_OVERHEAD = 40  # bytes per row beyond its blobs, for the byte bound
 _MAX_PENDING = 200_000  # rows buffered while SQLite refuses commits (disk full...)
 _RETRY_S = 1.0  # between commit attempts while SQLite refuses them
+_CHECKPOINT_BYTES = 4 * 1024 * 1024  # written since the last checkpoint: run one
 _DELETE_CHUNK = 2_000  # delivered rows deleted per step (~2-3 ms; the loop runs between)
 
 
@@ -406,6 +407,7 @@ class Outbox:
         self._pending: list[Row] = []
         self._tail: list[Row] = []
         self._commit_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() runs on
         self._commit_due = math.inf  # loop time the scheduled commit fires
         self._cursor: dict[str, int] = {}
         self._fetched: dict[str, int] = {}
@@ -418,6 +420,7 @@ class Outbox:
         self._committed = 0
         self._closed = False
         self._checkpointing = False
+        self._written = 0  # bytes of rows written (added or deleted) since the last checkpoint
         self._commit_failures = 0
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -530,10 +533,12 @@ class Outbox:
             self._next = seq
 
     def _schedule_commit(self, delay_s: float) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop: the caller commits
+        loop = self._loop  # kept by run(): get_running_loop() is a getpid() call in 3.11
+        if loop is None or loop.is_closed():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop: the caller commits
         if self._commit_failures:
             delay_s = max(delay_s, _RETRY_S)  # SQLite is failing: retry, do not hammer
         due = loop.time() + delay_s
@@ -600,6 +605,7 @@ class Outbox:
         if not rows:
             return 0
         self._bytes += size
+        self._written += size
         self._committed += len(rows)
         self._committed_seq = rows[-1].seq
         tail = self._tail
@@ -797,6 +803,7 @@ class Outbox:
             return
         self._persisted_cursor.update(self._cursor)
         self._bytes -= int(freed)
+        self._written += int(freed)  # a delete rewrites the pages it empties
         tail = self._tail
         if tail and tail[0].seq <= upto:
             del tail[: min(upto - tail[0].seq + 1, len(tail))]
@@ -902,7 +909,7 @@ class Outbox:
     async def run(self) -> None:
         """Upkeep every ``maintenance_interval_s`` until cancelled; checkpoints the WAL
         in a worker thread when it grows."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         tick_s = min(0.25, self.settings.maintenance_interval_s)
         next_upkeep = loop.time() + self.settings.maintenance_interval_s
         while not self._closed:
@@ -917,18 +924,18 @@ class Outbox:
                         break
                     await asyncio.sleep(0)
                     more = self.delete_step()
-            # often enough that SQLite's own checkpoint (on the loop) never has to run
-            await self.checkpoint(min_wal_bytes=4 * 1024 * 1024)
+            # often enough that SQLite's own checkpoint (on the loop) never has to run.
+            # Counted in bytes written, not by the WAL's size: a checkpointed WAL keeps its
+            # size (SQLite writes it again from the start), so the size would ask for a
+            # checkpoint, a connection and three fsyncs every tick.
+            if self._written >= _CHECKPOINT_BYTES:
+                await self.checkpoint()
 
-    async def checkpoint(self, *, min_wal_bytes: int = 0) -> None:
+    async def checkpoint(self) -> None:
         """Copy the WAL into the database, in a thread (fsyncs never block the loop)."""
-        try:
-            if os.stat(f"{self.path}-wal").st_size < min_wal_bytes:
-                return
-        except FileNotFoundError:
-            return
         if self._checkpointing or self._closed:
             return
+        self._written = 0
         self._checkpointing = True
         try:
             await asyncio.to_thread(self._checkpoint_blocking)

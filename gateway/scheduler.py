@@ -71,10 +71,14 @@ class Ticker:
     def __init__(self, resolution_s: float = 0.001) -> None:
         self.resolution_s = resolution_s
         self._due: dict[int, list[asyncio.Future[None]]] = {}
+        # the loop, kept: asyncio.get_running_loop() is a getpid() system call in 3.11
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def until(self, deadline: float) -> asyncio.Future[None]:
         """A future done at loop time ``deadline`` (up to ``resolution_s`` later)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
         fut = loop.create_future()
         key = math.ceil(deadline / self.resolution_s)
         waiters = self._due.get(key)

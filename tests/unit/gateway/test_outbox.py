@@ -403,6 +403,30 @@ async def test_run_deletes_delivered_rows_in_the_background(db: Path) -> None:
     ob.close()
 
 
+async def test_the_wal_is_checkpointed_after_4_mib_written_not_on_every_tick(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpointed WAL keeps its file size: judged by that size, upkeep checkpointed on
+    # every tick (a connection and three fsyncs, four times a second).
+    ob = Outbox(db, settings(maintenance_interval_s=0.01), sinks=("mqtt",))
+    checkpoints = []
+    blocking = ob._checkpoint_blocking
+    monkeypatch.setattr(ob, "_checkpoint_blocking", lambda: (checkpoints.append(1), blocking()))
+    task = asyncio.create_task(ob.run())
+    for i in range(0, 9000, 500):  # ~600 bytes a row: past 4 MiB
+        ob.add([meas(j) for j in range(i, i + 500)])
+    await wait_for_async(lambda: len(checkpoints) == 1, what="a checkpoint")
+    ob.add([meas(9000)])
+    await asyncio.sleep(0.2)  # twenty upkeep ticks with the WAL still large
+    assert len(checkpoints) == 1
+    wal = db.with_name(db.name + "-wal")
+    assert wal.stat().st_size > 4 * 1024 * 1024
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    ob.close()
+
+
 def test_cached_parts_never_mix_values_that_compare_equal() -> None:
     # k = 0.0 and -0.0 (or 2 and 2.0) are one dict key; the readings of one poll share
     # their time object, the next poll has another
