@@ -1,9 +1,10 @@
 """PTB Digital Calibration Certificates (DCC) into registry certificates.
 
 A DCC (namespaces ``https://ptb.de/dcc`` and ``https://ptb.de/si``) is read with the
-standard library's XML parser and checked for the structure calgate relies on; every missing or malformed part is reported
-as ``file: path.to.element: message`` (the real PTB XSD is not shipped, so validation is of
-what this reader uses, with clear messages, not of the whole schema).
+standard library's XML parser and checked for the structure calgate relies on; every
+missing or malformed part is reported as ``file: path.to.element: message`` (the real PTB
+XSD is not shipped, so validation is of what this reader uses, with clear messages, not
+of the whole schema).
 
 What is read, and where it goes:
 

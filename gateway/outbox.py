@@ -132,11 +132,17 @@ def dumps(obj: Any) -> str:
         return _ENCODER_NAN.encode(_finite(json.loads(_ENCODER_NAN.encode(obj))))
 
 
-def _ns(t: datetime) -> int:
+def _epoch(t: datetime) -> tuple[int, int]:
+    """Whole seconds and microseconds since the epoch (a naive time is taken as UTC)."""
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     d = t - _EPOCH
-    return (d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
+    return d.days * 86400 + d.seconds, d.microseconds
+
+
+def _ns(t: datetime) -> int:
+    sec, us = _epoch(t)
+    return (sec * 1_000_000 + us) * 1000
 
 
 _TAG_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\\": "\\\\"})
@@ -233,10 +239,7 @@ class _Encoder:
 
     def _times(self, t: datetime) -> tuple[str, int]:
         """RFC 3339 (UTC, µs) and ns since the epoch, the date part cached per second."""
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=UTC)
-        d = t - _EPOCH  # _ns's arithmetic, the seconds and µs kept apart
-        sec, us = d.days * 86400 + d.seconds, d.microseconds
+        sec, us = _epoch(t)
         ns = (sec * 1_000_000 + us) * 1000
         if sec != self._sec:
             self._sec = sec

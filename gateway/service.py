@@ -465,18 +465,15 @@ class Gateway:
             "started": self._started_at.isoformat(),
         }
 
-    def _loop_name(self) -> str:
-        from gateway.eventloop import name
-
-        return name(asyncio.get_running_loop())
-
     def status(self) -> dict[str, Any]:
         """``GET /status``: the gateway, every equipment's state, the outbox and sinks."""
+        from gateway import eventloop
+
         out: dict[str, Any] = {
             "gateway": {
                 "id": self.config.gateway.id,
                 "site": self.config.gateway.site,
-                "event_loop": self._loop_name(),
+                "event_loop": eventloop.name(asyncio.get_running_loop()),
             },
             "equipment": {k: self.monitor.state(k).summary() for k in sorted(self._equipment)},
         }
