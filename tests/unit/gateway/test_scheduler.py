@@ -11,7 +11,7 @@ import pytest
 
 from drivers.base import Driver, DriverConfig, Reading, now
 from drivers.errors import ConnectError, DeviceError, DriverError, FrameError
-from gateway.scheduler import Backoff, Supervisor
+from gateway.scheduler import Backoff, Supervisor, Ticker, stagger
 
 
 class ScriptConfig(DriverConfig):
@@ -23,8 +23,8 @@ class ScriptDriver(Driver):
 
     Config: ClassVar[type[DriverConfig]] = ScriptConfig
 
-    def __init__(self, script: list[Any], clock: FakeClock) -> None:
-        super().__init__(ScriptConfig(id="X-1", driver="script", interval_s=1.0))
+    def __init__(self, script: list[Any], clock: FakeClock | LoopClock, name: str = "X-1") -> None:
+        super().__init__(ScriptConfig(id=name, driver="script", interval_s=1.0))
         self.script = script
         self.clock = clock
         self.poll_times: list[float] = []
@@ -58,6 +58,14 @@ class FakeClock:
         assert dt >= 0
         self.t += dt
         await asyncio.sleep(0)
+
+
+class LoopClock:
+    """The running loop's own clock, as ``FakeClock.t`` (for polls on real time)."""
+
+    @property
+    def t(self) -> float:
+        return asyncio.get_running_loop().time()
 
 
 class Hooks:
@@ -168,3 +176,97 @@ async def test_a_hung_poll_is_reported_as_stalled() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sup.poll_started is None
+
+
+# -- phase_s: the first poll at once, then on the equipment's phase --------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase", "expected"),
+    [(0.0, [0.0, 1.0, 2.0, 3.0]), (0.75, [0.0, 0.75, 1.75, 2.75]), (0.25, [0.0, 1.25, 2.25, 3.25])],
+)
+async def test_phase_moves_the_deadlines_after_the_first_poll(
+    phase: float, expected: list[float]
+) -> None:
+    clock = FakeClock()
+    driver = ScriptDriver([], clock)
+    hooks = Hooks()
+    sup = Supervisor(driver, hooks, interval_s=1.0, clock=clock, sleep=clock.sleep, phase_s=phase)
+    await run_until(sup, driver, 4)
+    assert [round(t - 100.0, 9) for t in driver.poll_times[:4]] == expected
+    assert hooks.failures == []
+    assert hooks.missed_counts == []
+
+
+def test_stagger_is_a_stable_phase_inside_the_interval() -> None:
+    phases = [stagger(f"BT-{i:04d}", 0.1) for i in range(1000)]
+    assert all(0.0 <= p < 0.1 for p in phases)
+    assert stagger("BT-0001", 0.1) == phases[1]
+    # spread over the interval: every tenth of it holds some equipment
+    assert {int(p / 0.01) for p in phases} == set(range(10))
+
+
+# -- the shared ticker: one timer for the polls due in the same millisecond --------------------
+
+
+async def test_ticker_waiters_never_wake_before_their_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    ticker = Ticker()
+    timers: list[float] = []
+    call_at = loop.call_at
+
+    def counting_call_at(when: float, *args: Any) -> asyncio.TimerHandle:
+        timers.append(when)
+        return call_at(when, *args)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    ms = math.ceil(loop.time() * 1000) + 10  # a millisecond boundary ahead
+    base = ms / 1000 + 0.0002
+    deadlines = [base, base + 0.0001, base + 0.0004, base + 0.010, base - 0.008]
+    woke: dict[float, float] = {}
+
+    async def wait(d: float) -> None:
+        await ticker.until(d)
+        woke[d] = loop.time()
+
+    await asyncio.gather(*(wait(d) for d in deadlines))
+    assert all(woke[d] >= d for d in deadlines)
+    # the three due in the same millisecond share one timer
+    assert len(timers) == 3
+    assert woke[deadlines[4]] < woke[deadlines[0]] < woke[deadlines[3]]
+
+
+async def test_cancelling_one_ticker_waiter_leaves_the_others_alone() -> None:
+    loop = asyncio.get_running_loop()
+    ticker = Ticker()
+    deadline = loop.time() + 0.02
+    first = asyncio.ensure_future(ticker.until(deadline))
+    second = asyncio.create_task(asyncio.wait_for(ticker.until(deadline), 5))
+    first.cancel()
+    await second  # still fires
+    assert first.cancelled()
+
+
+async def test_supervisors_on_a_shared_ticker_poll_on_their_deadlines() -> None:
+    ticker, clock, hooks = Ticker(), LoopClock(), Hooks()
+    drivers = [ScriptDriver([], clock, f"PT-{i}") for i in range(20)]
+    sups = [Supervisor(d, hooks, interval_s=0.01, ticker=ticker) for d in drivers]
+    tasks = [asyncio.create_task(s.run()) for s in sups]
+    for d in drivers:
+        d.target = 10
+    try:
+        async with asyncio.timeout(30):
+            for d in drivers:
+                await d.reached.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert hooks.failures == []
+    for d in drivers:
+        start = d.poll_times[0]
+        # poll n is never early: no drift, deadlines start + n·interval (missed ones skipped)
+        for n, t in enumerate(d.poll_times[1:10], start=1):
+            assert t >= start + n * 0.01 - 1e-9 or t >= d.poll_times[n - 1] + 0.01 - 1e-9
