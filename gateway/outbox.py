@@ -11,8 +11,11 @@ first (WAL, ``synchronous=NORMAL``: a commit is a ``write()``, not an fsync, and
 survives kill -9). Only committed rows are handed to sinks, from an in-memory tail of
 recent rows (a sink that fell behind reads SQLite instead). Acks may come out of order
 (MQTT PUBACKs); a cursor advances over the handed-out rows that are all acked, and
-cursors are persisted in batches — after a crash a sink resumes at its cursor and may
-send a few rows again (at-least-once; ``seq`` lets consumers de-duplicate).
+cursors are persisted at most every ``cursor_interval_s`` (with a batch of rows, or on
+their own) — after a crash a sink resumes at its cursor and may send those rows again
+(at-least-once; ``seq`` lets consumers de-duplicate). ``seq`` never goes back: after a
+restart it continues past the rows stored, the cursors and, when rows were deleted, the
+``next_seq`` written with the deletion.
 
 The outbox is bounded by bytes and by age: over a bound, the oldest rows go (sent or
 not), are counted, and a ``data_dropped`` Event enters the outbox. Rows acked by every
@@ -418,6 +421,7 @@ class Outbox:
         self._acked: dict[str, set[int]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._cursors_dirty = False
+        self._cursors_due = 0.0  # time.monotonic() by which dirty cursors are committed
         self._persisted_cursor: dict[str, int] = {}
         self._dropped = 0
         self._committed = 0
@@ -488,7 +492,7 @@ class Outbox:
             raise OutboxError("outbox is closed")
         self._encode(records)
         if len(self._pending) >= self.settings.commit_rows and not self._commit_failures:
-            self.commit()
+            self._commit(cursors=False)
         elif self._pending:
             self._schedule_commit(self.settings.commit_interval_s)
 
@@ -555,7 +559,7 @@ class Outbox:
     def _commit_soon(self) -> None:
         self._commit_handle = None
         self._commit_due = math.inf
-        self.commit()
+        self._commit(cursors=False)
 
     def commit(self) -> int:
         """Commit buffered rows and cursors now, in one transaction; return the row count.
@@ -563,6 +567,12 @@ class Outbox:
         On a SQLite error (disk full, I/O error) the rows stay buffered and the commit is
         retried later; buffered rows beyond a bound are dropped and counted.
         """
+        return self._commit(cursors=True)
+
+    def _commit(self, *, cursors: bool) -> int:
+        """:meth:`commit`; moved cursors go with it when ``cursors`` or when they are due
+        (``cursor_interval_s`` after they moved): two of a commit's pages (table and key)
+        that every batch would otherwise write again."""
         if self._commit_handle is not None:
             self._commit_handle.cancel()
             self._commit_handle = None
@@ -570,12 +580,16 @@ class Outbox:
         if self._closed:
             return 0
         rows = self._pending
-        if not rows and not self._cursors_dirty:
+        dirty = self._cursors_dirty
+        if dirty and not cursors and time.monotonic() + 0.001 < self._cursors_due:
+            dirty = False
+            self._schedule_commit(self._cursors_due - time.monotonic())
+        if not rows and not dirty:
             return 0
         self._pending = []
         con = self._con
         size = 0
-        cursors = dict(self._cursor)
+        positions = dict(self._cursor)
         try:
             con.execute("BEGIN")
             if rows:
@@ -587,13 +601,9 @@ class Outbox:
                     size += n
                     append((seq, t, kind, eq, topic, payload, line, n))
                 con.executemany(_INSERT, params)
-                con.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
-                    (rows[-1].seq + 1,),
-                )
-            if self._cursors_dirty:
+            if dirty:
                 con.executemany(
-                    "INSERT OR REPLACE INTO cursors (sink, seq) VALUES (?, ?)", cursors.items()
+                    "INSERT OR REPLACE INTO cursors (sink, seq) VALUES (?, ?)", positions.items()
                 )
             con.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -602,9 +612,9 @@ class Outbox:
             self._commit_failed(rows, exc)
             return 0
         self._commit_failures = 0
-        if self._cursors_dirty:
-            self._persisted_cursor.update(cursors)
-            self._cursors_dirty = any(cursors[s] != self._cursor[s] for s in self.sinks)
+        if dirty:
+            self._persisted_cursor.update(positions)
+            self._cursors_dirty = False
         if not rows:
             return 0
         self._bytes += size
@@ -725,6 +735,7 @@ class Outbox:
     def _cursor_moved(self) -> None:
         if not self._cursors_dirty:
             self._cursors_dirty = True
+            self._cursors_due = time.monotonic() + self.settings.cursor_interval_s
             self._schedule_commit(self.settings.cursor_interval_s)
 
     def rewind(self, sink: str) -> None:
@@ -798,6 +809,11 @@ class Outbox:
             con.executemany(
                 "INSERT OR REPLACE INTO cursors (sink, seq) VALUES (?, ?)", self._cursor.items()
             )
+            # seq goes on after the rows deleted (and with no sink, no cursor says so)
+            con.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
+                (max(upto, self._committed_seq) + 1,),
+            )
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -805,6 +821,7 @@ class Outbox:
             log.error("outbox: cannot delete old rows: %s", exc)
             return
         self._persisted_cursor.update(self._cursor)
+        self._cursors_dirty = False
         self._bytes -= int(freed)
         self._written += int(freed)  # a delete rewrites the pages it empties
         tail = self._tail

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,47 @@ def test_rows_and_cursors_survive_reopen_and_seq_keeps_growing(db: Path) -> None
     ob.add([meas(0)])
     ob.commit()
     assert [r.seq for r in ob.fetch_nowait("mqtt", 10)] == [6]  # never reused
+    ob.close()
+
+
+def test_seq_never_goes_back_after_every_row_was_deleted_and_the_gateway_died(db: Path) -> None:
+    # no sink: no cursor remembers how far seq went; the deletion itself must
+    ob = Outbox(db, sinks=())
+    ob.add([meas(i) for i in range(5)])
+    ob.commit()
+    ob.maintain()  # nothing to wait for: every row deleted
+    assert ob.stats().rows_bytes == 0
+    again = Outbox(db, sinks=())  # as after kill -9: the first never closed
+    again.add([meas(0)])
+    again.commit()
+    assert again.last_seq == 6
+    again.close()
+
+
+def stored_cursor(db: Path, sink: str) -> int | None:
+    """The cursor as a restart after kill -9 would find it."""
+    con = sqlite3.connect(db)
+    try:
+        row = con.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
+    finally:
+        con.close()
+    return None if row is None else int(row[0])
+
+
+async def test_moved_cursors_are_committed_every_cursor_interval_not_with_every_batch(
+    db: Path,
+) -> None:
+    ob = Outbox(db, settings(commit_rows=1, cursor_interval_s=0.3), sinks=("mqtt",))
+    ob.add([meas(0)])  # commit_rows reached: committed at once
+    ob.ack("mqtt", [r.seq for r in ob.fetch_nowait("mqtt", 10)])
+    ob.add([meas(1)])  # a batch right after the ack: the cursor does not ride on it
+    assert ob.fetch_nowait("mqtt", 10)[0].seq == 2
+    assert stored_cursor(db, "mqtt") in (None, 0)
+    # within cursor_interval_s it is committed on its own (a crash re-sends at most that)
+    await wait_for_async(lambda: stored_cursor(db, "mqtt") == 1, timeout_s=5)
+    ob.ack("mqtt", [2])
+    ob.commit()  # an explicit commit takes the cursors along at once
+    assert stored_cursor(db, "mqtt") == 2
     ob.close()
 
 
