@@ -6,7 +6,8 @@ is about 100 µs per value. Reading registers needs very little of Modbus: MBAP 
 (transaction id, protocol id 0, length, unit id), two request PDUs, one response shape
 and the exception response. That is this module, about a hundred lines:
 
-- every request gets the next transaction id, a future and a deadline; one timer per
+- every request gets the next transaction id, a deadline and a future (:meth:`read_registers`)
+  or a callback (:meth:`request`, for polls started from a timer callback); one timer per
   connection (armed for the earliest deadline, re-armed when it fires) fails the
   requests past theirs: no timer created and cancelled per request (``call_later`` and
   ``cancel`` cost more than the rest of a request's bookkeeping). A reply resolves the
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import cast
 
 from drivers.errors import ConnectError, DeviceError, DeviceTimeout, DriverError, FrameError
@@ -57,6 +59,9 @@ EXCEPTION_MESSAGES: dict[int, str] = {
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
 _REQUEST = struct.Struct(">HHHBBHH")  # MBAP + function code, address, count
 _MAX_LENGTH = 254  # unit id + PDU (at most 253 bytes)
+
+#: A request's callback: the register bytes, or the DriverError that ended the request.
+Reply = Callable[[bytes | DriverError], None]
 
 
 def exception_message(code: int) -> str:
@@ -131,8 +136,8 @@ class ModbusTcpClient(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer = bytearray()
         self._tid = 0
-        # tid -> (future, function code, count, unit, deadline (loop time), timeout_s)
-        self._pending: dict[int, tuple[asyncio.Future[bytes], int, int, int, float, float]] = {}
+        # tid -> (reply callback, function code, count, unit, deadline (loop time), timeout_s)
+        self._pending: dict[int, tuple[Reply, int, int, int, float, float]] = {}
         self._timer: asyncio.TimerHandle | None = None  # fires at ``_timer_at``
         self._timer_at = 0.0
 
@@ -161,21 +166,38 @@ class ModbusTcpClient(asyncio.Protocol):
         self, unit: int, function_code: int, address: int, count: int, timeout_s: float
     ) -> asyncio.Future[bytes]:
         """Send one read request; the future gives the register bytes or a DriverError."""
+        loop = self._loop
+        if loop is None:
+            raise ConnectError(f"not connected to {self.host}:{self.port}")
+        future: asyncio.Future[bytes] = loop.create_future()
+        self.request(unit, function_code, address, count, timeout_s, partial(_settle, future))
+        return future
+
+    def request(
+        self,
+        unit: int,
+        function_code: int,
+        address: int,
+        count: int,
+        timeout_s: float,
+        reply: Reply,
+    ) -> None:
+        """Send one read request; ``reply`` is called once, from the loop, with the
+        register bytes or a DriverError (and must not raise). ConnectError at once when
+        not connected."""
         transport = self._transport
         loop = self._loop
         if transport is None or loop is None or transport.is_closing():
             raise ConnectError(f"not connected to {self.host}:{self.port}")
         tid = self._tid = self._tid + 1 if self._tid < 0xFFFF else 1
         transport.write(_REQUEST.pack(tid, 0, 6, unit, function_code, address, count))
-        future: asyncio.Future[bytes] = loop.create_future()
         deadline = loop.time() + timeout_s
-        old = self._pending.get(tid)
-        if old is not None and not old[0].done():  # 65535 outstanding: the oldest is long dead
-            old[0].set_exception(DeviceTimeout("transaction id reused"))
-        self._pending[tid] = (future, function_code, count, unit, deadline, timeout_s)
+        old = self._pending.pop(tid, None)
+        if old is not None:  # 65535 outstanding: the oldest is long dead
+            old[0](DeviceTimeout("transaction id reused"))
+        self._pending[tid] = (reply, function_code, count, unit, deadline, timeout_s)
         if self._timer is None or deadline < self._timer_at:
             self._arm(loop, deadline)
-        return future
 
     # asyncio.Protocol
 
@@ -205,15 +227,15 @@ class ModbusTcpClient(asyncio.Protocol):
             entry = pending.pop(tid, None)
             if entry is None:
                 continue  # a reply that arrived after its timeout
-            future, function_code, count, want_unit = entry[:4]
-            if future.done():
-                continue
+            reply, function_code, count, want_unit = entry[:4]
             try:
                 if unit != want_unit:
                     raise FrameError(f"reply from unit {unit} to unit {want_unit}", frame=pdu)
-                future.set_result(parse_read_pdu(pdu, function_code, count))
+                data = parse_read_pdu(pdu, function_code, count)
             except DriverError as exc:
-                future.set_exception(exc)
+                reply(exc)
+            else:
+                reply(data)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -241,11 +263,8 @@ class ModbusTcpClient(asyncio.Protocol):
         pending = self._pending
         late = [tid for tid, entry in pending.items() if entry[4] <= now]
         for tid in late:
-            future, _fc, _count, unit, _deadline, timeout_s = pending.pop(tid)
-            if not future.done():
-                future.set_exception(
-                    DeviceTimeout(f"no reply from unit {unit} within {timeout_s} s")
-                )
+            reply, _fc, _count, unit, _deadline, timeout_s = pending.pop(tid)
+            reply(DeviceTimeout(f"no reply from unit {unit} within {timeout_s} s"))
         if pending:
             self._arm(loop, min(entry[4] for entry in pending.values()))
 
@@ -253,6 +272,14 @@ class ModbusTcpClient(asyncio.Protocol):
         pending, self._pending = self._pending, {}
         self._disarm()
         for entry in pending.values():
-            future = entry[0]
-            if not future.done():
-                future.set_exception(error())
+            entry[0](error())
+
+
+def _settle(future: asyncio.Future[bytes], result: bytes | DriverError) -> None:
+    """A request's reply into its future (unless the future was cancelled)."""
+    if future.done():
+        return
+    if isinstance(result, DriverError):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

@@ -123,13 +123,45 @@ def by_channel(readings: Iterable[Reading]) -> dict[str, Reading]:
     return {r.channel: r for r in readings}
 
 
+class Poller:
+    """One poll, awaited (``driver.poll()``) or through ``driver.poll_soon`` (the
+    scheduler's callback path; when the driver declines, e.g. while not connected, the
+    awaited poll, as the Supervisor does). ``by_callback`` counts the polls it started."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.by_callback = 0
+
+    async def __call__(self, driver: ModbusDriver) -> list[Reading]:
+        if self.how == "await":
+            return await driver.poll()
+        fut: asyncio.Future[list[Reading]] = asyncio.get_running_loop().create_future()
+
+        def done(result: list[Reading] | Exception) -> None:
+            assert not fut.done(), "done() called twice"
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+        if not driver.poll_soon(done):
+            return await driver.poll()
+        self.by_callback += 1
+        return await fut
+
+
+@pytest.fixture(params=["await", "callback"])
+def poll(request: pytest.FixtureRequest) -> Poller:
+    return Poller(request.param)
+
+
 TRANSPORTS = ["tcp", "rtu"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("unit", sorted(ORDERS))
 async def test_every_type_word_order_and_register_kind(
-    sim: ModbusTransmitterSim, transport: str, unit: int
+    sim: ModbusTransmitterSim, transport: str, unit: int, poll: Poller
 ) -> None:
     order = ORDERS[unit]
     channels = pattern_channels(order) + live_channels(order) + live_channels(order, "holding")
@@ -137,8 +169,10 @@ async def test_every_type_word_order_and_register_kind(
         # input 0..12, input 100..111, holding 0..12, holding 100..111
         assert len(driver.groups) == 4
         before = sim.devices[unit].requests
-        readings = by_channel(await driver.poll())
+        readings = by_channel(await poll(driver))
         assert sim.devices[unit].requests - before == 4  # one request per group per poll
+    # Modbus TCP polls from callbacks (the four groups one after the other); RTU declines
+    assert poll.by_callback == (transport == "tcp" and poll.how == "callback")
     assert list(readings) == [c["name"] for c in channels]
     for register, pattern in (("input", INPUT_PATTERN), ("holding", HOLDING_PATTERN)):
         for _address, kind, value in pattern:
@@ -176,7 +210,9 @@ async def test_a_new_value_on_every_read(sim: ModbusTransmitterSim, transport: s
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_units_share_one_connection(sim: ModbusTransmitterSim, transport: str) -> None:
+async def test_units_share_one_connection(
+    sim: ModbusTransmitterSim, transport: str, poll: Poller
+) -> None:
     buses = Buses()
     drivers = [make(sim, transport, unit, buses=buses) for unit in sorted(ORDERS)]
     connections = sim.connections
@@ -188,7 +224,8 @@ async def test_units_share_one_connection(sim: ModbusTransmitterSim, transport: 
     link = bus.resource
     assert isinstance(link, TcpLink if transport == "tcp" else RtuLink)
     for _round in range(3):
-        results = await asyncio.gather(*(d.poll() for d in drivers))
+        # from callbacks, one takes the bus and the others wait for it in poll()
+        results = await asyncio.gather(*(poll(d) for d in drivers))
         for unit, readings in zip(sorted(ORDERS), results, strict=True):
             assert by_channel(readings)["input-pressure"].raw == pytest.approx(
                 AMBIENT + OFFSETS[unit], rel=1e-6
@@ -225,7 +262,11 @@ async def test_units_share_one_connection(sim: ModbusTransmitterSim, transport: 
     ],
 )
 async def test_faults_then_recovery(
-    sim: ModbusTransmitterSim, transport: str, fault: Fault, error: type[DriverError]
+    sim: ModbusTransmitterSim,
+    transport: str,
+    fault: Fault,
+    error: type[DriverError],
+    poll: Poller,
 ) -> None:
     if transport == "rtu" and fault is Fault.DISCONNECT:
         error = DeviceTimeout  # no connection on a serial line: the device falls silent
@@ -234,7 +275,7 @@ async def test_faults_then_recovery(
         await driver.poll()
         sim.faults[2].arm(fault, 1)
         with pytest.raises(error) as info:
-            await driver.poll()
+            await poll(driver)
         assert info.value.equipment == "PT-2"
         if fault is Fault.DEVICE_ERROR:
             assert isinstance(info.value, DeviceError)
@@ -245,12 +286,15 @@ async def test_faults_then_recovery(
             assert info.value.frame
         if fault is Fault.SLOW:
             await wait_for_async(lambda: not sim._tasks, what="the late reply to be sent")
-        readings = await driver.poll()  # reconnects lazily where needed
+        readings = await poll(driver)  # reconnects lazily where needed
         assert readings[0].raw == pytest.approx(AMBIENT + OFFSETS[2], rel=1e-6)
         assert sim.faults[2].armed is None
+        assert not driver.bus.lock.locked()  # every path gave the bus back
 
 
-async def test_a_late_reply_is_not_taken_for_the_next_one(sim: ModbusTransmitterSim) -> None:
+async def test_a_late_reply_is_not_taken_for_the_next_one(
+    sim: ModbusTransmitterSim, poll: Poller
+) -> None:
     """TCP: the reply to a timed-out request arrives while the next request is pending;
     its transaction id does not match, so it is dropped and the next request times out."""
     channels = live_channels(ORDERS[1])[:1]
@@ -260,13 +304,14 @@ async def test_a_late_reply_is_not_taken_for_the_next_one(sim: ModbusTransmitter
         faults.slow_s = 1.0
         faults.arm(Fault.SLOW, 1)
         with pytest.raises(DeviceTimeout):
-            await driver.poll()  # times out at 0.6 s; the reply leaves at 1.0 s
+            await poll(driver)  # times out at 0.6 s; the reply leaves at 1.0 s
         faults.arm(Fault.NO_REPLY, 1)
         with pytest.raises(DeviceTimeout):
-            await driver.poll()  # pending from 0.6 s to 1.2 s: sees the late reply
+            await poll(driver)  # pending from 0.6 s to 1.2 s: sees the late reply
         assert not sim._tasks  # the late reply was sent during that poll
-        readings = await driver.poll()
+        readings = await poll(driver)
         assert readings[0].quality == "good"
+    assert poll.by_callback == (3 if poll.how == "callback" else 0)
 
 
 async def test_disconnect_reconnects_on_the_next_poll(sim: ModbusTransmitterSim) -> None:

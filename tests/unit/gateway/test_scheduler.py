@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 from typing import Any, ClassVar
@@ -84,6 +85,12 @@ class Hooks:
         self.missed_counts.append(count)
 
 
+def one_per_grid_point(times: list[float], interval: float) -> bool:
+    """Each poll in its own slot of the grid k·interval (missed ones skipped)."""
+    slots = [math.floor(t / interval + 1e-6) for t in times]
+    return all(b > a for a, b in itertools.pairwise(slots))
+
+
 async def run_until(sup: Supervisor, driver: ScriptDriver, polls: int) -> None:
     driver.target = polls
     task = asyncio.create_task(sup.run())
@@ -130,7 +137,10 @@ async def test_connection_failures_back_off_and_recover() -> None:
     # Full jitter: each wait is within [0, min(8, 1·2^n)].
     assert all(0 <= g <= cap for g, cap in zip(gaps[:3], [1.0, 2.0, 4.0], strict=False))
     assert backoff.attempt == 0  # reset by the successful poll
-    assert math.isclose(gaps[3], 1.0)  # back on its interval after recovering
+    # back on the 1 s grid after recovering: the first grid point half an interval on
+    recovered, back = driver.poll_times[3], driver.poll_times[4]
+    assert 0.5 <= back - recovered < 1.5
+    assert math.isclose(back % 1.0, 0.0, abs_tol=1e-9)
 
 
 async def test_frame_and_device_errors_keep_the_schedule() -> None:
@@ -266,7 +276,126 @@ async def test_supervisors_on_a_shared_ticker_poll_on_their_deadlines() -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     assert hooks.failures == []
     for d in drivers:
-        start = d.poll_times[0]
-        # poll n is never early: no drift, deadlines start + n·interval (missed ones skipped)
-        for n, t in enumerate(d.poll_times[1:10], start=1):
-            assert t >= start + n * 0.01 - 1e-9 or t >= d.poll_times[n - 1] + 0.01 - 1e-9
+        start, *rest = d.poll_times[:10]
+        assert rest[0] >= start + 0.005  # the first grid point half an interval on
+        assert one_per_grid_point(rest, 0.01)
+
+
+# -- polls started from the ticker's callbacks (Driver.poll_soon) -----------------------------
+
+
+class CallbackDriver(ScriptDriver):
+    """Answers from a loop callback, as a Modbus TCP reply does; ``poll()`` (awaited) is
+    what runs while it is not ``connected`` (it connects) or when it declines."""
+
+    def __init__(self, script: list[Any], name: str = "CB-1") -> None:
+        super().__init__(script, LoopClock(), name)
+        self.connected = False
+        self.awaited = 0
+        self.hold = False  # keep the answer (a poll in flight)
+        self.held: list[Any] = []
+
+    async def poll(self) -> list[Reading]:
+        self.awaited += 1
+        self.connected = True
+        return await super().poll()
+
+    def poll_soon(self, done: Any) -> bool:
+        if not self.connected:
+            return False
+        loop = asyncio.get_running_loop()
+        self.poll_times.append(loop.time())
+        if len(self.poll_times) >= self.target:
+            self.reached.set()
+        step = self.script.pop(0) if self.script else 1.0
+        if isinstance(step, ConnectError):
+            self.connected = False
+        if self.hold:
+            self.held.append(done)
+            return True
+        if isinstance(step, BaseException):
+            loop.call_soon(done, step)
+        else:
+            t_wall, t_mono = now()
+            reading = Reading(
+                equipment=self.equipment, channel="c", raw=step, unit="g", t_wall=t_wall,
+                t_mono=t_mono,
+            )  # fmt: skip
+            loop.call_soon(done, [reading])
+        return True
+
+
+async def run_chain(driver: CallbackDriver, hooks: Any, polls: int, **kw: Any) -> Supervisor:
+    sup = Supervisor(driver, hooks, interval_s=0.02, ticker=Ticker(), **kw)
+    await run_until(sup, driver, polls)
+    return sup
+
+
+async def test_polls_from_callbacks_report_like_awaited_ones_on_the_grid() -> None:
+    frame = FrameError("garbage", equipment="CB-1")
+    dev = DeviceError("exception 4", code=4, equipment="CB-1")
+    driver = CallbackDriver([1.0, 2.0, frame, 3.0, dev, 4.0, 5.0])
+    hooks = Hooks()
+    sup = await run_chain(driver, hooks, 8)
+    assert driver.awaited == 1  # the first poll connects; the rest come from callbacks
+    assert hooks.values[:6] == [1.0, 2.0, 3.0, 4.0, 5.0, 1.0]
+    assert hooks.failures == [frame, dev]  # and the schedule went on
+    assert sup.polls >= 6
+    assert sup.poll_started is None
+    assert one_per_grid_point(driver.poll_times[1:8], 0.02)  # after the first
+
+
+async def test_a_lost_connection_backs_off_and_the_awaited_poll_reconnects() -> None:
+    gone = ConnectError("connection lost", equipment="CB-1")
+    driver = CallbackDriver([1.0, 2.0, gone, 3.0, 4.0, 5.0])
+    hooks = Hooks()
+    backoff = Backoff(min_s=0.01, max_s=0.02, rng=random.Random(3))
+    await run_chain(driver, hooks, 7, backoff=backoff)
+    assert hooks.failures == [gone]
+    assert hooks.values[:4] == [1.0, 2.0, 3.0, 4.0]
+    assert driver.awaited == 2  # connect, reconnect after the loss
+    assert backoff.attempt == 0
+
+
+async def test_a_driver_that_declines_is_polled_by_the_task() -> None:
+    class Declines(CallbackDriver):
+        def poll_soon(self, done: Any) -> bool:
+            return False
+
+    driver = Declines([1.0, 2.0, 3.0])
+    hooks = Hooks()
+    await run_chain(driver, hooks, 3)
+    assert driver.awaited >= 3
+    assert hooks.values[:3] == [1.0, 2.0, 3.0]
+
+
+async def test_cancelling_drops_the_answer_of_a_poll_in_flight() -> None:
+    driver = CallbackDriver([1.0, 2.0])
+    hooks = Hooks()
+    sup = Supervisor(driver, hooks, interval_s=0.02, ticker=Ticker())
+    driver.target = 2
+    driver.hold = True
+    task = asyncio.create_task(sup.run())
+    await asyncio.wait_for(driver.reached.wait(), 5)
+    assert sup.poll_started is not None  # in flight: the watchdog can see it
+    assert sup.stalled(sup.poll_started + driver.config.timeout_s * 3 + 1.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    seen = list(hooks.values)
+    driver.held[-1]([])  # the reply arrives after the cancel
+    assert hooks.values == seen
+    assert sup.poll_started is None
+
+
+async def test_a_bug_in_a_hook_stops_the_supervisor_with_it() -> None:
+    class Broken(Hooks):
+        def readings(self, equipment: str, readings: list[Reading], latency_s: float) -> None:
+            if readings[0].raw == 2.0:
+                raise RuntimeError("bug in the pipeline")
+            super().readings(equipment, readings, latency_s)
+
+    driver = CallbackDriver([1.0, 2.0, 3.0])
+    sup = Supervisor(driver, Broken(), interval_s=0.02, ticker=Ticker())
+    with pytest.raises(RuntimeError, match="bug in the pipeline"):
+        await asyncio.wait_for(sup.run(), 5)
