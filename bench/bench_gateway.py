@@ -124,8 +124,8 @@ def make_registry(dst: Path, n: int, registers: int) -> list[str]:
 
 def make_config(
     path: Path, registry: Path, state: Path, ids: list[str], urls: list[str], period_s: float,
-    mqtt_port: int, vm_port: int, http_port: int, registers: int, tail_rows: int | None = None,
-    event_loop: str = "uvloop",
+    mqtt_port: int, vm_port: int, http_port: int, registers: int,
+    outbox: list[str] | None = None, event_loop: str = "uvloop",
 ) -> None:  # fmt: skip
     lines = [
         "[gateway]", 'id = "bench"', 'site = "bench"', f'registry = "{registry}"',
@@ -134,8 +134,8 @@ def make_config(
         "[influxdb]", 'api = "v2"', f'url = "http://127.0.0.1:{vm_port}"', 'org = "lab"',
         'bucket = "bench"', "", "[http]", f'listen = "127.0.0.1:{http_port}"', "",
     ]  # fmt: skip
-    if tail_rows is not None:
-        lines += ["[outbox]", f"tail_rows = {tail_rows}", ""]
+    if outbox:
+        lines += ["[outbox]", *outbox, ""]
     for eq, url in zip(ids, urls, strict=True):
         lines += [
             "[[equipment]]", f'id = "{eq}"', 'driver = "modbus"', f'url = "{url}"', "unit = 1",
@@ -275,7 +275,8 @@ def main() -> int:
     ap.add_argument("--profile-out", type=Path, help="keep py-spy's raw stacks here")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment of the gateway (e.g. MALLOC_ARENA_MAX=2)")  # fmt: skip
-    ap.add_argument("--tail-rows", type=int, help="[outbox] tail_rows (default: the gateway's)")
+    ap.add_argument("--outbox", action="append", default=[], metavar="KEY=VALUE",
+                    help="an [outbox] setting, e.g. tail_rows=5000 (repeatable)")  # fmt: skip
     ap.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
                     help="[gateway] event_loop")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -330,7 +331,7 @@ def main() -> int:
         ids = make_registry(work / "registry", args.devices, args.registers)
         config = work / "calgate.toml"
         make_config(config, work / "registry", work / "state", ids, urls, args.period_ms / 1000,
-                    mqtt_port, vm_port, http_port, args.registers, args.tail_rows,
+                    mqtt_port, vm_port, http_port, args.registers, args.outbox,
                     args.event_loop)  # fmt: skip
         channels = max(args.registers, 1)
         expected = args.devices * channels * 1000.0 / args.period_ms

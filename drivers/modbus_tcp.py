@@ -212,6 +212,12 @@ class ModbusTcpClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
+        if not buffer and len(data) >= 9:
+            # the usual: the chunk is exactly one whole reply (no buffering, no splitting)
+            tid, protocol, length, unit = _MBAP.unpack_from(data)
+            if protocol == 0 and length == len(data) - 6 and length <= _MAX_LENGTH:
+                self._answer(tid, unit, data[7:])
+                return
         buffer += data
         try:
             adus, used = split_adus(buffer)
@@ -222,20 +228,23 @@ class ModbusTcpClient(asyncio.Protocol):
                 self._transport.close()
             return
         del buffer[:used]
-        pending = self._pending
         for tid, unit, pdu in adus:
-            entry = pending.pop(tid, None)
-            if entry is None:
-                continue  # a reply that arrived after its timeout
-            reply, function_code, count, want_unit = entry[:4]
-            try:
-                if unit != want_unit:
-                    raise FrameError(f"reply from unit {unit} to unit {want_unit}", frame=pdu)
-                data = parse_read_pdu(pdu, function_code, count)
-            except DriverError as exc:
-                reply(exc)
-            else:
-                reply(data)
+            self._answer(tid, unit, pdu)
+
+    def _answer(self, tid: int, unit: int, pdu: bytes) -> None:
+        """One framed reply to its request (a reply after its timeout is dropped)."""
+        entry = self._pending.pop(tid, None)
+        if entry is None:
+            return
+        reply, function_code, count, want_unit = entry[:4]
+        try:
+            if unit != want_unit:
+                raise FrameError(f"reply from unit {unit} to unit {want_unit}", frame=pdu)
+            data = parse_read_pdu(pdu, function_code, count)
+        except DriverError as exc:
+            reply(exc)
+        else:
+            reply(data)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport

@@ -54,6 +54,9 @@ class EquipmentState:
     polls: int = 0
     errors: int = 0
     oot_version: int = 0  # bumped on every out-of/back-in-tolerance transition
+    # bumped on every change of what the retained status shows (connection, calibration,
+    # tolerance): the gateway re-publishes the status when it moved, not after every poll
+    version: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The retained MQTT status payload and the /status entry of this equipment."""
@@ -76,17 +79,6 @@ class EquipmentState:
                 for name, st in self.channels.items()
             },
         }
-
-    def status_key(self) -> tuple[Any, ...]:
-        """The fields whose change re-publishes the retained status (not every reading).
-
-        Cheap on purpose (it runs after every poll): tolerance transitions are counted
-        in ``oot_version`` instead of comparing every channel.
-        """
-        return (
-            self.connection, self.calibration, self.certificate, self.due, self.chain,
-            self.reasons, self.conforms, self.oot_version,
-        )  # fmt: skip
 
 
 class Monitor:
@@ -140,6 +132,7 @@ class Monitor:
                 ch.out_of_tolerance = True
                 ch.last_oot = m.t_wall
                 st.oot_version += 1
+                st.version += 1
                 lo, hi = _limits(limits(m.equipment, m.channel))
                 ev = _tolerance_event(m, "out_of_tolerance", "warning", lo, hi,
                                       f"outside [{lo}, {hi}] ({m.conformity})")  # fmt: skip
@@ -150,6 +143,7 @@ class Monitor:
                 if self._inside(m, lo, hi):
                     ch.out_of_tolerance = False
                     st.oot_version += 1
+                    st.version += 1
                     events.append(
                         _tolerance_event(
                             m, "back_in_tolerance", "info", lo, hi, f"back inside [{lo}, {hi}]"
@@ -165,12 +159,24 @@ class Monitor:
 
     # -- connection -------------------------------------------------------------------
 
+    def answered(self, equipment: str) -> list[Event]:
+        """A good poll: :meth:`online`, and the device error cleared (:meth:`device_ok`)."""
+        st = self.states.get(equipment)
+        if st is None or st.connection != "online" or st.device_error is not None:
+            events = self.online(equipment)
+            self.device_ok(equipment)
+            return events
+        st.polls += 1  # the usual: online already, nothing to report
+        return []
+
     def online(self, equipment: str) -> list[Event]:
         st = self.state(equipment)
         st.polls += 1
         was = st.connection
         st.connection = "online"
         st.last_error = None
+        if was != "online":
+            st.version += 1
         if was == "offline":
             return [
                 Event(
@@ -190,6 +196,7 @@ class Monitor:
         if st.connection == "offline":
             return []
         st.connection = "offline"
+        st.version += 1
         return [
             Event(
                 type="equipment_offline",
@@ -235,12 +242,15 @@ class Monitor:
         """Update from a registry CalibrationState; an event when the status changes."""
         st = self.state(equipment)
         old = st.calibration
+        shown = (st.calibration, st.certificate, st.due, st.chain, st.reasons, st.conforms)
         st.calibration = cal_state.status
         st.certificate = cal_state.certificate
         st.due = cal_state.due
         st.chain = tuple(cal_state.chain)
         st.reasons = tuple(cal_state.reasons)
         st.conforms = getattr(cal_state, "conforms", None)
+        if shown != (st.calibration, st.certificate, st.due, st.chain, st.reasons, st.conforms):
+            st.version += 1
         new = cal_state.status
         if new == old or new not in CALIBRATION_EVENTS:
             return []

@@ -116,7 +116,7 @@ class Gateway:
         self._equipment: dict[str, tuple[asyncio.Task[None], EquipmentEntry, Any]] = {}
         self._service_tasks: list[asyncio.Task[Any]] = []
         self._sink_tasks: list[asyncio.Task[Any]] = []
-        self._published: dict[str, tuple[Any, ...]] = {}
+        self._published: dict[str, int] = {}  # EquipmentState.version last published
         self._poll_metrics: dict[str, tuple[Any, ...]] = {}  # Gateway.readings' children
         from gateway.scheduler import Ticker
 
@@ -316,8 +316,7 @@ class Gateway:
     # -- PollHooks ------------------------------------------------------------------------
 
     def readings(self, equipment: str, readings: list[Reading], latency_s: float) -> None:
-        events = self.monitor.online(equipment)
-        self.monitor.device_ok(equipment)
+        events = self.monitor.answered(equipment)
         ms = self.pipeline.process(readings)
         events += self.monitor.measurements(ms, self._limits)
         # The equipment's metric children, cached (_forget_equipment drops them on reload)
@@ -389,10 +388,9 @@ class Gateway:
 
     def _publish_status(self, equipment: str) -> None:
         st = self.monitor.state(equipment)
-        key = st.status_key()
-        if self._published.get(equipment) == key:
-            return
-        self._published[equipment] = key
+        if self._published.get(equipment) == st.version:
+            return  # nothing it shows has changed since it was published
+        self._published[equipment] = st.version
         if self.mqtt is not None:
             payload = st.summary()
             payload.pop("channels", None)

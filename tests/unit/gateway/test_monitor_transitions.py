@@ -54,3 +54,35 @@ def test_channels_without_conformity_only_keep_their_last_value() -> None:
     last = st.channels["a"].last
     assert last is not None
     assert last.value == 99.0
+
+
+def test_the_status_version_moves_with_what_the_status_shows_not_with_every_poll() -> None:
+    """The gateway re-publishes an equipment's retained status when ``version`` moved."""
+    from drivers.errors import ConnectError, DeviceError
+
+    mon = Monitor()
+    versions = []
+
+    def seen() -> int:
+        versions.append(mon.state("PT-1").version)
+        return versions[-1]
+
+    mon.answered("PT-1")  # unknown -> online
+    first = seen()
+    for _ in range(3):
+        mon.answered("PT-1")
+        mon.measurements([m(10.0, "pass")], limits)
+    assert seen() == first  # ordinary polls: the status shows nothing new
+    assert mon.state("PT-1").polls == 4
+    mon.measurements([m(12.0, "fail")], limits)  # out of tolerance
+    assert seen() > first
+    mon.offline("PT-1", ConnectError("refused"))
+    mon.offline("PT-1", ConnectError("refused"))  # still offline: no change
+    off = seen()
+    assert off == versions[-2] + 1
+    events = mon.answered("PT-1")  # back: an event, and a change
+    assert [e.type for e in events] == ["equipment_online"]
+    assert seen() == off + 1
+    mon.device_error("PT-1", DeviceError("exception 4", code=4), 4)
+    mon.answered("PT-1")  # a good poll clears the device error
+    assert mon.state("PT-1").device_error is None
