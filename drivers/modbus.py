@@ -608,6 +608,12 @@ class ModbusDriver(Driver, kind="modbus"):
         self._fields = [(d.name, d.unit, d.scale, d.offset) for d in self.decoders]
         self._joined = False
         self._ready: Link | None = None  # the bus's link, once checked and connected
+        # poll_soon's state: the poll's callback, replies so far, client; fixed settings
+        self._done: Callable[[list[Reading] | Exception], None] | None = None
+        self._datas: list[bytes] = []
+        self._client: ModbusTcpClient | None = None
+        self._on_reply = self._reply
+        self._unit, self._timeout_s = config.unit, config.timeout_s
 
     # life cycle: users of a bus share its link; the last one out closes it
 
@@ -693,7 +699,8 @@ class ModbusDriver(Driver, kind="modbus"):
 
     def poll_soon(self, done: Callable[[list[Reading] | Exception], None]) -> bool:
         """:meth:`poll` from a callback (see :meth:`Driver.poll_soon`): on a connected
-        Modbus TCP link with no gap to keep and the bus free; the groups one at a time."""
+        Modbus TCP link with no gap to keep and the bus free; the groups one at a time.
+        The poll's state lives on the driver (one poll at a time: its bus lock is held)."""
         link = self._ready
         bus = self.bus
         if (
@@ -704,39 +711,48 @@ class ModbusDriver(Driver, kind="modbus"):
             or not bus.lock.try_acquire()
         ):
             return False
-        requests = self._requests
-        client = link.client
-        unit, timeout_s = self.modbus.unit, self.config.timeout_s
-        datas: list[bytes] = []
-
-        def reply(result: bytes | DriverError) -> None:
-            if type(result) is bytes:
-                datas.append(result)
-                if len(datas) < len(requests):
-                    try:
-                        client.request(unit, *requests[len(datas)], timeout_s, reply)
-                    except DriverError as exc:
-                        reply(exc)
-                    return
-                bus.lock.release()
-                try:
-                    readings = self._readings(datas)
-                except Exception as exc:  # a bug: poll() would raise it too
-                    done(exc)
-                else:
-                    done(readings)
-            else:
-                bus.lock.release()
-                assert isinstance(result, DriverError)
-                result.equipment = self.equipment
-                done(result)
-
+        client = self._client = link.client
+        self._done = done
+        self._datas = []
+        fc, address, count = self._requests[0]
         try:
-            client.request(unit, *requests[0], timeout_s, reply)
+            client.request(self._unit, fc, address, count, self._timeout_s, self._on_reply)
         except DriverError:
+            self._done = None
             bus.lock.release()
             return False  # the connection went since it was checked: poll() reconnects
         return True
+
+    def _reply(self, result: bytes | DriverError) -> None:
+        """A reply of :meth:`poll_soon`'s: the next group's request, or the poll's end."""
+        done, client = self._done, self._client
+        if done is None or client is None:
+            return  # no poll waits for it (cannot happen: one reply per request)
+        if type(result) is bytes:
+            datas = self._datas
+            datas.append(result)
+            requests = self._requests
+            if len(datas) < len(requests):
+                fc, address, count = requests[len(datas)]
+                try:
+                    client.request(self._unit, fc, address, count, self._timeout_s, self._on_reply)
+                except DriverError as exc:
+                    self._reply(exc)
+                return
+            self._done = None
+            self.bus.lock.release()
+            try:
+                readings = self._readings(datas)
+            except Exception as exc:  # a bug: poll() would raise it too
+                done(exc)
+            else:
+                done(readings)
+        else:
+            self._done = None
+            self.bus.lock.release()
+            assert isinstance(result, DriverError)
+            result.equipment = self.equipment
+            done(result)
 
     def _readings(self, datas: list[bytes]) -> list[Reading]:
         """The Readings of one poll's replies (one per request group), stamped now."""
