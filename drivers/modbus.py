@@ -762,7 +762,6 @@ class ModbusDriver(Driver, kind="modbus"):
         raws = whole(datas[0]) if whole is not None else self._decode(datas)
         equipment = self.config.id
         readings: list[Reading] = []
-        append = readings.append
         make = Reading.make
         quality: Quality
         for raw, (name, unit_name, scale, offset) in zip(raws, self._fields):  # noqa: B905 - same length by construction
@@ -774,7 +773,7 @@ class ModbusDriver(Driver, kind="modbus"):
                 value, flags, quality = raw, _UNDERFLOW_FLAGS, "bad"
             else:
                 value, flags, quality = raw * scale + offset, _NO_FLAGS, "good"
-            append(make(equipment, name, value, unit_name, t_wall, t_mono, flags, quality))
+            readings.append(make(equipment, name, value, unit_name, t_wall, t_mono, flags, quality))
         return readings
 
     async def _read_all(self) -> list[bytes]:

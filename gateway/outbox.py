@@ -497,20 +497,23 @@ class Outbox:
             self._schedule_commit(self.settings.commit_interval_s)
 
     def _encode(self, records: Iterable[Measurement | Event]) -> None:
+        # no local aliases of bound methods: made on every call, they cost more than they
+        # save for the usual one-value poll
         now = self._clock()
-        append = self._pending.append
-        encode = self._encoder.measurement
+        pending = self._pending
         base = self._base
         seq = self._next
-        new = _tuple_new  # Row(...) without NamedTuple's Python-level __new__
         try:
             for rec in records:
                 if type(rec) is Measurement:
-                    topic, payload, line = encode(rec, seq)
+                    topic, payload, line = self._encoder.measurement(rec, seq)
                     eq = rec.reading.equipment
-                    append(new(Row, (seq, now, KIND_MEASUREMENT, eq, topic, payload, line)))
+                    # Row(...) without NamedTuple's Python-level __new__
+                    pending.append(
+                        _tuple_new(Row, (seq, now, KIND_MEASUREMENT, eq, topic, payload, line))
+                    )
                 elif isinstance(rec, Event):
-                    append(
+                    pending.append(
                         Row(
                             seq,
                             now,
@@ -522,7 +525,7 @@ class Outbox:
                         )
                     )
                 elif isinstance(rec, Measurement):  # a subclass: the generic path
-                    append(
+                    pending.append(
                         Row(
                             seq,
                             now,

@@ -139,14 +139,12 @@ class Pipeline:
                 midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
                 self._day_end = (midnight + timedelta(days=1)).timestamp()
         if len(readings) == 1 or len(set(map(_channel, readings))) == len(readings):
-            plans = self._plans
-            one = self._one
             ms = []
             for r in readings:
-                plan = plans.get((r.equipment, r.channel))
+                plan = self._plans.get((r.equipment, r.channel))
                 if plan is None or plan.built_on != today:
                     plan = self.plan(r.equipment, r.channel, at)
-                ms.append(one(r, plan))
+                ms.append(self._one(r, plan))
             return ms
         at = at or self._clock()
         out: list[Measurement] = []

@@ -150,6 +150,7 @@ class Supervisor:
         self._k: int | None = None
         self._key: int | None = None
         self._time: Callable[[], float] = time.monotonic  # the loop's clock, set by _chain
+        self._on_tick, self._on_polled = self._tick, self._polled  # bound once, not per poll
 
     @property
     def equipment(self) -> str:
@@ -260,7 +261,7 @@ class Supervisor:
             self._end = None
             self.poll_started = None
             if self._key is not None:
-                ticker.cancel(self._key, self._tick)
+                ticker.cancel(self._key, self._on_tick)
                 self._key = None
         return error, self._due, self._k
 
@@ -272,7 +273,7 @@ class Supervisor:
             return
         self.poll_started = time.monotonic()
         try:
-            started = self.driver.poll_soon(self._polled)
+            started = self.driver.poll_soon(self._on_polled)
         except Exception as exc:  # a bug in the driver: the task raises it
             self.poll_started = None
             end.set_exception(exc)
@@ -303,7 +304,7 @@ class Supervisor:
                 raise result
             self._due, self._k = self._after(self._due, self._k, self._time())
             assert self._ticker is not None  # a chain runs on the ticker
-            self._key = self._ticker.call_at(self._due, self._tick)
+            self._key = self._ticker.call_at(self._due, self._on_tick)
         except Exception as exc:  # a bug in a hook: the task raises it
             end.set_exception(exc)
 

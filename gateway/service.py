@@ -117,6 +117,7 @@ class Gateway:
         self._service_tasks: list[asyncio.Task[Any]] = []
         self._sink_tasks: list[asyncio.Task[Any]] = []
         self._published: dict[str, int] = {}  # EquipmentState.version last published
+        self._limits_of = self._limits  # bound once: the monitor gets it on every poll
         self._poll_metrics: dict[str, tuple[Any, ...]] = {}  # Gateway.readings' children
         from gateway.scheduler import Ticker
 
@@ -318,7 +319,7 @@ class Gateway:
     def readings(self, equipment: str, readings: list[Reading], latency_s: float) -> None:
         events = self.monitor.answered(equipment)
         ms = self.pipeline.process(readings)
-        events += self.monitor.measurements(ms, self._limits)
+        events += self.monitor.measurements(ms, self._limits_of)
         # The equipment's metric children, cached (_forget_equipment drops them on reload)
         cached = self._poll_metrics.get(equipment)
         if cached is None:
