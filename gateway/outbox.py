@@ -415,6 +415,7 @@ class Outbox:
         self._commit_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() runs on
         self._commit_due = math.inf  # loop time the scheduled commit fires
+        self._rows_due = False  # buffered rows have a commit scheduled (see add)
         self._cursor: dict[str, int] = {}
         self._fetched: dict[str, int] = {}
         self._inflight: dict[str, deque[int]] = {}
@@ -493,8 +494,9 @@ class Outbox:
         self._encode(records)
         if len(self._pending) >= self.settings.commit_rows and not self._commit_failures:
             self._commit(cursors=False)
-        elif self._pending:
-            self._schedule_commit(self.settings.commit_interval_s)
+        elif self._pending and not self._rows_due:
+            # then a commit comes within commit_interval_s: no timer check per add
+            self._rows_due = self._schedule_commit(self.settings.commit_interval_s)
 
     def _encode(self, records: Iterable[Measurement | Event]) -> None:
         # no local aliases of bound methods: made on every call, they cost more than they
@@ -542,22 +544,24 @@ class Outbox:
         finally:
             self._next = seq
 
-    def _schedule_commit(self, delay_s: float) -> None:
+    def _schedule_commit(self, delay_s: float) -> bool:
+        """A commit within ``delay_s`` (or sooner, if one is due sooner); False with no loop."""
         loop = self._loop  # kept by run(): get_running_loop() is a getpid() call in 3.11
         if loop is None or loop.is_closed():
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                return  # no loop: the caller commits
+                return False  # no loop: the caller commits
         if self._commit_failures:
             delay_s = max(delay_s, _RETRY_S)  # SQLite is failing: retry, do not hammer
         due = loop.time() + delay_s
         if self._commit_handle is not None:
             if self._commit_due <= due:
-                return
+                return True
             self._commit_handle.cancel()
         self._commit_due = due
         self._commit_handle = loop.call_at(due, self._commit_soon)
+        return True
 
     def _commit_soon(self) -> None:
         self._commit_handle = None
@@ -582,6 +586,7 @@ class Outbox:
             self._commit_due = math.inf
         if self._closed:
             return 0
+        self._rows_due = False
         rows = self._pending
         dirty = self._cursors_dirty
         if dirty and not cursors and time.monotonic() + 0.001 < self._cursors_due:

@@ -103,7 +103,9 @@ class Gateway:
         self.registry = registry
         self.clock: Callable[[], datetime] = clock or _utcnow
         self.buses = Buses()
-        self.pipeline = Pipeline(registry, clock=self.clock)
+        # the pipeline's own default clock: it then checks the date against time.time()
+        # instead of making a datetime per poll (an injected clock is asked every poll)
+        self.pipeline = Pipeline(registry, clock=clock)
         self.monitor = Monitor(clock=self.clock)
         self.metrics = Metrics()
         self.events: deque[Any] = deque(maxlen=200)  # recent events, for the demo's table
