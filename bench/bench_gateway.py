@@ -44,11 +44,8 @@ REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BLOCK_ADDRESS = 200  # simulators.modbus_transmitter.BLOCK_ADDRESS (not imported: no pymodbus here)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+sys.path.insert(0, str(REPO))
+from simulators.net import free_port  # noqa: E402 - below the ephemeral range (see there)
 
 
 def cpu_split(pid: int) -> tuple[float, float]:

@@ -27,12 +27,7 @@ from bench_outbox import measurement
 from gateway.outbox import Outbox
 from gateway.settings import InfluxSettings, MqttSettings, OutboxSettings
 from gateway.sinks import InfluxSink, MqttSink, Sink
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from simulators.net import free_port
 
 
 def wait_port(port: int) -> None:

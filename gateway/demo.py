@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from simulators.net import free_port
+
 __all__ = ["example_registry", "lab_toml", "run_demo"]
 
 
@@ -91,12 +93,6 @@ def lab_toml(
     return "\n".join(out)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class _Process:
     """A server binary run for the demo, in the demo's folder, until the demo stops."""
 
@@ -136,7 +132,7 @@ def _mosquitto(workdir: Path) -> tuple[_Process, int] | None:
     )
     if binary is None:
         return None
-    port = _free_port()
+    port = free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     proc = _Process([binary, "-c", str(conf)], workdir, "mosquitto")
@@ -153,7 +149,7 @@ def _influxd(workdir: Path) -> tuple[_Process, str] | None:
     binary = shutil.which("influxd")
     if binary is None:
         return None
-    port, rpc = _free_port(), _free_port()
+    port, rpc = free_port(), free_port()
     d = workdir / "influxdb"
     conf = workdir / "influxdb.conf"
     conf.write_text(
@@ -227,7 +223,7 @@ async def run_demo(
                 procs.append(started[0])
                 influx = {"api": "v1", "url": started[1], "database": "calgate"}
                 store = f"InfluxDB (influxd) at {started[1]}, database calgate"
-        http = f"127.0.0.1:{_free_port()}"
+        http = f"127.0.0.1:{free_port()}"
         path = work / "calgate.toml"
         path.write_text(
             lab_toml(

@@ -45,7 +45,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -60,6 +59,7 @@ from asyncua.server.user_managers import UserManager
 from asyncua.ua.uaerrors import UaError
 
 from simulators.faults import Fault, Faults
+from simulators.net import free_port
 
 __all__ = ["NAMESPACE", "NODES", "STATES", "TestingMachineSim"]
 
@@ -108,12 +108,6 @@ class _Users(UserManager):
             return User(role=UserRole.User, name=username)
         self.rejected += 1
         return None
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class TestingMachineSim:
@@ -337,7 +331,7 @@ class TestingMachineSim:
             return
         if self._server is None:
             if self.port == 0:
-                self.port = _free_port(self.host)
+                self.port = free_port(self.host)
             if self.users is not None:
                 self._user_manager = _Users(self.users, allow_anonymous=self.allow_anonymous)
             self._server = await self._build()

@@ -13,14 +13,9 @@ from typing import Any
 
 import pytest
 
+from simulators.net import free_port  # the tests' servers take their ports from it
+
 __all__ = ["free_port", "require_binary", "wait_for", "wait_for_async", "wait_port"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def require_binary(name: str, *candidates: str) -> str:
