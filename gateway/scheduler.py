@@ -10,10 +10,10 @@ one interval polls together however it started (at start-up, after a reload, a
 reconnect or a backoff): one timer, a burst of requests, then of readings, one outbox
 commit and one MQTT batch per interval. The first poll is at once; after it, and after
 a backoff, the next is on the first grid point at least half an interval later.
-``phase_s`` (see :func:`stagger`) moves an equipment's grid by a phase in the interval. Off by default:
-measured with bench/bench_gateway.py (100 devices at 10 Hz, 1000 at 1 Hz), staggering
-cut the latency p95 from 11 to 7 ms and from 72 to 7.5 ms, but doubled the CPU per value
-(one run each; the outbox and the sinks batch less).
+``phase_s`` (see :func:`stagger`) moves an equipment's grid by a phase in the interval.
+Off by default: measured with bench/bench_gateway.py (100 devices at 10 Hz, 1000 at
+1 Hz), staggering cut the latency p95 from 11 to 7 ms and from 72 to 7.5 ms, but
+doubled the CPU per value (one run each; the outbox and the sinks batch less).
 """
 
 from __future__ import annotations
@@ -202,25 +202,30 @@ class Supervisor:
                     continue
                 # the driver cannot poll from a callback now: this poll is awaited
             self.poll_started = started = monotonic()
+            result: list[Reading] | DriverError
             try:
-                readings = await self.driver.poll()
+                result = await self.driver.poll()
             except DriverError as exc:
-                err: DriverError | None = exc
-            else:
-                err = None
-                self.polls += 1
-                if self.backoff.attempt:
-                    self.backoff.reset()
-                self.hooks.readings(self.equipment, readings, monotonic() - started)
+                result = exc
             finally:
                 self.poll_started = None
-            if err is not None:
-                self.hooks.failure(self.equipment, err)
-                if isinstance(err, ConnectError | DeviceTimeout):
-                    # The instrument is gone or silent: back off before the next try.
-                    deadline, k = clock() + self.backoff.next_delay(), None
-                    continue
+            if self._report(result, started):
+                deadline, k = clock() + self.backoff.next_delay(), None
+                continue
             deadline, k = self._after(deadline, k, clock())
+
+    def _report(self, result: list[Reading] | DriverError, started: float) -> bool:
+        """Tell the hooks one poll's result; True when it calls for a backoff (the
+        instrument is gone or silent: a ConnectError or a DeviceTimeout)."""
+        if type(result) is list:
+            self.polls += 1
+            if self.backoff.attempt:
+                self.backoff.reset()
+            self.hooks.readings(self.equipment, result, time.monotonic() - started)
+            return False
+        assert isinstance(result, DriverError)
+        self.hooks.failure(self.equipment, result)
+        return isinstance(result, ConnectError | DeviceTimeout)
 
     def _after(self, deadline: float, k: int | None, now: float) -> tuple[float, int]:
         """The deadline after the poll due at ``deadline``, and its index on the grid
@@ -289,19 +294,12 @@ class Supervisor:
             return  # cancelled meanwhile: the poll's result goes nowhere
         started, self.poll_started = self.poll_started, None
         try:
-            if type(result) is list:
-                self.polls += 1
-                if self.backoff.attempt:
-                    self.backoff.reset()
-                self.hooks.readings(self.equipment, result, time.monotonic() - (started or 0.0))
-            elif isinstance(result, DriverError):
-                self.hooks.failure(self.equipment, result)
-                if isinstance(result, ConnectError | DeviceTimeout):
-                    end.set_result(result)
-                    return
-            else:
-                assert isinstance(result, Exception)
-                raise result
+            if not isinstance(result, list | DriverError):
+                raise result  # a bug in the driver
+            if self._report(result, started or 0.0):
+                assert isinstance(result, DriverError)
+                end.set_result(result)  # ConnectError or DeviceTimeout: the task backs off
+                return
             self._due, self._k = self._after(self._due, self._k, self._time())
             assert self._ticker is not None  # a chain runs on the ticker
             self._key = self._ticker.call_at(self._due, self._on_tick)
