@@ -97,3 +97,42 @@ async def test_measurements_statuses_and_events_arrive_as_the_registry_implies(
     assert {e["equipment"] for e in broken} == {
         eq for eq in by_eq if registry.state(eq, now).status == "untraceable"
     }
+
+
+async def test_transmitters_that_go_away_and_come_back_are_polled_again(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Modbus TCP polls run from timer callbacks; a lost connection hands back to the
+    supervisor's task (offline, backoff, reconnect), then polling from callbacks resumes."""
+    async with Lab(fixed_ports=False, opcua=False, seed=5) as lab:
+        path = lab_config(lab, tmp_path, mqtt_url=mosquitto.url, interval_s=0.1)
+        config, reg = load_everything(path)
+        with Subscriber(mosquitto.port, "calgate/lab-t/#") as sub:
+            gw = Gateway(config, reg)
+            await gw.start()
+
+            def pt101() -> list[dict[str, object]]:
+                return [r for r in sub.json("/reading") if r["equipment"] == "PT-101"]
+
+            def events(kind: str, eq: str) -> list[dict[str, object]]:
+                return [
+                    e for e in sub.json("/event") if e["type"] == kind and e["equipment"] == eq
+                ]
+
+            try:
+                await wait(lambda: len(pt101()) >= 10)
+                await lab.transmitters.stop()
+                await wait(lambda: len(events("equipment_offline", "PT-101")) == 1)
+                before = len(pt101())
+                await asyncio.sleep(0.5)
+                assert len(pt101()) == before  # nothing invented while it is away
+                await lab.transmitters.start()
+                await wait(lambda: len(events("equipment_online", "PT-101")) == 1)
+                await wait(lambda: len(pt101()) >= before + 10)
+            finally:
+                await gw.stop()
+    again = pt101()[before:]
+    assert all(r["quality"] == "good" for r in again)
+    seqs = [r["seq"] for r in sub.json("/reading")]
+    assert len(set(seqs)) == len(seqs)
+    assert len(events("equipment_offline", "PT-101")) == 1  # once per transition
