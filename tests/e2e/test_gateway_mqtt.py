@@ -115,9 +115,7 @@ async def test_transmitters_that_go_away_and_come_back_are_polled_again(
                 return [r for r in sub.json("/reading") if r["equipment"] == "PT-101"]
 
             def events(kind: str, eq: str) -> list[dict[str, object]]:
-                return [
-                    e for e in sub.json("/event") if e["type"] == kind and e["equipment"] == eq
-                ]
+                return [e for e in sub.json("/event") if e["type"] == kind and e["equipment"] == eq]
 
             try:
                 await wait(lambda: len(pt101()) >= 10)

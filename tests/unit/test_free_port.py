@@ -14,4 +14,3 @@ def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> Non
     assert all(1024 <= p < low for p in ports)
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports[-1]))  # still free
-
