@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,33 +35,38 @@ async def wait(pred: object, timeout_s: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_measurements_statuses_and_events_arrive_as_the_registry_implies(
-    tmp_path: Path, mosquitto: Mosquitto
-) -> None:
-    registry = Registry.load(EXAMPLE_REGISTRY)
-    async with Lab(fixed_ports=False, opcua=False, seed=3) as lab:
+@contextlib.asynccontextmanager
+async def lab_gateway(
+    tmp_path: Path, mosquitto: Mosquitto, seed: int
+) -> AsyncIterator[tuple[Lab, Subscriber]]:
+    """The simulated lab, a subscriber to everything the gateway publishes, and the
+    gateway polling the lab at 10 Hz (stopped on the way out; the subscriber keeps what
+    it received)."""
+    async with Lab(fixed_ports=False, opcua=False, seed=seed) as lab:
         path = lab_config(lab, tmp_path, mqtt_url=mosquitto.url, interval_s=0.1)
         config, reg = load_everything(path)
         with Subscriber(mosquitto.port, "calgate/lab-t/#") as sub:
             gw = Gateway(config, reg)
             await gw.start()
             try:
-                await wait(lambda: len(sub.json("/reading")) >= 40)
-                # A sample container too heavy for BAL-02's process limits (210 g): out of tolerance.
-                lab.sbi.place(15.0)
-                await wait(
-                    lambda: any(e.get("type") == "out_of_tolerance" for e in sub.json("/event"))
-                )
-                lab.sbi.remove(15.0)
-                await wait(
-                    lambda: any(e.get("type") == "back_in_tolerance" for e in sub.json("/event"))
-                )
-                await lab.balance.stop()  # BAL-01 unplugged
-                await wait(
-                    lambda: any(e.get("type") == "equipment_offline" for e in sub.json("/event"))
-                )
+                yield lab, sub
             finally:
                 await gw.stop()
+
+
+async def test_measurements_statuses_and_events_arrive_as_the_registry_implies(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    registry = Registry.load(EXAMPLE_REGISTRY)
+    async with lab_gateway(tmp_path, mosquitto, seed=3) as (lab, sub):
+        await wait(lambda: len(sub.json("/reading")) >= 40)
+        # A sample container too heavy for BAL-02's process limits (210 g): out of tolerance.
+        lab.sbi.place(15.0)
+        await wait(lambda: any(e.get("type") == "out_of_tolerance" for e in sub.json("/event")))
+        lab.sbi.remove(15.0)
+        await wait(lambda: any(e.get("type") == "back_in_tolerance" for e in sub.json("/event")))
+        await lab.balance.stop()  # BAL-01 unplugged
+        await wait(lambda: any(e.get("type") == "equipment_offline" for e in sub.json("/event")))
     readings = sub.json("/reading")
     now = datetime.now(UTC)
     seqs = [r["seq"] for r in readings]
@@ -104,31 +111,23 @@ async def test_transmitters_that_go_away_and_come_back_are_polled_again(
 ) -> None:
     """Modbus TCP polls run from timer callbacks; a lost connection hands back to the
     supervisor's task (offline, backoff, reconnect), then polling from callbacks resumes."""
-    async with Lab(fixed_ports=False, opcua=False, seed=5) as lab:
-        path = lab_config(lab, tmp_path, mqtt_url=mosquitto.url, interval_s=0.1)
-        config, reg = load_everything(path)
-        with Subscriber(mosquitto.port, "calgate/lab-t/#") as sub:
-            gw = Gateway(config, reg)
-            await gw.start()
+    async with lab_gateway(tmp_path, mosquitto, seed=5) as (lab, sub):
 
-            def pt101() -> list[dict[str, object]]:
-                return [r for r in sub.json("/reading") if r["equipment"] == "PT-101"]
+        def pt101() -> list[dict[str, object]]:
+            return [r for r in sub.json("/reading") if r["equipment"] == "PT-101"]
 
-            def events(kind: str, eq: str) -> list[dict[str, object]]:
-                return [e for e in sub.json("/event") if e["type"] == kind and e["equipment"] == eq]
+        def events(kind: str, eq: str) -> list[dict[str, object]]:
+            return [e for e in sub.json("/event") if e["type"] == kind and e["equipment"] == eq]
 
-            try:
-                await wait(lambda: len(pt101()) >= 10)
-                await lab.transmitters.stop()
-                await wait(lambda: len(events("equipment_offline", "PT-101")) == 1)
-                before = len(pt101())
-                await asyncio.sleep(0.5)
-                assert len(pt101()) == before  # nothing invented while it is away
-                await lab.transmitters.start()
-                await wait(lambda: len(events("equipment_online", "PT-101")) == 1)
-                await wait(lambda: len(pt101()) >= before + 10)
-            finally:
-                await gw.stop()
+        await wait(lambda: len(pt101()) >= 10)
+        await lab.transmitters.stop()
+        await wait(lambda: len(events("equipment_offline", "PT-101")) == 1)
+        before = len(pt101())
+        await asyncio.sleep(0.5)
+        assert len(pt101()) == before  # nothing invented while it is away
+        await lab.transmitters.start()
+        await wait(lambda: len(events("equipment_online", "PT-101")) == 1)
+        await wait(lambda: len(pt101()) >= before + 10)
     again = pt101()[before:]
     assert all(r["quality"] == "good" for r in again)
     seqs = [r["seq"] for r in sub.json("/reading")]
