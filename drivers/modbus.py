@@ -714,9 +714,8 @@ class ModbusDriver(Driver, kind="modbus"):
         client = self._client = link.client
         self._done = done
         self._datas = []
-        fc, address, count = self._requests[0]
         try:
-            client.request(self._unit, fc, address, count, self._timeout_s, self._on_reply)
+            self._request(client, 0)
         except DriverError:
             self._done = None
             bus.lock.release()
@@ -733,9 +732,8 @@ class ModbusDriver(Driver, kind="modbus"):
             datas.append(result)
             requests = self._requests
             if len(datas) < len(requests):
-                fc, address, count = requests[len(datas)]
                 try:
-                    client.request(self._unit, fc, address, count, self._timeout_s, self._on_reply)
+                    self._request(client, len(datas))
                 except DriverError as exc:
                     self._reply(exc)
                 return
@@ -753,6 +751,11 @@ class ModbusDriver(Driver, kind="modbus"):
             assert isinstance(result, DriverError)
             result.equipment = self.equipment
             done(result)
+
+    def _request(self, client: ModbusTcpClient, group: int) -> None:
+        """Send request group ``group`` of a callback poll; its reply goes to _reply."""
+        fc, address, count = self._requests[group]
+        client.request(self._unit, fc, address, count, self._timeout_s, self._on_reply)
 
     def _readings(self, datas: list[bytes]) -> list[Reading]:
         """The Readings of one poll's replies (one per request group), stamped now."""
