@@ -1,37 +1,24 @@
-"""The gateway's frozen types: ``Measurement`` (a corrected Reading) and ``Event``.
+"""The gateway's record types: ``Measurement`` (a corrected Reading) and ``Event``.
 
-Their wire forms are contracts (ARCHITECTURE.md 4.3 and 4.4): :meth:`Measurement.payload`
-and :meth:`Event.payload` give the MQTT JSON objects, with ``seq`` the outbox row id.
+Their wire forms are contracts (ARCHITECTURE.md 4.3 and 4.4) whose home is
+:mod:`gateway.wire`: :meth:`Measurement.payload` and :meth:`Event.payload` give the MQTT
+JSON objects, with ``seq`` the outbox row id.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from drivers.base import Quality, Reading, record
+from gateway.wire import event_payload, measurement_payload, rfc3339
 
 __all__ = ["CalStatus", "Event", "Measurement", "Severity", "rfc3339"]
 
 CalStatus = Literal["valid", "due_soon", "expired", "untraceable", "suspect", "none"]
 Severity = Literal["info", "warning", "critical"]
-
-
-def rfc3339(t: datetime) -> str:
-    """RFC 3339 in UTC with microseconds: ``2026-11-27T18:38:08.123456Z``."""
-    if t.tzinfo is not UTC:
-        t = t.astimezone(UTC)  # an aware time in another zone, or a naive one (taken as local)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _num(x: float | None) -> float | None:
-    """JSON has no NaN/inf: a non-finite number travels as null."""
-    if x is None or not math.isfinite(x):
-        return None
-    return x
 
 
 _new = object.__new__
@@ -100,23 +87,7 @@ class Measurement:
 
     def payload(self, seq: int) -> dict[str, Any]:
         """The MQTT payload of ARCHITECTURE.md 4.3 (``raw`` in instrument units)."""
-        return {
-            "ts": rfc3339(self.reading.t_wall),
-            "seq": seq,
-            "equipment": self.reading.equipment,
-            "channel": self.reading.channel,
-            "raw": _num(self.reading.raw),
-            "value": _num(self.value),
-            "unit": self.unit,
-            "u": _num(self.u),
-            "U": _num(self.U),
-            "k": self.k,
-            "quality": self.quality,
-            "flags": sorted(self.flags),
-            "calibration": self.calibration,
-            "certificate": self.certificate,
-            "conformity": self.conformity,
-        }
+        return measurement_payload(self, seq)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,15 +103,5 @@ class Event:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
     def payload(self, seq: int) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "ts": rfc3339(self.t_wall),
-            "seq": seq,
-            "type": self.type,
-            "severity": self.severity,
-            "equipment": self.equipment,
-            "channel": self.channel,
-            "message": self.message,
-        }
-        for key, value in self.detail.items():
-            out.setdefault(key, value)
-        return out
+        """The MQTT payload of ARCHITECTURE.md 4.3 (``detail`` after the common fields)."""
+        return event_payload(self, seq)

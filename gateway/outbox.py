@@ -1,8 +1,8 @@
 """The durable outbox: every Measurement and Event is committed to SQLite before it is sent.
 
 ARCHITECTURE.md §3 "Outbox". One table of rows, ``id`` = ``seq``: each row holds what each
-sink sends, serialised once at :meth:`Outbox.add` — the MQTT topic and JSON payload, and
-the InfluxDB line (time = acquisition, ns). One cursor per sink (the highest seq below
+sink sends, serialised once at :meth:`Outbox.add` by :mod:`gateway.wire` — the MQTT topic
+and JSON payload, and the InfluxDB line (time = acquisition, ns). One cursor per sink (the highest seq below
 which everything is acked) lives in a second table.
 
 The hot path is cheap because everything is batched: ``add`` encodes and buffers; one
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -36,13 +35,14 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from gateway.errors import OutboxError
 from gateway.model import Event, Measurement
 from gateway.settings import OutboxSettings
+from gateway.wire import Encoder, dumps, event_line, measurement_line
 
 __all__ = [
     "DROP_EQUIPMENT",
@@ -51,8 +51,6 @@ __all__ = [
     "Outbox",
     "OutboxStats",
     "Row",
-    "event_line",
-    "measurement_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,7 +60,6 @@ KIND_EVENT = 1
 #: The ``equipment`` of the outbox's own events (``data_dropped``).
 DROP_EQUIPMENT = "gateway"
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ROW_OVERHEAD = 40  # bytes per row beyond its blobs, for the byte bound
 _MAX_PENDING = 200_000  # rows buffered while SQLite refuses commits (disk full...)
 _RETRY_S = 1.0  # between commit attempts while SQLite refuses them
@@ -94,270 +91,6 @@ class OutboxStats:
     pending: int  # rows added, not yet committed
     rows_bytes: int  # bytes of the rows kept (the bounded quantity)
     db_bytes: int  # database + WAL file sizes
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, datetime):
-        return obj.isoformat()
-    if isinstance(obj, date):
-        return obj.isoformat()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=str)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
-_ENCODER_NAN = json.JSONEncoder(separators=(",", ":"), allow_nan=True, default=_json_default)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def dumps(obj: Any) -> str:
-    """Compact JSON; a non-finite number becomes null (JSON has no NaN)."""
-    try:
-        return _ENCODER.encode(obj)
-    except ValueError:
-        return _ENCODER_NAN.encode(_finite(json.loads(_ENCODER_NAN.encode(obj))))
-
-
-def _epoch(t: datetime) -> tuple[int, int]:
-    """Whole seconds and microseconds since the epoch (a naive time is taken as UTC)."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    d = t - _EPOCH
-    return d.days * 86400 + d.seconds, d.microseconds
-
-
-def _ns(t: datetime) -> int:
-    sec, us = _epoch(t)
-    return (sec * 1_000_000 + us) * 1000
-
-
-_TAG_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\\": "\\\\"})
-_STR_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\", "\n": "\\n"})
-
-
-def _tag(v: str) -> str:
-    return v.translate(_TAG_ESCAPES)
-
-
-def _str(v: str) -> str:
-    return '"' + v.translate(_STR_ESCAPES) + '"'
-
-
-def _float_fields(parts: list[str], names: Sequence[str], values: Sequence[float | None]) -> None:
-    for name, x in zip(names, values, strict=True):
-        if x is not None and math.isfinite(x):
-            parts.append(f"{name}={float(x)!r}")
-
-
-_M_FLOATS = ("raw", "value", "u", "U", "k")
-
-
-def measurement_line(m: Measurement, seq: int, site: str, key: str | None = None) -> str:
-    """The line of ARCHITECTURE.md 4.4 (measurement ``reading``) for one Measurement.
-
-    ``key`` is the precomputed ``reading,tags`` prefix (the outbox caches it).
-    """
-    r = m.reading
-    if key is None:
-        key = _reading_key(site, r.equipment, r.channel, m.quantity, m.unit)
-    parts: list[str] = []
-    _float_fields(parts, _M_FLOATS, (r.raw, m.value, m.u, m.U, m.k))
-    parts.append(f"quality={_str(m.quality)}")
-    parts.append(f"calibration={_str(m.calibration)}")
-    if m.certificate is not None:
-        parts.append(f"certificate={_str(m.certificate)}")
-    if m.conformity is not None:
-        parts.append(f"conformity={_str(m.conformity)}")
-    parts.append(f"seq={seq}i")
-    return f"{key} {','.join(parts)} {_ns(r.t_wall)}"
-
-
-def _reading_key(site: str, equipment: str, channel: str, quantity: str | None, unit: str) -> str:
-    tags = [f"channel={_tag(channel)}", f"equipment={_tag(equipment)}"]
-    if quantity:
-        tags.append(f"quantity={_tag(quantity)}")
-    tags.append(f"site={_tag(site)}")
-    if unit:
-        tags.append(f"unit={_tag(unit)}")
-    return "reading," + ",".join(tags)
-
-
-_jstr = json.encoder.encode_basestring_ascii
-
-
-def _jnum(x: float | None) -> str:
-    """A number as ``json`` writes it (``float.__repr__``); null when absent or non-finite."""
-    if x is None or not math.isfinite(x):
-        return "null"
-    return repr(float(x))
-
-
-_Tail = tuple[float | None, str, frozenset[str], str, str | None, str | None]
-_Nums = tuple[str, float, float, float | None, float | None]
-_NUMS_CACHED = 1024  # (unit, raw, value, u, U) texts kept (about 0.4 MB: RSS is budgeted)
-
-
-class _Encoder:
-    """Measurement → (topic, JSON payload, line), with per-channel parts cached.
-
-    The JSON is written directly (no dict, no ``json.dumps``): it equals
-    ``json.dumps(m.payload(seq))`` field for field, which the unit tests check. Cached:
-    the parts that depend on the channel (topic, tags, names, unit) and on its status (k,
-    quality, flags, calibration, certificate, conformity); the time, which one poll's
-    readings share; and the numbers (raw, value, u, U), which repeat when the instrument
-    is quantised (a Modbus register, a display digit) — a float's repr is the largest
-    cost per value. The numbers cache is switched off for a while when it hardly hits
-    (instruments whose every value is new).
-    """
-
-    def __init__(self, site: str, topic_prefix: str) -> None:
-        self.site = site
-        self.base = f"{topic_prefix}/{site}/"
-        self._heads: dict[tuple[str, str, str | None, str], tuple[str, str, str, str]] = {}
-        self._tails: dict[_Tail, tuple[str, str]] = {}
-        self._sec = -1  # the second ``_prefix`` renders (readings come in time order)
-        self._prefix = ""
-        self._t: datetime | None = None  # the last time rendered (one poll's readings share it)
-        self._tsns = ("", 0)
-        self._nums: dict[_Nums, tuple[str, str]] = {}
-        self._nums_from = 0  # the seq when the numbers cache was last emptied
-        self._nums_off_until = 0  # no numbers cache for seqs below this one
-
-    def _times(self, t: datetime) -> tuple[str, int]:
-        """RFC 3339 (UTC, µs) and ns since the epoch, the date part cached per second."""
-        sec, us = _epoch(t)
-        ns = (sec * 1_000_000 + us) * 1000
-        if sec != self._sec:
-            self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{us:06d}Z", ns
-
-    def _head(self, eq: str, ch: str, quantity: str | None, unit: str) -> tuple[str, str, str, str]:
-        k = (eq, ch, quantity, unit)
-        head = self._heads.get(k)
-        if head is None:
-            head = self._heads[k] = (
-                f"{self.base}{eq}/{ch}/reading",
-                f',"equipment":{_jstr(eq)},"channel":{_jstr(ch)},"raw":',
-                f',"unit":{_jstr(unit)},"u":',
-                _reading_key(self.site, eq, ch, quantity, unit),
-            )
-        return head
-
-    def _tail(self, key: _Tail) -> tuple[str, str]:
-        """The JSON from ``"k"`` on, and the line's fields from ``k`` on."""
-        k, quality, flags, calibration, certificate, conformity = key
-        kk = _jnum(k)
-        jflags = "[" + ",".join(_jstr(f) for f in sorted(flags)) + "]"
-        jtail = (
-            f',"k":{kk},"quality":{_jstr(quality)},"flags":{jflags},'
-            f'"calibration":{_jstr(calibration)},'
-            f'"certificate":{"null" if certificate is None else _jstr(certificate)},'
-            f'"conformity":{"null" if conformity is None else _jstr(conformity)}}}'
-        )
-        ltail = "" if kk == "null" else f"k={kk},"
-        ltail += f"quality={_str(quality)},calibration={_str(calibration)}"
-        if certificate is not None:
-            ltail += f",certificate={_str(certificate)}"
-        if conformity is not None:
-            ltail += f",conformity={_str(conformity)}"
-        # k = 0.0 and -0.0 are one key but two texts: never cache them
-        if (k is None or k != 0) and len(self._tails) < 10000:
-            self._tails[key] = (jtail, ltail)
-        return jtail, ltail
-
-    def _numbers(self, key: _Nums, seq: int) -> tuple[str, str]:
-        """The JSON from raw's number to U's, and the line's number fields (each with a
-        trailing comma), as ``_jnum`` writes the numbers."""
-        junit, x, v, y, z = key
-        if (
-            type(x) is type(v) is type(y) is type(z) is float
-            and x - x == v - v == y - y == z - z == 0.0  # all finite (the usual)
-        ):
-            raw, value, u, big_u = repr(x), repr(v), repr(y), repr(z)
-            out = (
-                f'{raw},"value":{value}{junit}{u},"U":{big_u}',
-                f"raw={raw},value={value},u={u},U={big_u},",
-            )
-            # Cache only non-zero numbers: equal floats then have equal texts (0.0 and
-            # -0.0 are equal, NaN never is; None or an int never becomes a key).
-            if x and v and y and z and seq >= self._nums_off_until:
-                nums = self._nums
-                if len(nums) >= _NUMS_CACHED:
-                    nums.clear()
-                    if seq - self._nums_from < 2 * _NUMS_CACHED:  # fewer than half were hits
-                        self._nums_off_until = seq + 16 * _NUMS_CACHED
-                    self._nums_from = seq
-                nums[key] = out
-            return out
-        raw, value, u, big_u = _jnum(x), _jnum(v), _jnum(y), _jnum(z)
-        return (
-            f'{raw},"value":{value}{junit}{u},"U":{big_u}',
-            "".join(
-                f"{name}={text},"
-                for name, text in (("raw", raw), ("value", value), ("u", u), ("U", big_u))
-                if text != "null"
-            ),
-        )
-
-    def measurement(self, m: Measurement, seq: int) -> tuple[str, bytes, bytes]:
-        r = m.reading
-        hkey = (r.equipment, r.channel, m.quantity, m.unit)
-        head = self._heads.get(hkey)
-        if head is None:
-            head = self._head(*hkey)
-        topic, jhead, junit, lkey = head
-        tkey = (m.k, m.quality, m.flags, m.calibration, m.certificate, m.conformity)
-        tail = self._tails.get(tkey)
-        if tail is None:
-            tail = self._tail(tkey)
-        jtail, ltail = tail
-        nkey = (junit, r.raw, m.value, m.u, m.U)
-        nums = self._nums.get(nkey) if seq >= self._nums_off_until else None
-        if nums is None:
-            nums = self._numbers(nkey, seq)
-        jnums, lnums = nums
-        t = r.t_wall
-        if t is self._t:
-            ts, ns = self._tsns
-        else:
-            ts, ns = self._tsns = self._times(t)
-            self._t = t
-        payload = f'{{"ts":"{ts}","seq":{seq}{jhead}{jnums}{jtail}'
-        line = f"{lkey} {lnums}{ltail},seq={seq}i {ns}"
-        return topic, payload.encode(), line.encode()
-
-
-def event_line(e: Event, seq: int, site: str) -> str:
-    """The line of ARCHITECTURE.md 4.4 (measurement ``event``) for one Event."""
-    tags = (
-        f"event,equipment={_tag(e.equipment)},severity={_tag(e.severity)},"
-        f"site={_tag(site)},type={_tag(e.type)}"
-    )
-    parts: list[str] = []
-    if e.channel is not None:
-        parts.append(f"channel={_str(e.channel)}")
-    parts.append(f"message={_str(e.message)}")
-    parts.append(f"seq={seq}i")
-    parts.append(f"detail={_str(dumps(dict(e.detail)))}")
-    return f"{tags} {','.join(parts)} {_ns(e.t_wall)}"
 
 
 # --------------------------------------------------------------------------- the outbox
@@ -408,7 +141,7 @@ class Outbox:
         self.topic_prefix = topic_prefix
         self._clock = clock
         self._base = f"{topic_prefix}/{site}/"
-        self._encoder = _Encoder(site, topic_prefix)
+        self._encoder = Encoder(site, topic_prefix)
 
         self._pending: list[Row] = []
         self._tail: list[Row] = []

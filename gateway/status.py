@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from gateway.errors import CalgateError
 from gateway.metrics import CONTENT_TYPE, MetricsRegistry
+from gateway.wire import json_safe
 
 __all__ = [
     "HealthChecks",
@@ -133,17 +134,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def _finite(obj: Any) -> Any:
-    """NaN and ±inf are not JSON: give them as null (values stay numbers elsewhere)."""
-    if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 class StatusServer:
     """The aiohttp server of ``/healthz``, ``/status`` and ``/metrics``.
 
@@ -230,7 +220,7 @@ class StatusServer:
         try:
             res = self._status()
             data = await res if inspect.isawaitable(res) else res
-            return _json(_finite(data))
+            return _json(json_safe(data))
         except Exception as exc:
             log.exception("status provider raised")
             return _json({"error": f"{type(exc).__name__}: {exc}"}, status=500)

@@ -44,10 +44,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import SinkError
-from gateway.model import rfc3339
-from gateway.outbox import Outbox, Row, dumps
+from gateway.outbox import Outbox, Row
 from gateway.settings import MqttSettings
 from gateway.sinks.base import Sink
+from gateway.wire import dumps, rfc3339
 
 __all__ = ["MqttSink"]
 

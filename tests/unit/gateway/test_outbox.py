@@ -1,4 +1,4 @@
-"""The SQLite outbox: encoding, batched commits, cursors, out-of-order acks, bounds."""
+"""The SQLite outbox: rows as encoded, batched commits, cursors, out-of-order acks, bounds."""
 
 from __future__ import annotations
 
@@ -6,71 +6,18 @@ import asyncio
 import json
 import math
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import wait_for_async
-from hypothesis import HealthCheck, given
-from hypothesis import settings as hsettings
-from hypothesis import strategies as st
+from records import event, meas
 
-from drivers.base import Reading
-from gateway.model import Event, Measurement
-from gateway.outbox import (
-    _NUMS_CACHED,
-    DROP_EQUIPMENT,
-    KIND_EVENT,
-    Outbox,
-    Row,
-    _Encoder,
-    dumps,
-    measurement_line,
-)
+from gateway.model import Measurement
+from gateway.outbox import DROP_EQUIPMENT, KIND_EVENT, Outbox, Row
 from gateway.settings import OutboxSettings
-
-T0 = datetime(2026, 11, 27, 18, 38, 8, 123456, tzinfo=UTC)
-
-
-def meas(i: int = 0, **kw: Any) -> Measurement:
-    reading = Reading(
-        equipment=kw.pop("equipment", "PT-101"),
-        channel=kw.pop("channel", "pressure"),
-        raw=kw.pop("raw", 100.0 + i),
-        unit=kw.pop("raw_unit", "kPa"),
-        t_wall=kw.pop("t_wall", T0 + timedelta(seconds=i)),
-        t_mono=float(i),
-        flags=kw.pop("flags", frozenset()),
-        quality=kw.get("quality", "good"),
-    )
-    base: dict[str, Any] = {
-        "value": 100.5 + i,
-        "unit": "kPa",
-        "u": 0.012,
-        "U": 0.024,
-        "k": 2.0,
-        "calibration": "valid",
-        "certificate": "DKD-K-1/2026",
-        "conformity": "pass",
-        "quantity": "pressure",
-    }
-    base.update(kw)
-    return Measurement(reading=reading, **base)
-
-
-def event(i: int = 0, **kw: Any) -> Event:
-    base: dict[str, Any] = {
-        "type": "out_of_tolerance",
-        "severity": "warning",
-        "equipment": "PT-101",
-        "message": f"reading {i} above limit",
-        "t_wall": T0 + timedelta(seconds=i),
-        "channel": "pressure",
-        "detail": {"limit": 200.0, "value": 201.5},
-    }
-    base.update(kw)
-    return Event(**base)
+from gateway.wire import measurement_line
 
 
 def settings(**kw: Any) -> OutboxSettings:
@@ -82,7 +29,7 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "outbox.sqlite"
 
 
-# --------------------------------------------------------------------------- encoding
+# --------------------------------------------------------------------------- rows as encoded
 
 MEASUREMENTS = [
     meas(0),
@@ -110,28 +57,6 @@ def test_fast_payload_equals_model_payload(db: Path, m: Measurement) -> None:
     ob.close()
 
 
-def test_line_protocol_of_a_measurement() -> None:
-    line = measurement_line(meas(0), 7, "lab-a")
-    assert line == (
-        "reading,channel=pressure,equipment=PT-101,quantity=pressure,site=lab-a,unit=kPa "
-        'raw=100.0,value=100.5,u=0.012,U=0.024,k=2.0,quality="good",calibration="valid",'
-        'certificate="DKD-K-1/2026",conformity="pass",seq=7i 1795804688123456000'
-    )
-    nan = meas(
-        0, raw=math.nan, value=math.nan, u=None, U=None, k=None, certificate=None, conformity=None
-    )
-    assert (
-        measurement_line(nan, 8, "lab-a").split(" ")[1]
-        == 'quality="good",calibration="valid",seq=8i'
-    )
-    odd = meas(0, equipment="WS 1,a=b", channel="x", certificate='say "hi" \\ bye')
-    line = measurement_line(odd, 9, "lab a")
-    assert line.startswith(
-        "reading,channel=x,equipment=WS\\ 1\\,a\\=b,quantity=pressure,site=lab\\ a,"
-    )
-    assert 'certificate="say \\"hi\\" \\\\ bye"' in line
-
-
 def test_event_row(db: Path) -> None:
     ob = Outbox(db, sinks=("mqtt",), site="lab-a")
     e = event(1, detail={"due": datetime(2027, 1, 1, tzinfo=UTC).date(), "x": math.nan})
@@ -152,10 +77,6 @@ def test_event_row(db: Path) -> None:
     assert f"seq={row.seq}i" in line
     assert 'detail="{\\"due\\":\\"2027-01-01\\",\\"x\\":null}"' in line
     ob.close()
-
-
-def test_dumps_never_writes_nan() -> None:
-    assert dumps({"a": math.nan, "b": [math.inf, 1.0]}) == '{"a":null,"b":[null,1.0]}'
 
 
 def test_add_rejects_other_types(db: Path) -> None:
@@ -469,111 +390,10 @@ async def test_the_wal_is_checkpointed_after_4_mib_written_not_on_every_tick(
     ob.close()
 
 
-def test_cached_parts_never_mix_values_that_compare_equal() -> None:
-    # k = 0.0 and -0.0 (or 2 and 2.0) are one dict key; the readings of one poll share
-    # their time object, the next poll has another
-    enc = _Encoder("lab", "calgate")
-    t1 = T0 + timedelta(microseconds=1)
-    ms = [
-        meas(0, k=0.0), meas(0, k=-0.0), meas(1, k=0.0), meas(2, k=2), meas(3, k=2.0),
-        meas(4, k=None, u=None), meas(5, k=math.nan, raw=-0.0, value=0.0),
-        meas(6, t_wall=t1), meas(7, t_wall=t1, conformity=None), meas(8, flags=frozenset("ab")),
-        meas(9, flags=frozenset("ba"), certificate=None), meas(10, t_wall=T0),
-    ]  # fmt: skip
-    for seq, m in enumerate(ms * 2, 1):
-        _, payload, line = enc.measurement(m, seq)
-        assert line.decode() == measurement_line(m, seq, "lab")
-        assert json.loads(payload) == json.loads(dumps(m.payload(seq)))
-        if not isinstance(m.k, int):  # an int k is written as a float (2.0) by design
-            assert payload.decode() == dumps(m.payload(seq))  # -0.0 stays -0.0
-
-
-def test_numbers_cache_turns_itself_off_when_values_never_repeat() -> None:
-    enc = _Encoder("lab", "calgate")
-    n = 2 * _NUMS_CACHED + 10
-    for seq in range(1, n + 1):
-        m = meas(0, raw=1.0 + seq * 1e-9, value=2.0 + seq * 1e-9)
-        _, payload, line = enc.measurement(m, seq)
-        if seq % 997 == 0:
-            assert payload.decode() == dumps(m.payload(seq))
-            assert line.decode() == measurement_line(m, seq, "lab")
-    assert enc._nums_off_until > n  # off for a while: every value was new
-    m = meas(0, raw=3.0, value=4.0)
-    assert enc.measurement(m, n + 1)[1].decode() == dumps(m.payload(n + 1))
-
-
 def test_row_is_a_tuple() -> None:
     r = Row(1, 0.0, 0, "e", "t", b"{}", b"l")
     assert r.seq == 1
     assert r.payload == b"{}"
-
-
-# --------------------------------------------------------------------------- properties
-
-_text = st.text(min_size=1, max_size=12)
-_SHARED = _Encoder("lab", "calgate")
-_num = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
-
-
-@hsettings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(
-    equipment=_text,
-    channel=_text,
-    unit=st.text(max_size=6),
-    raw=st.floats(allow_nan=True, allow_infinity=True),
-    value=st.floats(allow_nan=True, allow_infinity=True),
-    u=_num,
-    big_u=_num,
-    k=_num,
-    flags=st.frozensets(_text, max_size=3),
-    certificate=st.one_of(st.none(), _text),
-    conformity=st.one_of(st.none(), st.sampled_from(["pass", "fail", "conditional_pass"])),
-    quantity=st.one_of(st.none(), _text),
-    t_wall=st.datetimes(
-        min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
-    ),
-    seq=st.integers(min_value=1, max_value=2**53),
-)
-def test_fast_encoder_matches_the_model_for_any_measurement(
-    equipment: str,
-    channel: str,
-    unit: str,
-    raw: float,
-    value: float,
-    u: float | None,
-    big_u: float | None,
-    k: float | None,
-    flags: frozenset[str],
-    certificate: str | None,
-    conformity: str | None,
-    quantity: str | None,
-    t_wall: datetime,
-    seq: int,
-) -> None:
-    m = Measurement(
-        reading=Reading(
-            equipment=equipment, channel=channel, raw=raw, unit=unit, t_wall=t_wall, t_mono=0.0
-        ),
-        value=value,
-        unit=unit,
-        u=u,
-        U=big_u,
-        k=k,
-        flags=flags,
-        certificate=certificate,
-        conformity=conformity,
-        quantity=quantity,
-    )
-    topic, payload, line = _Encoder("lab", "calgate").measurement(m, seq)
-    assert topic == f"calgate/lab/{equipment}/{channel}/reading"
-    assert json.loads(payload) == json.loads(dumps(m.payload(seq)))
-    assert line.decode() == measurement_line(m, seq, "lab")
-    # the same through an encoder whose caches saw every earlier example
-    assert _SHARED.measurement(m, seq) == (topic, payload, line)
-    fields = line.decode().rsplit(" ", 2)
-    assert fields[2] == str(
-        (t_wall - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
-    )
 
 
 async def test_a_full_disk_keeps_rows_in_memory_then_recovers(
