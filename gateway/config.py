@@ -7,6 +7,7 @@ Every problem is collected and reported at once as ``file: path.to.field: messag
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ __all__ = [
     "EquipmentEntry",
     "GatewaySettings",
     "check_against_registry",
+    "check_paths",
     "format_loc",
     "load_config",
 ]
@@ -204,6 +206,41 @@ def load_config(path: Path | str) -> Config:
 
 def _is_equipment_detail(line: str, fname: str) -> bool:
     return line.startswith(f"{fname}: equipment[")
+
+
+def check_paths(config: Config) -> list[str]:
+    """What stops the service before it polls: the registry folder missing, the state
+    directory impossible (a file in its path) or not writable by this user. Each as
+    ``file: gateway.<key>: message``."""
+    fname = str(config.path)
+    problems: list[str] = []
+    reg = config.registry_dir
+    if not reg.exists():
+        problems.append(f"{fname}: gateway.registry: {reg} does not exist")
+    elif not reg.is_dir():
+        problems.append(f"{fname}: gateway.registry: {reg} is not a directory")
+    why = _state_dir_problem(config.state_dir)
+    if why:
+        problems.append(f"{fname}: gateway.state_dir: {why}")
+    return problems
+
+
+def _state_dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (made into) a writable directory, or None."""
+    if path.exists():
+        if not path.is_dir():
+            return f"{path} is not a directory"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{path} is not writable by this user (uid {os.geteuid()})"
+        return None
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {path}: {parent} is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {parent} is not writable by this user (uid {os.geteuid()})"
+    return None
 
 
 def check_against_registry(config: Config, registry: Any, *, at: Any = None) -> list[str]:

@@ -21,7 +21,13 @@ from typing import Any, NoReturn
 
 from drivers.base import Buses, Driver, Reading
 from drivers.errors import ConnectError, DeviceError, DeviceTimeout, DriverError, FrameError
-from gateway.config import Config, EquipmentEntry, check_against_registry, load_config
+from gateway.config import (
+    Config,
+    EquipmentEntry,
+    check_against_registry,
+    check_paths,
+    load_config,
+)
 from gateway.errors import ConfigError
 
 __all__ = ["Gateway", "load_everything", "make_driver"]
@@ -45,12 +51,12 @@ def load_everything(path: Path | str) -> tuple[Config, Any]:
         errors.extend(exc.errors)
         _fail(errors)
     registry = None
+    errors.extend(check_paths(config))
     try:
-        registry = Registry.load(config.registry_dir)
+        if config.registry_dir.is_dir():
+            registry = Registry.load(config.registry_dir)
     except RegistryError as exc:
         errors.extend(f"{config.registry_dir}/{e}" for e in exc.errors)
-    except FileNotFoundError:
-        errors.append(f"{config.path}: gateway.registry: no registry at {config.registry_dir}")
     if registry is not None:
         errors.extend(check_against_registry(config, registry))
     if errors:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,45 @@ def test_the_documented_example_config_is_valid(monkeypatch: pytest.MonkeyPatch)
     assert cfg.mqtt is not None
     assert cfg.influxdb is not None
     assert cfg.outbox.max_bytes == 268435456
+
+
+def test_an_impossible_state_dir_is_a_config_error_in_check_config_and_run(
+    tmp_path: Path,
+) -> None:
+    """A file in the state directory's path: both commands exit 78 naming the field,
+    and ``run`` does not crash with a traceback (systemd would restart it in a loop)."""
+    blocker = tmp_path / "passwd"
+    blocker.write_text("root:x:0:0\n")
+    path = tmp_path / "calgate.toml"
+    path.write_text(
+        f'[gateway]\nregistry = "{EXAMPLE_REGISTRY}"\nstate_dir = "{blocker}/state"\n'
+        "[http]\nenabled = false\n"
+    )
+    for command in ("check-config", "run"):
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", command, "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 78, done.stderr
+        err = done.stderr
+        assert (
+            f"{path}: gateway.state_dir: cannot create {blocker}/state: "
+            f"{blocker} is a file, not a directory"
+        ) in err
+        assert "Traceback" not in err
+
+
+def test_a_misspelt_registry_names_the_field_and_says_it_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "calgate.toml"
+    path.write_text(f'[gateway]\nregistry = "regsitry"\nstate_dir = "{tmp_path}"\n')
+    assert main(["check-config", "-c", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (
+        f"{path}: gateway.registry: {tmp_path / 'regsitry'} does not exist"
+    )
+    assert "1 error(s)" in err
