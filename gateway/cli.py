@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 from gateway import commands
 
-__all__ = ["EX_CONFIG", "build_parser", "configure_logging", "main"]
+__all__ = ["EX_CONFIG", "EX_USAGE", "build_parser", "configure_logging", "main"]
 
+EX_USAGE = 64  # sysexits.h: bad command line (an unknown equipment id, a bad value)
 EX_CONFIG = 78  # sysexits.h: configuration error
 
 

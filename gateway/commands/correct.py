@@ -27,13 +27,8 @@ from calibration.registry import describe_tolerance
 from calibration.rounding import round_result
 from calibration.uncertainty import Budget, ChainLevel
 from drivers.base import Reading
-from gateway.commands.registry import (
-    EX_CONFIG,
-    EX_OK,
-    EX_USAGE,
-    load_or_report,
-    parse_at,
-)
+from gateway.cli import EX_CONFIG, EX_USAGE
+from gateway.commands.registry import EX_OK, load_or_report, parse_at
 from gateway.model import CalStatus, Measurement
 
 __all__ = ["correct_one", "register"]

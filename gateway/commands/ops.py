@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import eventloop
-from gateway.cli import EX_CONFIG
+from gateway.cli import EX_CONFIG, EX_USAGE
 from gateway.errors import CalgateError, ConfigError
 
 __all__ = ["register"]
@@ -86,11 +86,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     known = {e.id for e in config.equipment}
     unknown = [i for i in args.ids if i not in known]
     if unknown:
+        names = ", ".join(repr(i) for i in unknown)
         print(
-            f"unknown equipment: {', '.join(unknown)} (configured: {', '.join(sorted(known))})",
+            f"calgate: unknown equipment {names} (configured: {', '.join(sorted(known))})",
             file=sys.stderr,
         )
-        return 2
+        return EX_USAGE
     entries = [e for e in config.equipment if not args.ids or e.id in args.ids]
     return asyncio.run(_probe(entries, registry, as_json=args.json))
 

@@ -21,12 +21,11 @@ from typing import Any
 
 from calibration import ChainNode, Registry, RegistryError
 from calibration.errors import CalibrationError
+from gateway.cli import EX_CONFIG, EX_USAGE
 
 __all__ = ["load_or_report", "parse_at", "register"]
 
 EX_OK = 0
-EX_USAGE = 64
-EX_CONFIG = 78  # sysexits.h
 
 
 # -- helpers shared with ``calgate correct`` -------------------------------------------------

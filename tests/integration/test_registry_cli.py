@@ -298,3 +298,19 @@ def test_check_lists_what_depends_on_a_drifted_standard(
         "    W-1  WS/m  2024-06-01 to 2025-02-28",
         "      C-1  INS/m  2024-09-01 to now",
     ]
+
+
+def test_an_unknown_equipment_id_exits_64_from_probe_correct_and_chain(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One exit code (EX_USAGE) for the same mistake, whichever command it is made in."""
+    lab = EXAMPLES.parent / "calgate-lab.toml"
+    for argv in (
+        ("probe", "-c", str(lab), "BAL-99"),
+        ("correct", str(EXAMPLES), "BAL-99", "weight", "1"),
+        ("registry", "chain", str(EXAMPLES), "BAL-99"),
+        ("registry", "trace", str(EXAMPLES), "BAL-99"),
+    ):
+        code, _, err = run(capsys, *argv)
+        assert code == 64, argv
+        assert "unknown equipment 'BAL-99'" in err, argv
