@@ -7,8 +7,11 @@ Every problem is collected and reported at once as ``file: path.to.field: messag
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ __all__ = [
     "GatewaySettings",
     "check_against_registry",
     "check_paths",
+    "equipment_where",
     "format_loc",
     "load_config",
 ]
@@ -104,13 +108,61 @@ def format_loc(loc: Iterable[int | str], prefix: str = "") -> str:
     return out
 
 
-def _errors(exc: ValidationError, fname: str, prefix: str = "") -> list[str]:
+def _errors(
+    exc: ValidationError,
+    fname: str,
+    prefix: str = "",
+    model: type[BaseModel] | None = None,
+    also: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Each error as ``file: path: message``; an unknown key of ``model`` (or of a table
+    inside it; ``also``: more keys of the top table) gets the nearest known key as a
+    suggestion."""
     lines = []
     for err in exc.errors():
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         where = format_loc(loc, prefix) or "(top level)"
-        lines.append(f"{fname}: {where}: {err['msg']}")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden" and model is not None and loc:
+            known = _known_keys(model, loc[:-1]) | (also if len(loc) == 1 else set())
+            msg = "unknown key" + _did_you_mean(str(loc[-1]), known)
+        lines.append(f"{fname}: {where}: {msg}")
     return lines
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _known_keys(model: type[BaseModel], loc: Sequence[int | str]) -> set[str]:
+    """The keys of the table at ``loc`` inside ``model`` (empty when it is not a model)."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None:
+            return set()
+        if isinstance(part, int):
+            continue  # an item of a list: the list's model is already current
+        field = current.model_fields.get(part)
+        current = _model_in(field.annotation) if field is not None else None
+    return set(current.model_fields) if current is not None else set()
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``Model``, ``list[Model]``, ``Model | None``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def equipment_where(index: int, eq_id: object) -> str:
+    """``equipment[0] (PT-101)``: a table's place in the file and the id a person knows."""
+    return f"equipment[{index}]" + (f" ({eq_id})" if isinstance(eq_id, str) and eq_id else "")
 
 
 def _parse_equipment(
@@ -120,8 +172,8 @@ def _parse_equipment(
     entries: list[EquipmentEntry] = []
     seen: dict[str, int] = {}
     for i, table in enumerate(tables):
-        where = f"equipment[{i}]"
         eq_id = table.get("id")
+        where = equipment_where(i, eq_id)
         if isinstance(eq_id, str):
             if eq_id in seen:
                 errors.append(
@@ -141,7 +193,7 @@ def _parse_equipment(
         try:
             cfg = cls.Config.model_validate(own)
         except ValidationError as exc:
-            errors.extend(_errors(exc, fname, where))
+            errors.extend(_errors(exc, fname, where, cls.Config, GATEWAY_KEYS))
             continue
         unc = table.get("uncalibrated", [])
         if isinstance(unc, bool):
@@ -177,7 +229,9 @@ def load_config(path: Path | str) -> Config:
     try:
         top = _TopLevel.model_validate(raw)
     except ValidationError as exc:
-        errors.extend(e for e in _errors(exc, fname) if not _is_equipment_detail(e, fname))
+        errors.extend(
+            e for e in _errors(exc, fname, model=_TopLevel) if not _is_equipment_detail(e, fname)
+        )
     tables = raw.get("equipment", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         errors.append(f"{fname}: equipment: must be an array of tables ([[equipment]])")
@@ -256,7 +310,7 @@ def check_against_registry(config: Config, registry: Any, *, at: Any = None) -> 
     fname = str(config.path)
     problems: list[str] = []
     for entry in config.equipment:
-        where = f"equipment[{entry.index}]"
+        where = equipment_where(entry.index, entry.id)
         eq = registry.equipment(entry.id)
         if eq is None:
             problems.append(

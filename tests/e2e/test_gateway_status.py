@@ -318,8 +318,8 @@ async def test_broken_config_exits_78_listing_every_error(tmp_path: Path) -> Non
     assert where == {
         "gateway.status_interval_s",
         "http.listen",
-        "equipment[0].interval_s",
-        "equipment[1].driver",
+        "equipment[0] (BAL-01).interval_s",
+        "equipment[1] (PT-101).driver",
     }, lines
     assert lines[-1] == f"{len(errors)} error(s)"
 
@@ -347,9 +347,9 @@ async def test_broken_config_exits_78_listing_every_error(tmp_path: Path) -> Non
     assert code == EX_CONFIG
     errors = [x for x in lines if x.startswith(f"{config}: ")]
     assert len(errors) == 2, lines
-    assert any(x.startswith(f"{config}: equipment[0].id: 'NOPE-1'") for x in errors)
+    assert any(x.startswith(f"{config}: equipment[0] (NOPE-1).id: 'NOPE-1'") for x in errors)
     assert any(
-        x.startswith(f"{config}: equipment[1].channels[0].name: channel 'temperature'")
+        x.startswith(f"{config}: equipment[1] (PT-101).channels[0].name: channel 'temperature'")
         for x in errors
     )
     assert not (tmp_path / "state").exists(), "nothing started"

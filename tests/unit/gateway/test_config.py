@@ -64,10 +64,10 @@ def test_a_broken_config_lists_every_error_with_its_path(tmp_path: Path) -> None
     assert f"{path}: mqtt" in text
     assert "password" in text
     assert "hunter2" not in text
-    assert f"{path}: equipment[0].baudrate: " in text
-    assert f"{path}: equipment[1].channels[0].type: " in text
-    assert f"{path}: equipment[2].driver: unknown driver 'telepathy'" in text
-    assert f"{path}: equipment[3].id: duplicate equipment id 'BAL-01'" in text
+    assert f"{path}: equipment[0] (BAL-01).baudrate: " in text
+    assert f"{path}: equipment[1] (PT-101).channels[0].type: " in text
+    assert f"{path}: equipment[2] (X-1).driver: unknown driver 'telepathy'" in text
+    assert f"{path}: equipment[3] (BAL-01).id: duplicate equipment id 'BAL-01'" in text
 
 
 def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
@@ -90,10 +90,10 @@ def test_check_config_cross_checks_the_registry_and_exits_78(
     )
     assert main(["check-config", "-c", str(path)]) == 78
     err = capsys.readouterr().err
-    assert f"{path}: equipment[0].id: 'NOPE-1' is not in the registry" in err
+    assert f"{path}: equipment[0] (NOPE-1).id: 'NOPE-1' is not in the registry" in err
     assert (
-        f"{path}: equipment[1].channels[0].name: channel 'temperature' is not a channel of PT-101"
-        in err
+        f"{path}: equipment[1] (PT-101).channels[0].name: "
+        "channel 'temperature' is not a channel of PT-101" in err
     )
     assert "2 error(s)" in err
 
@@ -168,3 +168,27 @@ def test_a_misspelt_registry_names_the_field_and_says_it_does_not_exist(
         f"{path}: gateway.registry: {tmp_path / 'regsitry'} does not exist"
     )
     assert "1 error(s)" in err
+
+
+def test_a_typo_in_a_key_names_the_equipment_and_suggests_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "calgate.toml"
+    path.write_text(
+        "[gateway]\nstauts_interval_s = 3\n"
+        '[[equipment]]\nid = "PT-101"\ndriver = "modbus"\nurl = "tcp://127.0.0.1:502"\n'
+        "intervl_s = 1\nuncalibratd = true\n"
+        '[[equipment.channels]]\nname = "pressure"\naddress = 0\ntype = "float32"\nwrod_order = "CDAB"\n'
+        '[[equipment]]\ndriver = "mt-sics"\nport = "/dev/null"\nbaudrat = 9600\n'
+        '[[equipment]]\nid = "BAL-02"\ndriver = "mt-sics"\nport = "/dev/null"\ncolour = "red"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert set(info.value.errors) == {
+        f"{path}: gateway.stauts_interval_s: unknown key; did you mean status_interval_s?",
+        f"{path}: equipment[0] (PT-101).intervl_s: unknown key; did you mean interval_s?",
+        f"{path}: equipment[0] (PT-101).uncalibratd: unknown key; did you mean uncalibrated?",
+        f"{path}: equipment[0] (PT-101).channels[0].wrod_order: unknown key; "
+        "did you mean word_order?",
+        f"{path}: equipment[1].baudrat: unknown key; did you mean baudrate?",
+        f"{path}: equipment[1].id: Field required",
+        f"{path}: equipment[2] (BAL-02).colour: unknown key",
+    }
