@@ -27,6 +27,8 @@ from simulators.net import free_port
 
 __all__ = ["example_registry", "lab_toml", "run_demo"]
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 def example_registry() -> Path:
     """``examples/registry``: from a source checkout, or installed as package data."""
@@ -198,7 +200,9 @@ async def run_demo(
     gw: Gateway | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: the terminal or the SSH session that ran the demo went away; it stops
+    # like Ctrl-C, so mosquitto, influxd and the temporary folder do not stay behind.
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
         print("starting the simulated lab…", file=out, flush=True)
@@ -262,6 +266,8 @@ async def run_demo(
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await stop.wait()
+            if stop.is_set():
+                break
             table = render_table(gw.monitor.states, gw.events, colour=tty, header=header + "\n")
             if tty:
                 out.write("\x1b[H\x1b[2J" + table + "\n")
@@ -272,7 +278,7 @@ async def run_demo(
                 break
         return 0
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         if gw is not None and gw.started:
             await gw.stop()
@@ -283,4 +289,5 @@ async def run_demo(
             p.stop()
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)
-        print("calgate demo: stopped", file=out, flush=True)
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            print("calgate demo: stopped", file=out, flush=True)

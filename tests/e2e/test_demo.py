@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from helpers import require_binary, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -54,3 +61,54 @@ async def test_demo_shows_every_instrument_corrected_with_its_status(
     assert "due_soon" in rows["PT-102"]  # and its certificate due soon
     assert "traceability_broken" in out
     assert out.rstrip().endswith("calgate demo: stopped")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has stopped
+
+
+def test_sighup_stops_the_demo_with_its_servers_and_temporary_folder() -> None:
+    """The terminal or SSH session closed (SIGHUP): mosquitto, influxd and the demo's
+    temporary folder go as on Ctrl-C, instead of staying behind."""
+    require_binary("mosquitto", "/usr/sbin/mosquitto")
+    require_binary("influxd")
+    children: list[int] = []
+    config: Path | None = None
+    with subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--refresh", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.strip().startswith("config:"):
+                    config = Path(line.split()[1])
+                    break
+            assert config is not None
+            assert config.is_file()
+            children = _children(proc.pid)
+            names = {Path(f"/proc/{c}/exe").resolve().name for c in children}
+            assert {"mosquitto", "influxd"} <= names, names
+            proc.send_signal(signal.SIGHUP)
+            rest = proc.stdout.read()
+            assert proc.wait(60) == 0, rest
+            assert rest.rstrip().endswith("calgate demo: stopped")
+            wait_for(lambda: all(_gone(c) for c in children), timeout_s=10, what="servers gone")
+            assert not config.parent.exists(), "the temporary folder stays behind"
+        finally:  # what the old code left behind, so the next run starts clean
+            for pid in [proc.pid, *children]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if config is not None:
+                shutil.rmtree(config.parent, ignore_errors=True)
