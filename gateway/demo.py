@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,7 @@ async def run_demo(
 ) -> int:
     from gateway.embedded_broker import EmbeddedBroker
     from gateway.live import render_table
+    from gateway.model import Event
     from gateway.service import Gateway, load_everything
     from simulators.lab import Lab
 
@@ -241,6 +243,8 @@ async def run_demo(
         )
         config, registry = load_everything(path)
         gw = Gateway(config, registry, history=None if influx else work / "history.sqlite")
+        recent: deque[Event] = deque(maxlen=200)  # the live table's events
+        gw.results.listeners.append(recent.extend)
         await gw.start()
         intro = [
             f"calgate demo: {len(config.equipment)} simulated instruments, registry {config.registry_dir}",
@@ -268,7 +272,7 @@ async def run_demo(
                     await stop.wait()
             if stop.is_set():
                 break
-            table = render_table(gw.monitor.states, gw.events, colour=tty, header=header + "\n")
+            table = render_table(gw.monitor.states, recent, colour=tty, header=header + "\n")
             if tty:
                 out.write("\x1b[H\x1b[2J" + table + "\n")
             else:

@@ -26,7 +26,11 @@ import re
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    from gateway.outbox import OutboxStats
+    from gateway.sinks.base import Sink
 
 __all__ = [
     "CALIBRATION_STATUSES",
@@ -392,6 +396,15 @@ class MetricsRegistry:
         return "\n".join(out)
 
 
+class _PollSeries(NamedTuple):
+    """The series :meth:`Metrics.observe_poll` updates for one equipment."""
+
+    polls: CounterChild
+    latency: HistogramChild
+    up: GaugeChild
+    readings: dict[tuple[str, str], CounterChild]  # by (channel, quality)
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -495,6 +508,7 @@ class Metrics(MetricsRegistry):
             "process_resident_memory_bytes", "Resident memory of this process."
         )
         self.on_scrape(self._process_stats)
+        self._poll_series: dict[str, _PollSeries] = {}  # observe_poll's, per equipment
 
     def _process_stats(self) -> None:
         t = os.times()
@@ -521,6 +535,7 @@ class Metrics(MetricsRegistry):
 
     def forget_equipment(self, equipment: str) -> None:
         """Drop every series of an equipment (it left the config on reload)."""
+        self._poll_series.pop(equipment, None)
         for metric in (
             self.polls,
             self.poll_errors,
@@ -537,13 +552,37 @@ class Metrics(MetricsRegistry):
         self, equipment: str, latency_s: float, readings: Iterable[tuple[str, str]] = ()
     ) -> None:
         """One successful poll: count it, its latency, ``(channel, quality)`` of each
-        reading, and mark the equipment up."""
-        self.polls.inc(equipment)
-        self.poll_latency.observe(equipment, value=latency_s)
-        inc = self.readings.inc
-        for channel, quality in readings:
-            inc(equipment, channel, quality)
-        self.equipment_up.set(equipment, value=1.0)
+        reading, and mark the equipment up. Called for every poll, so the equipment's
+        series are looked up once and kept (:meth:`forget_equipment` drops them)."""
+        children = self._poll_series.get(equipment)
+        if children is None:
+            children = self._poll_series[equipment] = _PollSeries(
+                self.polls.labels(equipment),
+                self.poll_latency.labels(equipment),
+                self.equipment_up.labels(equipment),
+                {},
+            )
+        polls, latency, up, by_reading = children
+        polls.value += 1.0
+        latency.observe(latency_s)
+        up.value = 1.0
+        for key in readings:
+            child = by_reading.get(key)
+            if child is None:
+                child = by_reading[key] = self.readings.labels(equipment, *key)
+            child.value += 1.0
+
+    def observe_delivery(self, stats: OutboxStats, sinks: Iterable[Sink]) -> None:
+        """The outbox's depth, sink lag and drops, and each sink's delivered and failed
+        counts (a scrape hook: the outbox and sinks keep their own numbers)."""
+        for sink, depth in stats.depth.items():
+            self.outbox_depth.set(sink, value=float(depth))
+        for sink, lag in stats.lag_s.items():
+            self.sink_lag.set(sink, value=float(lag))
+        self.outbox_dropped.labels().value = float(stats.dropped)
+        for s in sinks:
+            self.sink_sent.labels(s.name).value = float(s.delivered)
+            self.sink_errors.labels(s.name).value = float(s.failures)
 
     def observe_failure(self, equipment: str, kind: str) -> None:
         """One failed poll of this kind (connect, timeout, frame, device, ...)."""

@@ -1,8 +1,14 @@
-"""The gateway service: wires drivers, the pipeline, the monitor, the outbox and sinks.
+"""The gateway service: its life cycle, reload and health.
 
-``Gateway.serve_forever()`` runs one TaskGroup: sinks first (so they flush last), the
-status server, one supervised task per equipment, the calibration watcher. SIGHUP
-reloads config and registry; SIGTERM/SIGINT stop cleanly.
+:class:`Gateway` wires drivers, the pipeline, the monitor, the outbox and the sinks, and
+runs them as named tasks it keeps and cancels itself (not one ``asyncio.TaskGroup``: a
+task that ends on a bug must not cancel its siblings). Started in this order: the outbox,
+the sinks (so they flush last), the status server, one supervised task per equipment,
+the calibration watch and the heartbeat (which restarts a hung equipment task). A
+service task that crashes stops the gateway; an equipment task that does is reported
+offline and the others poll on. What becomes of a poll's result is
+:mod:`gateway.poll_results`. SIGHUP reloads config and registry; SIGTERM/SIGINT stop
+cleanly.
 """
 
 from __future__ import annotations
@@ -13,14 +19,13 @@ import gc
 import logging
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from drivers.base import Buses, Driver, Reading
-from drivers.errors import ConnectError, DeviceError, DeviceTimeout, DriverError, FrameError
+from drivers.base import Buses, Driver
+from drivers.errors import DeviceTimeout
 from gateway.config import (
     Config,
     EquipmentEntry,
@@ -29,6 +34,18 @@ from gateway.config import (
     load_config,
 )
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from calibration import Registry
+    from gateway.outbox import Outbox
+    from gateway.scheduler import Supervisor
+    from gateway.sinks.base import Sink
+    from gateway.sinks.history import HistorySink
+    from gateway.sinks.influx import InfluxSink
+    from gateway.sinks.mqtt import MqttSink
+    from gateway.status import StatusServer
 
 __all__ = ["Gateway", "load_everything", "make_driver"]
 
@@ -39,7 +56,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def load_everything(path: Path | str) -> tuple[Config, Any]:
+def load_everything(path: Path | str) -> tuple[Config, Registry]:
     """Config and registry, cross-checked; ConfigError lists every problem of all three."""
     from calibration import Registry, RegistryError
 
@@ -61,6 +78,7 @@ def load_everything(path: Path | str) -> tuple[Config, Any]:
         errors.extend(check_against_registry(config, registry))
     if errors:
         _fail(errors)
+    assert registry is not None  # else an error says why
     return config, registry
 
 
@@ -68,7 +86,7 @@ def _fail(errors: list[str]) -> NoReturn:
     raise ConfigError(f"{len(errors)} configuration error(s)", errors=errors)
 
 
-def make_driver(entry: EquipmentEntry, registry: Any | None, buses: Buses) -> Driver:
+def make_driver(entry: EquipmentEntry, registry: Registry | None, buses: Buses) -> Driver:
     """The driver of an equipment table; a single-channel instrument's channel name
     comes from its registry equipment when the table does not name it."""
     from drivers import driver_class
@@ -84,7 +102,7 @@ def make_driver(entry: EquipmentEntry, registry: Any | None, buses: Buses) -> Dr
 
 
 class Gateway:
-    """The running service; also the PollHooks of every Supervisor.
+    """The running service (its supervisors' hooks are :attr:`results`).
 
     ``start()`` brings everything up inside the caller's loop and returns; ``stop()``
     takes it down (equipment first, sinks last so they flush). ``serve_forever()`` is
@@ -94,7 +112,7 @@ class Gateway:
     def __init__(
         self,
         config: Config,
-        registry: Any,
+        registry: Registry | None,
         *,
         history: Path | None = None,
         clock: Callable[[], datetime] | None = None,
@@ -104,9 +122,9 @@ class Gateway:
         from gateway.metrics import Metrics
         from gateway.monitor import Monitor
         from gateway.pipeline import Pipeline
+        from gateway.poll_results import PollResults
 
         self.config = config
-        self.registry = registry
         self.clock: Callable[[], datetime] = clock or _utcnow
         self.buses = Buses()
         # the pipeline's own default clock: it then checks the date against time.time()
@@ -114,19 +132,16 @@ class Gateway:
         self.pipeline = Pipeline(registry, clock=clock)
         self.monitor = Monitor(clock=self.clock)
         self.metrics = Metrics()
-        self.events: deque[Any] = deque(maxlen=200)  # recent events, for the demo's table
-        self.outbox: Any = None
-        self.mqtt: Any = None
-        self.influx: Any = None
-        self.history_path = history  # the demo's local SQLite history, when no InfluxDB
-        self.history: Any = None
-        self.status_server: Any = None
-        self._equipment: dict[str, tuple[asyncio.Task[None], EquipmentEntry, Any]] = {}
+        self.results = PollResults(self.pipeline, self.monitor, self.metrics)
+        self.outbox: Outbox | None = None
+        self.mqtt: MqttSink | None = None
+        self.influx: InfluxSink | None = None
+        self.history_path = history  # a local SQLite history (the demo's, when no InfluxDB)
+        self.history: HistorySink | None = None
+        self.status_server: StatusServer | None = None
+        self._equipment: dict[str, tuple[asyncio.Task[None], EquipmentEntry, Supervisor]] = {}
         self._service_tasks: list[asyncio.Task[Any]] = []
-        self._sink_tasks: list[asyncio.Task[Any]] = []
-        self._published: dict[str, int] = {}  # EquipmentState.version last published
-        self._limits_of = self._limits  # bound once: the monitor gets it on every poll
-        self._poll_metrics: dict[str, tuple[Any, ...]] = {}  # Gateway.readings' children
+        self._sink_tasks: list[asyncio.Task[None]] = []
         from gateway.scheduler import Ticker
 
         self._ticker = Ticker()  # the supervisors' shared timers
@@ -136,6 +151,11 @@ class Gateway:
         self._frozen = False  # gc.freeze()d after start (serve_forever)
         self._started_at = datetime.now(UTC)
         self.started = False
+
+    @property
+    def registry(self) -> Registry | None:
+        """The registry snapshot in use (the pipeline's: a reload swaps it there)."""
+        return self.pipeline.registry
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -165,6 +185,7 @@ class Gateway:
             site=cfg.gateway.site,
             topic_prefix=prefix,
         )
+        self.results.outbox = self.outbox
         self._spawn(self.outbox.run(), "outbox")
         await self._start_sinks()
         self._register_scrape_hooks()
@@ -182,7 +203,7 @@ class Gateway:
         self._spawn(self._heartbeat(), "heartbeat")
         self.started = True
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._service_tasks.append(task)
         task.add_done_callback(self._service_task_done)
@@ -199,12 +220,14 @@ class Gateway:
 
     async def _start_sinks(self) -> None:
         cfg = self.config
+        assert self.outbox is not None
         if cfg.mqtt is not None:
             from gateway.sinks.mqtt import MqttSink
 
             self.mqtt = MqttSink(
                 cfg.mqtt, self.outbox, site=cfg.gateway.site, gateway_id=cfg.gateway.id
             )
+            self.results.mqtt = self.mqtt
             self.mqtt.publish_gateway_status(self.gateway_status())
         if cfg.influxdb is not None:
             from gateway.sinks.influx import InfluxSink
@@ -217,7 +240,7 @@ class Gateway:
         for sink in self.sinks():
             self._sink_tasks.append(asyncio.create_task(sink.run(), name=f"sink:{sink.name}"))
 
-    def sinks(self) -> list[Any]:
+    def sinks(self) -> list[Sink]:
         return [s for s in (self.mqtt, self.influx, self.history) if s is not None]
 
     async def stop(self) -> None:
@@ -293,7 +316,7 @@ class Gateway:
         gw = self.config.gateway
         sup = Supervisor(
             driver,
-            self,
+            self.results,
             interval_s=entry.driver.interval_s,
             backoff=Backoff(gw.backoff_min_s, gw.backoff_max_s),
             ticker=self._ticker,
@@ -310,8 +333,7 @@ class Gateway:
         if exc is not None:  # a bug in a driver: report it, keep the others going
             name = task.get_name().removeprefix("equipment:")
             log.error("equipment %s stopped on an unexpected error: %r", name, exc, exc_info=exc)
-            self.monitor.offline(name, exc)
-            self._publish_status(name)
+            self.results.crashed(name, exc)
 
     async def _stop_equipment(self, eq_id: str) -> None:
         item = self._equipment.pop(eq_id, None)
@@ -322,107 +344,11 @@ class Gateway:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
 
-    # -- PollHooks ------------------------------------------------------------------------
-
-    def readings(self, equipment: str, readings: list[Reading], latency_s: float) -> None:
-        events = self.monitor.answered(equipment)
-        ms = self.pipeline.process(readings)
-        events += self.monitor.measurements(ms, self._limits_of)
-        # The equipment's metric children, cached (_forget_equipment drops them on reload)
-        cached = self._poll_metrics.get(equipment)
-        if cached is None:
-            m = self.metrics
-            cached = (
-                m.polls.labels(equipment),
-                m.poll_latency.labels(equipment),
-                m.equipment_up.labels(equipment),
-                {},
-            )
-            self._poll_metrics[equipment] = cached
-        polls, latency, up, by_reading = cached
-        polls.value += 1.0
-        latency.observe(latency_s)
-        up.value = 1.0
-        for x in ms:
-            key = (x.reading.channel, x.quality)
-            child = by_reading.get(key)
-            if child is None:
-                child = by_reading[key] = self.metrics.readings.labels(equipment, *key)
-            child.value += 1.0
-        self.outbox.add(ms)
-        if events:
-            self._emit(events)
-        self._publish_status(equipment)
-
-    def failure(self, equipment: str, error: DriverError) -> None:
-        from gateway.scheduler import classify
-
-        m = self.metrics
-        m.polls.inc(equipment)
-        m.poll_errors.inc(equipment, classify(error))
-        if isinstance(error, ConnectError | DeviceTimeout):
-            m.equipment_up.set(equipment, value=0.0)
-            events = self.monitor.offline(equipment, error)
-        elif isinstance(error, DeviceError):
-            events = self.monitor.online(equipment) + self.monitor.device_error(
-                equipment, error, error.code
-            )
-        else:
-            assert isinstance(error, FrameError | DriverError)
-            self.monitor.frame_error(equipment, error)
-            events = []
-        log.debug("%s: %s", equipment, error)
-        if events:
-            self._emit(events)
-        self._publish_status(equipment)
-
-    def missed(self, equipment: str, count: int) -> None:
-        self.metrics.missed_deadlines.inc(equipment, amount=float(count))
-
-    # -- events and status ----------------------------------------------------------------
-
-    def _emit(self, events: list[Any]) -> None:
-        self.events.extend(events)
-        self.outbox.add(events)
-        for e in events:
-            log.info("event %s: %s", e.type, e.message)
-
-    def _limits(self, equipment: str, channel: str) -> Any:
-        reg = self.registry
-        eq = reg.equipment(equipment) if reg is not None else None
-        if eq is None:
-            return None
-        ch = next((c for c in eq.channels if c.name == channel), None)
-        return ch.limits if ch is not None else None
-
-    def _publish_status(self, equipment: str) -> None:
-        st = self.monitor.state(equipment)
-        if self._published.get(equipment) == st.version:
-            return  # nothing it shows has changed since it was published
-        self._published[equipment] = st.version
-        if self.mqtt is not None:
-            payload = st.summary()
-            payload.pop("channels", None)
-            payload["ts"] = datetime.now(UTC).isoformat()
-            self.mqtt.publish_status(equipment, payload)
+    # -- calibration, heartbeat, health and status ------------------------------------
 
     def check_calibration(self, at: datetime | None = None) -> None:
         """Re-evaluate every equipment's calibration status (the date may have passed)."""
-        at = at or self.clock()
-        reg = self.registry
-        if reg is None:
-            return
-        events = []
-        for eq_id in list(self._equipment):
-            if reg.equipment(eq_id) is None:
-                continue
-            state = reg.state(eq_id, at)
-            events += self.monitor.calibration(eq_id, state)
-            days = (state.due - at.date()).days if state.due else None
-            self.metrics.set_calibration(eq_id, state.status, days)
-            self._publish_status(eq_id)
-        if events:
-            self._emit(events)
+        self.results.calibration(list(self._equipment), at or self.clock())
 
     async def _calibration_watch(self) -> None:
         while True:  # the interval as configured now (a reload may change it)
@@ -439,7 +365,7 @@ class Gateway:
                 if sup.stalled(now):
                     log.error("%s: a poll hangs past 3 x timeout_s + 1 s; restarting it", eq_id)
                     err = DeviceTimeout("poll hung; restarted", equipment=eq_id)
-                    self.failure(eq_id, err)
+                    self.results.failure(eq_id, err)
                     await self._stop_equipment(eq_id)
                     self._start_equipment(entry)
             await asyncio.sleep(1.0)
@@ -495,20 +421,11 @@ class Gateway:
         return out
 
     def _register_scrape_hooks(self) -> None:
-        def outbox_stats() -> None:
-            if self.outbox is None:
-                return
-            s = self.outbox.stats()
-            for sink, depth in s.depth.items():
-                self.metrics.outbox_depth.set(sink, value=float(depth))
-            for sink, lag in s.lag_s.items():
-                self.metrics.sink_lag.set(sink, value=float(lag))
-            self.metrics.outbox_dropped.labels().value = float(s.dropped)
-            for sink in self.sinks():
-                self.metrics.sink_sent.labels(sink.name).value = float(sink.delivered)
-                self.metrics.sink_errors.labels(sink.name).value = float(sink.failures)
+        def delivery() -> None:
+            if self.outbox is not None:
+                self.metrics.observe_delivery(self.outbox.stats(), self.sinks())
 
-        self.metrics.on_scrape(outbox_stats)
+        self.metrics.on_scrape(delivery)
 
     def _freeze_heap(self, *, collect: bool = False) -> None:
         """Move what lives as long as the service (modules, config, registry, drivers)
@@ -542,7 +459,6 @@ class Gateway:
                     log.error("reload refused: %s", line)
                 sdnotify.ready()
                 return
-            self.registry = registry
             self.pipeline.swap_registry(registry)
             new = {e.id: e for e in config.equipment}
             for eq_id, (_, entry, _) in list(self._equipment.items()):
@@ -566,12 +482,7 @@ class Gateway:
 
     def _forget_equipment(self, eq_id: str) -> None:
         """An equipment left the config: its state, metric series and retained status go."""
-        self.monitor.forget(eq_id)
-        self.metrics.forget_equipment(eq_id)
-        self._poll_metrics.pop(eq_id, None)
-        self._published.pop(eq_id, None)
-        if self.mqtt is not None:
-            self.mqtt.clear_status(eq_id)
+        self.results.forget(eq_id)
         log.info("%s: removed from the config; no longer polled", eq_id)
 
 

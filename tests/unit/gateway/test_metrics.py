@@ -158,6 +158,16 @@ def test_calibration_status_is_one_hot_and_forget_equipment_drops_series() -> No
     assert not [k for k in samples if ("equipment", "BAL-01") in k[1]]
     assert samples[("calgate_polls_total", L(equipment="PT-101"))] == 1
 
+    # an equipment that comes back (a reload adds it again) is counted from zero
+    m.observe_poll("BAL-01", 0.1, [("mass", "good")])
+    samples, _ = parse(m.render())
+    assert samples[("calgate_polls_total", L(equipment="BAL-01"))] == 1
+    assert (
+        samples[("calgate_readings_total", L(equipment="BAL-01", channel="mass", quality="good"))]
+        == 1
+    )
+    assert samples[("calgate_equipment_up", L(equipment="BAL-01"))] == 1
+
 
 def test_scrape_time_functions_and_hooks() -> None:
     m = Metrics()
