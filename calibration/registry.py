@@ -87,11 +87,68 @@ class Range(_Frozen):
     low: float
     high: float
 
+    @model_validator(mode="before")
+    @classmethod
+    def _spellings(cls, v: Any) -> Any:
+        v = _bounds(v, width_from_zero=True)
+        if not isinstance(v, Mapping):
+            raise ValueError(
+                f"must be a number (its width), [low, high] or {{low, high}} (got {v!r})"
+            )
+        return v
+
     @model_validator(mode="after")
     def _ordered(self) -> Range:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
         return self
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+
+def _bounds(v: Any, *, width_from_zero: bool = False) -> Any:
+    """The spellings of a span or range (ARCHITECTURE.md 4.2), as ``{low, high}``.
+
+    ``[low, high]`` and ``{low, high}`` give the bounds; a number is a width, which for a
+    ``range`` starts at zero (``1000.0`` is ``[0.0, 1000.0]``). Anything else is left for
+    the model to refuse with its own message.
+    """
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return {"low": v[0], "high": v[1]}
+    if width_from_zero and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return {"low": 0.0, "high": v}
+    return v
+
+
+def _span_width(tolerance: Any) -> Any:
+    """A tolerance table whose ``span`` is written as bounds, with the span as its width.
+
+    Bounds go through :class:`Range` (the one parser of spans and ranges); its errors are
+    reported at ``tolerance.span``.
+    """
+    if not isinstance(tolerance, Mapping):
+        return tolerance
+    span = tolerance.get("span")
+    if not isinstance(span, (list, tuple, Mapping)):
+        return tolerance  # a number (the width), or something Tolerance refuses
+    try:
+        width = Range.model_validate(span).width
+    except ValidationError as exc:
+        raise ValidationError.from_exception_data(
+            exc.title,
+            [
+                {
+                    "type": e["type"],
+                    "loc": ("span", *e["loc"]),
+                    "input": e["input"],
+                    "ctx": e.get("ctx", {}),
+                }
+                for e in exc.errors()
+            ],
+        ) from None
+    return {**tolerance, "span": width}
 
 
 class Limits(_Frozen):
@@ -129,12 +186,6 @@ def describe_tolerance(t: Tolerance) -> str:
     return f"OIML R111 class {t.oiml_r111.class_}"
 
 
-def _pair(v: Any) -> Any:
-    if isinstance(v, (list, tuple)) and len(v) == 2:
-        return {"low": v[0], "high": v[1]}
-    return v
-
-
 class Channel(_Frozen):
     """One measured quantity of an instrument or standard."""
 
@@ -148,10 +199,15 @@ class Channel(_Frozen):
     tolerance: Tolerance | None = None
     limits: Limits | None = None
 
-    @field_validator("range", "limits", mode="before")
+    @field_validator("limits", mode="before")
     @classmethod
     def _pairs(cls, v: Any) -> Any:
-        return _pair(v)
+        return _bounds(v)
+
+    @field_validator("tolerance", mode="before")
+    @classmethod
+    def _span(cls, v: Any) -> Any:
+        return _span_width(v)
 
     @field_validator("unit")
     @classmethod
@@ -399,6 +455,9 @@ class Registry:
     _equipment: Mapping[str, Equipment]
     _certificates: Mapping[str, Certificate]
     _by_item: Mapping[str, tuple[Certificate, ...]] = field(repr=False)
+    notes: tuple[str, ...] = ()
+    """What the loader noticed that is not an error (``file: (file): message``): a missing
+    ``certificates/`` or ``equipment/`` directory, which git does not keep when empty."""
 
     # -- construction --------------------------------------------------------------------
 
@@ -413,6 +472,7 @@ class Registry:
         root: Path,
         equipment: Iterable[Equipment],
         certificates: Iterable[Certificate],
+        notes: Iterable[str] = (),
     ) -> Registry:
         """A snapshot of already validated records (the loader's last step)."""
         eq = {e.id: e for e in equipment}
@@ -425,6 +485,7 @@ class Registry:
             _equipment=MappingProxyType(dict(sorted(eq.items()))),
             _certificates=MappingProxyType(dict(sorted(certs.items()))),
             _by_item=_freeze_groups(groups),
+            notes=tuple(notes),
         )
 
     # -- look-ups ------------------------------------------------------------------------
@@ -537,20 +598,32 @@ def _read_toml(path: Path, rel: str, errors: list[str]) -> dict[str, Any] | None
     return None
 
 
-def _load_equipment(root: Path, errors: list[str], broken: set[str]) -> dict[str, Equipment]:
+_EMPTY = {
+    "equipment": "no equipment yet",
+    "certificates": "no certificates yet: every channel's calibration is none",
+}
+
+
+def _files(root: Path, name: str, suffixes: tuple[str, ...], notes: list[str]) -> list[Path]:
+    """The record files of ``root/name``; a missing or empty directory is noted, not an
+    error (git keeps no empty directory, so a new lab's registry has none of one kind)."""
+    folder = root / name
+    if not folder.is_dir():
+        notes.append(f"{name}/: (file): no such directory: {_EMPTY[name]}")
+        return []
+    files = sorted(p for p in folder.iterdir() if p.suffix in suffixes)
+    if not files:
+        notes.append(f"{name}/: (file): no {' or '.join(suffixes)} files: {_EMPTY[name]}")
+    return files
+
+
+def _load_equipment(
+    root: Path, errors: list[str], broken: set[str], notes: list[str]
+) -> dict[str, Equipment]:
     """Equipment files by id; ids of files that failed go to ``broken`` (their own errors
     are reported; references to them are not reported again as unknown)."""
-    folder = root / "equipment"
     found: dict[str, Equipment] = {}
-    if not folder.is_dir():
-        errors.append(
-            "equipment/: (file): missing directory (one <ID>.toml per instrument or standard)"
-        )
-        return found
-    files = sorted(folder.glob("*.toml"))
-    if not files:
-        errors.append("equipment/: (file): no equipment files")
-    for path in files:
+    for path in _files(root, "equipment", (".toml",), notes):
         rel = path.relative_to(root).as_posix()
         data = _read_toml(path, rel, errors)
         if data is None:
@@ -578,17 +651,10 @@ def _load_equipment(root: Path, errors: list[str], broken: set[str]) -> dict[str
 
 
 def _load_certificates(
-    root: Path, equipment: Mapping[str, Equipment], errors: list[str]
+    root: Path, equipment: Mapping[str, Equipment], errors: list[str], notes: list[str]
 ) -> list[Certificate]:
-
-    folder = root / "certificates"
     out: list[Certificate] = []
-    if not folder.is_dir():
-        errors.append(
-            "certificates/: (file): missing directory (one <NUMBER>.toml or .xml per certificate)"
-        )
-        return out
-    for path in sorted(p for p in folder.iterdir() if p.suffix in (".toml", ".xml")):
+    for path in _files(root, "certificates", (".toml", ".xml"), notes):
         rel = path.relative_to(root).as_posix()
         if path.suffix == ".toml":
             data = _read_toml(path, rel, errors)
@@ -751,9 +817,10 @@ def _load_directory(root: Path) -> Registry:
     if not root.is_dir():
         raise RegistryError([f"{root}: (file): not a directory"], root=str(root))
     errors: list[str] = []
+    notes: list[str] = []
     broken: set[str] = set()
-    equipment = _load_equipment(root, errors, broken)
-    parsed = _load_certificates(root, equipment, errors)
+    equipment = _load_equipment(root, errors, broken, notes)
+    parsed = _load_certificates(root, equipment, errors, notes)
     numbers: dict[str, Certificate] = {}
     for c in parsed:
         if c.number in numbers:
@@ -773,7 +840,7 @@ def _load_directory(root: Path) -> Registry:
         # Stable sort by file keeps each file's problems in the order they were found.
         errors.sort(key=lambda e: e.split(": ", 1)[0])
         raise RegistryError(errors, root=str(root))
-    return Registry.from_records(root, equipment.values(), checked)
+    return Registry.from_records(root, equipment.values(), checked, notes)
 
 
 # -- corrections ----------------------------------------------------------------------------

@@ -119,6 +119,8 @@ def _check(args: argparse.Namespace) -> int:
     ids = reg.equipment_ids()
     n_certs = len(reg.certificates())
     print(f"{args.dir}: {len(ids)} equipment, {n_certs} certificates: no errors")
+    for note in reg.notes:
+        print(f"note: {note}")
     print(f"status on {at.date().isoformat()} (UTC):")
     width = max(len(i) for i in ids) if ids else 0
     bad = 0

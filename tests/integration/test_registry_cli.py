@@ -314,3 +314,28 @@ def test_an_unknown_equipment_id_exits_64_from_probe_correct_and_chain(
         code, _, err = run(capsys, *argv)
         assert code == 64, argv
         assert "unknown equipment 'BAL-99'" in err, argv
+
+
+def test_check_a_registry_without_certificates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a new lab's registry in git: equipment/ and no certificates/ (git keeps no empty dir)
+    shutil.copytree(EXAMPLES / "equipment", tmp_path / "equipment")
+    code, out, err = run(capsys, "registry", "check", str(tmp_path), "--at", AT)
+    assert code == 0, err
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"{tmp_path}: 12 equipment, 0 certificates: no errors"
+    assert lines[1] == (
+        "note: certificates/: (file): no such directory: "
+        "no certificates yet: every channel's calibration is none"
+    )
+    rows = [line for line in lines if line.startswith("  ") and not line.strip().startswith("!")]
+    assert len(rows) == 12
+    assert all("NO CERTIFICATE" in row for row in rows)
+    # --strict still refuses channels without a certificate
+    code, out, _ = run(capsys, "registry", "check", str(tmp_path), "--at", AT, "--strict")
+    assert code == 78
+    assert out.splitlines()[-1] == (
+        "12 channel(s) expired, untraceable, suspect or without certificate"
+    )

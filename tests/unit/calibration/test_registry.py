@@ -162,3 +162,76 @@ def test_garbage_units_are_unknown_units(garbage: str) -> None:
     with pytest.raises(CalibrationError):
         parse_unit(garbage)
     assert not compatible(garbage, "g")
+
+
+_GAUGE = """
+id = "PG-1"
+role = "instrument"
+
+[[channels]]
+name = "{name}"
+quantity = "pressure"
+unit = "kPa"
+range = {range}
+tolerance = {{ {kind} = 1.6, span = {span} }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("range_", "span", "bounds"),
+    [
+        ("[-100.0, 150.0]", "[-100.0, 150.0]", (-100.0, 150.0)),
+        ("{ low = -100.0, high = 150.0 }", "{ low = -100.0, high = 150.0 }", (-100.0, 150.0)),
+        ("250.0", "250.0", (0.0, 250.0)),
+    ],
+)
+@pytest.mark.parametrize("kind", ["en837_class", "mpe_percent_of_span"])
+def test_spans_and_ranges_in_every_spelling(
+    tmp_path: Path, range_: str, span: str, bounds: tuple[float, float], kind: str
+) -> None:
+    # A compound gauge -100 ... 150 kPa of class 1.6: its span is 250 kPa, so the MPE is
+    # 1.6 % of 250 kPa = 4.0 kPa everywhere on the scale (EN 837-1), however it is written.
+    (tmp_path / "equipment").mkdir()
+    (tmp_path / "equipment" / "PG-1.toml").write_text(
+        _GAUGE.format(name="p", range=range_, kind=kind, span=span), encoding="utf-8"
+    )
+    reg = Registry.load(tmp_path)
+    ch = reg.require("PG-1").channels[0]
+    assert ch.range is not None
+    assert (ch.range.low, ch.range.high) == bounds
+    assert ch.tolerance is not None
+    assert ch.tolerance.mpe_at(-50.0) == pytest.approx(4.0)
+    assert ch.tolerance.mpe_at(140.0) == pytest.approx(4.0)
+
+
+def test_a_registry_without_certificates_loads_with_every_channel_none(tmp_path: Path) -> None:
+    # git keeps no empty directory: a new lab's registry has equipment/ and no certificates/
+    shutil.copytree(EXAMPLES / "equipment", tmp_path / "equipment")
+    reg = Registry.load(tmp_path)
+    assert reg.certificates() == ()
+    assert reg.notes == (
+        "certificates/: (file): no such directory: "
+        "no certificates yet: every channel's calibration is none",
+    )
+    at = datetime(2026, 11, 27, tzinfo=UTC)
+    statuses = {
+        reg.state(e, at, ch.name).status
+        for e in reg.equipment_ids()
+        for ch in reg.require(e).channels
+    }
+    assert statuses == {"none"}
+    # and a channel without a certificate corrects as the identity: the raw value
+    corrector = reg.corrector("PT-101", "pressure", at)
+    assert corrector.certificate is None
+    assert corrector.correct_one(1013.25)[0] == 1013.25
+
+
+def test_an_empty_registry_directory_loads_with_notes(tmp_path: Path) -> None:
+    (tmp_path / "certificates").mkdir()
+    reg = Registry.load(tmp_path)
+    assert reg.equipment_ids() == []
+    assert reg.notes == (
+        "equipment/: (file): no such directory: no equipment yet",
+        "certificates/: (file): no .toml or .xml files: "
+        "no certificates yet: every channel's calibration is none",
+    )
