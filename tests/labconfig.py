@@ -1,12 +1,19 @@
-"""Write a ``calgate.toml`` for a running :class:`simulators.lab.Lab` (tests)."""
+"""Write a ``calgate.toml`` for a running :class:`simulators.lab.Lab` (tests), and run the
+gateway on it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
+from mqttsub import Subscriber
+from servers import Mosquitto
+
 from gateway.demo import example_registry, lab_toml
+from gateway.service import Gateway, load_everything
+from simulators.lab import Lab
 
 EXAMPLE_REGISTRY = example_registry()
 
@@ -38,3 +45,22 @@ def lab_config(
         )
     )
     return path
+
+
+@contextlib.asynccontextmanager
+async def lab_gateway(
+    tmp_path: Path, mosquitto: Mosquitto, seed: int, *, opcua: bool = False
+) -> AsyncIterator[tuple[Lab, Subscriber]]:
+    """The simulated lab, a subscriber to everything the gateway publishes, and the
+    gateway polling the lab at 10 Hz (stopped on the way out; the subscriber keeps what
+    it received). ``opcua``: the testing machine too."""
+    async with Lab(fixed_ports=False, opcua=opcua, seed=seed) as lab:
+        path = lab_config(lab, tmp_path, mqtt_url=mosquitto.url, interval_s=0.1)
+        config, reg = load_everything(path)
+        with Subscriber(mosquitto.port, "calgate/lab-t/#") as sub:
+            gw = Gateway(config, reg)
+            await gw.start()
+            try:
+                yield lab, sub
+            finally:
+                await gw.stop()

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from labconfig import EXAMPLE_REGISTRY, lab_config
-from mqttsub import Subscriber
+from labconfig import EXAMPLE_REGISTRY, lab_gateway
 from servers import Mosquitto
 
 from calibration import Registry
-from gateway.service import Gateway, load_everything
-from simulators.lab import Lab
 
 pytestmark = pytest.mark.e2e
 
@@ -33,25 +28,6 @@ async def wait(pred: object, timeout_s: float = 20.0) -> None:
         if loop.time() > deadline:
             raise TimeoutError
         await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def lab_gateway(
-    tmp_path: Path, mosquitto: Mosquitto, seed: int
-) -> AsyncIterator[tuple[Lab, Subscriber]]:
-    """The simulated lab, a subscriber to everything the gateway publishes, and the
-    gateway polling the lab at 10 Hz (stopped on the way out; the subscriber keeps what
-    it received)."""
-    async with Lab(fixed_ports=False, opcua=False, seed=seed) as lab:
-        path = lab_config(lab, tmp_path, mqtt_url=mosquitto.url, interval_s=0.1)
-        config, reg = load_everything(path)
-        with Subscriber(mosquitto.port, "calgate/lab-t/#") as sub:
-            gw = Gateway(config, reg)
-            await gw.start()
-            try:
-                yield lab, sub
-            finally:
-                await gw.stop()
 
 
 async def test_measurements_statuses_and_events_arrive_as_the_registry_implies(

@@ -122,7 +122,7 @@ def test_examples_both_generations() -> None:
     assert bal.due == date(2028, 3, 10)  # P24M after 2026-03-10
     assert not bal.nmi
     assert bal.accreditation == "DAkkS D-K-15070-01-00"
-    assert [p.indicated for p in bal.points] == [0.0, 20.0, 50.01, 100.01, 200.0, 220.01]
+    assert [p.indicated for p in bal.points] == [0.0, 20.0, 50.0, 100.0, 200.0, 220.0]
     (std,) = bal.standards
     assert (std.ids, std.certificate) == (("WS-F1",), "MCS-2023-0220")
 

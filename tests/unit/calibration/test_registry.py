@@ -48,14 +48,14 @@ def test_certificate_units_are_converted_at_load(lab: Registry) -> None:
     assert c is not None
     assert (c.unit, c.source_unit) == ("mbar", "kPa")
     assert c.points[0].reference == pytest.approx(20.008)
-    assert c.points[0].indicated == pytest.approx(20.21)
-    assert pytest.approx(0.30) == c.points[0].U
+    assert c.points[0].indicated == pytest.approx(20.358)
+    assert pytest.approx(0.046) == c.points[0].U
     assert c.points[0].k == 2
     # PT-102's in bar: x1000.
     c = lab.certificate("PCL-2025-1201")
     assert c is not None
     assert c.points[-1].reference == pytest.approx(2500.11)
-    assert pytest.approx(1.10) == c.points[-1].U
+    assert pytest.approx(0.12) == c.points[-1].U
     # WS-E2's in mg, the channel in g.
     c = lab.certificate("MCS-2025-0610")
     assert c is not None
