@@ -14,8 +14,16 @@ Pure domain code: no network I/O, never imports ``gateway`` or ``drivers``.
   ILAC G8 decision rules; :mod:`calibration.rounding` the display rounding (GUM 7.2.6).
 """
 
-from calibration.chain import PRECEDENCE, Affected, CalibrationState, ChainNode, Issue
-from calibration.conformity import Tolerance, decide, instrument_conformity, mpe
+from calibration.chain import (
+    CALIBRATION_STATUSES,
+    PRECEDENCE,
+    Affected,
+    CalibrationState,
+    CalStatus,
+    ChainNode,
+    Issue,
+)
+from calibration.conformity import DecisionRule, Tolerance, decide, instrument_conformity, mpe
 from calibration.corrector import Corrected, Corrector
 from calibration.errors import CalibrationError, RegistryError
 from calibration.registry import (
@@ -31,9 +39,11 @@ from calibration.rounding import format_value, round_result
 from calibration.uncertainty import Budget, ChainLevel, Contribution
 
 __all__ = [
+    "CALIBRATION_STATUSES",
     "PRECEDENCE",
     "Affected",
     "Budget",
+    "CalStatus",
     "CalibrationError",
     "CalibrationState",
     "Certificate",
@@ -43,6 +53,7 @@ __all__ = [
     "Contribution",
     "Corrected",
     "Corrector",
+    "DecisionRule",
     "Equipment",
     "Issue",
     "Limits",

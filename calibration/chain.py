@@ -28,14 +28,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     from calibration.registry import Certificate, Registry
 
 __all__ = [
+    "CALIBRATION_STATUSES",
     "PRECEDENCE",
     "Affected",
+    "CalStatus",
     "CalibrationState",
     "ChainNode",
     "Issue",
@@ -45,10 +47,20 @@ __all__ = [
     "tree",
 ]
 
-PRECEDENCE: tuple[str, ...] = ("expired", "untraceable", "suspect", "due_soon", "valid")
-_RANK = {s: i for i, s in enumerate(PRECEDENCE)}
+#: The calibration status of a certificate, an item or a reading (ARCHITECTURE.md 4.2, 4.3).
+CalStatus = Literal["valid", "due_soon", "expired", "untraceable", "suspect", "none"]
+CALIBRATION_STATUSES: tuple[CalStatus, ...] = get_args(CalStatus)
+
+PRECEDENCE: tuple[CalStatus, ...] = ("expired", "untraceable", "suspect", "due_soon", "valid")
 # Picking the worst of several channels: a channel without certificate ranks after suspect.
-_WORST = {"expired": 0, "untraceable": 1, "suspect": 2, "none": 3, "due_soon": 4, "valid": 5}
+_WORST: dict[CalStatus, int] = {
+    "expired": 0,
+    "untraceable": 1,
+    "suspect": 2,
+    "none": 3,
+    "due_soon": 4,
+    "valid": 5,
+}
 
 
 def _days(n: int) -> str:
@@ -69,9 +81,9 @@ class Issue:
     message: str
 
 
-def _status(issues: tuple[Issue, ...]) -> str:
-    kinds = [i.kind for i in issues if i.kind in _RANK]
-    return min(kinds, key=_RANK.__getitem__) if kinds else "valid"
+def _status(issues: tuple[Issue, ...]) -> CalStatus:
+    kinds = {i.kind for i in issues}
+    return next((s for s in PRECEDENCE if s in kinds), "valid")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,7 +99,7 @@ class ChainNode:
     item: str
     channel: str | None
     evaluated_on: date
-    status: str
+    status: CalStatus
     issues: tuple[Issue, ...] = ()
     standards: tuple[ChainNode, ...] = ()
     issued_by: str | None = None
@@ -133,7 +145,7 @@ class ChainNode:
 class CalibrationState:
     """An item's calibration status at a time, for the gateway and the status topic."""
 
-    status: str
+    status: CalStatus
     certificate: str | None
     due: date | None
     reasons: tuple[str, ...]

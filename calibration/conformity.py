@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -41,6 +41,7 @@ __all__ = [
     "R76_BANDS",
     "R111_MPE_MG",
     "Decision",
+    "DecisionRule",
     "OimlR76",
     "OimlR111",
     "PointVerdict",
@@ -56,8 +57,9 @@ __all__ = [
 ]
 
 Decision = Literal["pass", "conditional_pass", "conditional_fail", "fail"]
+#: The decision rules of ILAC G8:09/2019 a channel may use (ARCHITECTURE.md 4.2).
 DecisionRule = Literal["simple", "guarded", "non_binary"]
-DECISION_RULES: tuple[str, ...] = ("simple", "guarded", "non_binary")
+DECISION_RULES: tuple[DecisionRule, ...] = get_args(DecisionRule)
 OUTCOMES: tuple[str, ...] = ("pass", "conditional_pass", "conditional_fail", "fail")
 ACCEPTED: frozenset[str] = frozenset({"pass", "conditional_pass"})
 _SLACK = 1e-12
@@ -66,14 +68,16 @@ _SLACK = 1e-12
 # -- decision rules -------------------------------------------------------------------------
 
 
-def check_rule(rule: str) -> str:
-    if rule not in DECISION_RULES:
-        raise CalibrationError(f"unknown decision rule {rule!r}: use {', '.join(DECISION_RULES)}")
-    return rule
+def check_rule(rule: str) -> DecisionRule:
+    """``rule`` as a :data:`DecisionRule`; CalibrationError when it is none of them."""
+    for known in DECISION_RULES:
+        if rule == known:
+            return known
+    raise CalibrationError(f"unknown decision rule {rule!r}: use {', '.join(DECISION_RULES)}")
 
 
 def decide(
-    y: float, U: float, low: float | None, high: float | None, rule: str = "simple"
+    y: float, U: float, low: float | None, high: float | None, rule: DecisionRule = "simple"
 ) -> str | None:
     """The ILAC G8 decision on y ± U against [low, high]; ``None`` when it cannot be made.
 
@@ -116,7 +120,7 @@ def _no_decision(y: float, U: float) -> str | None:
 
 
 def decider(
-    low: float | None, high: float | None, rule: str = "simple"
+    low: float | None, high: float | None, rule: DecisionRule = "simple"
 ) -> Callable[[float, float], str | None]:
     """``f(y, U) == decide(y, U, low, high, rule)`` for every y and U, cheaper per call.
 
@@ -161,7 +165,7 @@ def decider(
 
 
 def decide_many(
-    y: ArrayLike, U: ArrayLike, low: float | None, high: float | None, rule: str = "simple"
+    y: ArrayLike, U: ArrayLike, low: float | None, high: float | None, rule: DecisionRule = "simple"
 ) -> list[str | None]:
     """:func:`decide` for each (y, U) pair (U broadcast against y)."""
     check_rule(rule)
@@ -175,7 +179,7 @@ def decide_many(
     ]
 
 
-def judge_error(error: float, U: float, limit: float, rule: str = "simple") -> str | None:
+def judge_error(error: float, U: float, limit: float, rule: DecisionRule = "simple") -> str | None:
     """The decision on an error against ±limit (an MPE) with the point's own U."""
     return decide(error, U, -limit, limit, rule)
 
@@ -470,7 +474,7 @@ def instrument_conformity(
     reference: Sequence[float],
     U: Sequence[float],
     tolerance: Tolerance,
-    rule: str = "simple",
+    rule: DecisionRule = "simple",
     unit: str | None = None,
 ) -> InstrumentConformity:
     """Judge as-found points: error = indicated − reference within ±MPE(reference).

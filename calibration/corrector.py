@@ -42,7 +42,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from calibration import uncertainty as unc
-from calibration.conformity import check_rule, decide
+from calibration.conformity import DecisionRule, check_rule, decide
 from calibration.correction import Fit, check_points, fit_polynomial, horner, parse_model
 from calibration.errors import CalibrationError
 
@@ -112,7 +112,7 @@ class Corrector:
     certificate: str | None
     channel: str
     coverage_probability: float
-    decision_rule: str
+    decision_rule: DecisionRule
     dof_eff: float
     equipment: str
     k: float
@@ -160,7 +160,7 @@ class Corrector:
         coverage_factor: float = 2.0,
         dof: ArrayLike | None = None,
         limits: tuple[float | None, float | None] | None = None,
-        decision_rule: str = "simple",
+        decision_rule: DecisionRule = "simple",
         unit: str,
         certificate: str | None,
         equipment: str,
@@ -243,7 +243,7 @@ class Corrector:
         repeatability: float,
         coverage_factor: float = 2.0,
         limits: tuple[float | None, float | None] | None = None,
-        decision_rule: str = "simple",
+        decision_rule: DecisionRule = "simple",
         unit: str,
         equipment: str,
         channel: str,
@@ -279,7 +279,7 @@ class Corrector:
         coverage_factor: float,
         coverage_probability: float | None,
         limits: tuple[float | None, float | None] | None,
-        decision_rule: str,
+        decision_rule: DecisionRule,
         unit: str,
         certificate: str | None,
         equipment: str,

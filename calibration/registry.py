@@ -40,7 +40,7 @@ from pydantic import (
 from calibration import chain as _chain
 from calibration import conformity as _conformity
 from calibration import dcc, units
-from calibration.conformity import Tolerance
+from calibration.conformity import DecisionRule, Tolerance
 from calibration.errors import CalibrationError, RegistryError
 
 if TYPE_CHECKING:
@@ -61,7 +61,6 @@ __all__ = [
 
 Role = Literal["reference_standard", "working_standard", "check_standard", "instrument"]
 EquipmentStatus = Literal["active", "out_of_service", "retired"]
-DecisionRule = Literal["simple", "guarded", "non_binary"]
 
 _MODEL_RE = re.compile(r"^(interpolate|linear|polynomial:([1-9][0-9]?))$")
 

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,6 +24,11 @@ from drivers.base import DriverConfig
 from gateway.errors import ConfigError
 from gateway.settings import InfluxSettings, MqttSettings, OutboxSettings
 from gateway.status import HttpSettings
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from calibration import Registry
 
 __all__ = [
     "Config",
@@ -297,7 +302,9 @@ def _state_dir_problem(path: Path) -> str | None:
     return None
 
 
-def check_against_registry(config: Config, registry: Any, *, at: Any = None) -> list[str]:
+def check_against_registry(
+    config: Config, registry: Registry, *, at: datetime | None = None
+) -> list[str]:
     """Cross-check the config with a loaded registry; return every problem found.
 
     Each configured equipment id must be in the registry; each channel the gateway will

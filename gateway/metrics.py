@@ -28,6 +28,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
+from calibration import CALIBRATION_STATUSES  # one series each in calgate_calibration_status
+
 if TYPE_CHECKING:
     from gateway.outbox import OutboxStats
     from gateway.sinks.base import Sink
@@ -51,15 +53,6 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: The calibration statuses of gateway.model.CalStatus, rendered as one series each.
-CALIBRATION_STATUSES: tuple[str, ...] = (
-    "valid",
-    "due_soon",
-    "expired",
-    "untraceable",
-    "suspect",
-    "none",
-)
 
 #: Poll latency buckets: a Modbus TCP poll is ~1 ms, a serial balance ~50-500 ms.
 LATENCY_BUCKETS_S: tuple[float, ...] = (

@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from drivers.base import Quality, Reading, record
 from gateway.wire import event_payload, measurement_payload, rfc3339
 
+if TYPE_CHECKING:
+    from calibration import CalStatus
+
 __all__ = ["CalStatus", "Event", "Measurement", "Severity", "rfc3339"]
 
-CalStatus = Literal["valid", "due_soon", "expired", "untraceable", "suspect", "none"]
 Severity = Literal["info", "warning", "critical"]
 
 
@@ -105,3 +107,13 @@ class Event:
     def payload(self, seq: int) -> dict[str, Any]:
         """The MQTT payload of ARCHITECTURE.md 4.3 (``detail`` after the common fields)."""
         return event_payload(self, seq)
+
+
+def __getattr__(name: str) -> Any:
+    """``CalStatus`` is the calibration engine's (:data:`calibration.CalStatus`), imported
+    when asked for: loading the model does not load the engine."""
+    if name == "CalStatus":
+        from calibration import CalStatus
+
+        return CalStatus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,9 +12,15 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.model import Event, Measurement, Severity
+
+if TYPE_CHECKING:
+    from calibration import CalibrationState, Limits
+
+    #: Process limits as the registry gives them, or a (low, high) pair.
+    AnyLimits = Limits | tuple[float | None, float | None] | None
 
 __all__ = ["EquipmentState", "Monitor"]
 
@@ -106,7 +112,7 @@ class Monitor:
     # -- readings ---------------------------------------------------------------------
 
     def measurements(
-        self, ms: Sequence[Measurement], limits: Callable[[str, str], Any]
+        self, ms: Sequence[Measurement], limits: Callable[[str, str], AnyLimits]
     ) -> list[Event]:
         events: list[Event] = []
         equipment: str | None = None
@@ -238,7 +244,7 @@ class Monitor:
 
     # -- calibration ------------------------------------------------------------------
 
-    def calibration(self, equipment: str, cal_state: Any) -> list[Event]:
+    def calibration(self, equipment: str, cal_state: CalibrationState) -> list[Event]:
         """Update from a registry CalibrationState; an event when the status changes."""
         st = self.state(equipment)
         old = st.calibration
@@ -248,7 +254,7 @@ class Monitor:
         st.due = cal_state.due
         st.chain = tuple(cal_state.chain)
         st.reasons = tuple(cal_state.reasons)
-        st.conforms = getattr(cal_state, "conforms", None)
+        st.conforms = cal_state.conforms
         if shown != (st.calibration, st.certificate, st.due, st.chain, st.reasons, st.conforms):
             st.version += 1
         new = cal_state.status
@@ -298,12 +304,12 @@ def _tolerance_event(
     )
 
 
-def _limits(lim: Any) -> tuple[float | None, float | None]:
+def _limits(lim: AnyLimits) -> tuple[float | None, float | None]:
     if lim is None:
         return None, None
-    if isinstance(lim, tuple | list):
+    if isinstance(lim, tuple):
         return lim[0], lim[1]
-    return getattr(lim, "low", None), getattr(lim, "high", None)
+    return lim.low, lim.high
 
 
 def _reason(equipment: str, error: BaseException) -> str:

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from drivers.base import Quality, Reading
-from gateway.model import CalStatus, Measurement
+from gateway.model import Measurement
+
+if TYPE_CHECKING:
+    from calibration import CalStatus, Corrector, Registry
 
 __all__ = ["ChannelPlan", "Pipeline", "unit_factor"]
 
@@ -50,7 +53,7 @@ def unit_factor(src: str, dst: str) -> float | None:
 class ChannelPlan:
     equipment: str
     channel: str
-    corrector: Any | None  # calibration.Corrector; None without a registry
+    corrector: Corrector | None  # None without a registry
     unit: str | None  # the registry channel's unit (None: keep the instrument's)
     quantity: str | None
     calibration: CalStatus
@@ -65,7 +68,7 @@ class Pipeline:
     """Corrects each poll's readings. Not thread-safe: runs on the event loop."""
 
     def __init__(
-        self, registry: Any | None, *, clock: Callable[[], datetime] | None = None
+        self, registry: Registry | None, *, clock: Callable[[], datetime] | None = None
     ) -> None:
         self._registry = registry
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -77,10 +80,10 @@ class Pipeline:
         self._day_end = -math.inf  # time.time() of the next UTC midnight
 
     @property
-    def registry(self) -> Any | None:
+    def registry(self) -> Registry | None:
         return self._registry
 
-    def swap_registry(self, registry: Any | None) -> None:
+    def swap_registry(self, registry: Registry | None) -> None:
         """A new snapshot applies from the next reading on (atomic on the event loop)."""
         self._registry = registry
         self._plans = {}
@@ -97,16 +100,14 @@ class Pipeline:
 
     def _build(self, equipment: str, channel: str, at: datetime) -> ChannelPlan:
         reg = self._registry
-        if reg is None or reg.equipment(equipment) is None:
-            return ChannelPlan(equipment, channel, None, None, None, "none", None, at.date())
-        eq = reg.equipment(equipment)
-        ch = next((c for c in eq.channels if c.name == channel), None)
-        if ch is None:
+        eq = reg.equipment(equipment) if reg is not None else None
+        ch = next((c for c in eq.channels if c.name == channel), None) if eq else None
+        if reg is None or ch is None:
             return ChannelPlan(equipment, channel, None, None, None, "none", None, at.date())
         corrector = reg.corrector(equipment, channel, at)
         state = reg.state(equipment, at)
         status: CalStatus = "none" if corrector.certificate is None else state.status
-        limits = getattr(corrector, "limits", None)
+        limits = corrector.limits
         judge = None
         if limits is not None:
             from calibration.conformity import decider
@@ -117,7 +118,7 @@ class Pipeline:
             channel,
             corrector,
             ch.unit,
-            getattr(ch, "quantity", None),
+            ch.quantity,
             status,
             corrector.certificate,
             at.date(),

@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from calibration.uncertainty import Budget, ChainLevel
 from drivers.base import Reading
 from gateway.cli import EX_CONFIG, EX_USAGE
 from gateway.commands.registry import EX_OK, load_or_report, parse_at
-from gateway.model import CalStatus, Measurement
+from gateway.model import Measurement
 
 __all__ = ["correct_one", "register"]
 
@@ -68,7 +68,7 @@ def correct_one(
         k=float(corrector.k),
         quality="uncertain" if out_of_range else "good",
         flags=frozenset(flags),
-        calibration=cast(CalStatus, state.status),
+        calibration=state.status,
         certificate=corrector.certificate,
         conformity=conformity,
         quantity=ch.quantity,

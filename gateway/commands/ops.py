@@ -7,11 +7,17 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import eventloop
 from gateway.cli import EX_CONFIG, EX_USAGE
 from gateway.errors import CalgateError, ConfigError
+
+if TYPE_CHECKING:
+    from calibration import Registry
+    from drivers.base import Reading
+    from drivers.errors import DriverError
+    from gateway.config import EquipmentEntry
 
 __all__ = ["register"]
 
@@ -96,7 +102,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return asyncio.run(_probe(entries, registry, as_json=args.json))
 
 
-def _optional_registry(path: Path) -> Any | None:
+def _optional_registry(path: Path) -> Registry | None:
     """The registry when it loads; probe works without one (value = raw, calibration none)."""
     from calibration import Registry, RegistryError
 
@@ -113,7 +119,7 @@ def _optional_registry(path: Path) -> Any | None:
         return None
 
 
-async def _probe(entries: list[Any], registry: Any | None, *, as_json: bool) -> int:
+async def _probe(entries: list[EquipmentEntry], registry: Registry | None, *, as_json: bool) -> int:
     from drivers.base import Buses
     from drivers.errors import DriverError
     from gateway.pipeline import Pipeline
@@ -123,7 +129,7 @@ async def _probe(entries: list[Any], registry: Any | None, *, as_json: bool) -> 
     buses = Buses()
     failures = 0
 
-    async def one(entry: Any) -> tuple[Any, list[Any] | DriverError]:
+    async def one(entry: EquipmentEntry) -> tuple[EquipmentEntry, list[Reading] | DriverError]:
         driver = make_driver(entry, registry, buses)
         try:
             async with driver:

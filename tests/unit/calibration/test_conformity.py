@@ -336,3 +336,14 @@ def test_decider_equals_decide(y: float, big_u: float, low: float, width: float,
 def test_decider_refuses_an_unknown_rule() -> None:
     with pytest.raises(CalibrationError, match="decision rule"):
         decider(0.0, 1.0, "lenient")
+
+
+def test_the_decision_rules_are_ilac_g8s_three_and_no_other() -> None:
+    from calibration import DecisionRule
+    from calibration.conformity import DECISION_RULES, check_rule
+
+    assert DECISION_RULES == ("simple", "guarded", "non_binary")
+    assert DecisionRule.__args__ == DECISION_RULES  # type: ignore[attr-defined]
+    assert [check_rule(r) for r in DECISION_RULES] == list(DECISION_RULES)
+    with pytest.raises(CalibrationError, match="unknown decision rule 'shared'"):
+        decide(1.0, 0.1, 0.0, 2.0, "shared")  # type: ignore[arg-type]

@@ -250,3 +250,18 @@ def test_misuse_is_refused() -> None:
     c = r.get("a_total")
     with pytest.raises(ValueError, match="takes labels"):
         c.labels("one", "two")
+
+
+def test_every_calibration_status_of_the_contract_has_its_series() -> None:
+    # ARCHITECTURE 4.3: the statuses a Measurement's `calibration` takes, one type for the
+    # engine, the payload and the metrics
+    import calibration
+    import gateway.model
+
+    contract = ("valid", "due_soon", "expired", "untraceable", "suspect", "none")
+    assert contract == calibration.CALIBRATION_STATUSES
+    assert gateway.model.CalStatus is calibration.CalStatus
+    m = Metrics()
+    m.set_calibration("PT-101", "suspect")
+    got = {k[1]: v.get() for k, v in m.calibration_status.series().items() if k[0] == "PT-101"}
+    assert got == {s: float(s == "suspect") for s in contract}
