@@ -43,6 +43,18 @@ def _value(m: Any) -> str:
     return f"{m.value:.6g}"
 
 
+def _raw(m: Any) -> str:
+    """The raw reading at the corrected value's decimal place, so the two compare by eye
+    (six significant digits when it has no U or another unit than the value)."""
+    from calibration.rounding import round_result
+
+    if m is None or not math.isfinite(m.reading.raw):
+        return "—"
+    if m.U and math.isfinite(m.U) and m.U > 0 and m.reading.unit == m.unit:
+        return round_result(m.reading.raw, m.U)[0]
+    return f"{m.reading.raw:.6g}"
+
+
 def render_table(
     states: Mapping[str, Any], events: Iterable[Any], *, colour: bool = True, header: str = ""
 ) -> str:
@@ -60,7 +72,7 @@ def render_table(
             ch = channels[name]
             m = ch.last if ch is not None else None
             k = f" (k={m.k:g})" if m is not None and m.k else ""
-            raw = f"{m.reading.raw:.6g}" if m is not None and math.isfinite(m.reading.raw) else "—"
+            raw = _raw(m)
             cal = st.calibration
             conf = (m.conformity if m is not None else None) or "—"
             rows.append(
