@@ -95,6 +95,56 @@ class OutboxStats:
 
 # --------------------------------------------------------------------------- the outbox
 
+
+class _SinkCursor:
+    """One sink's place in the outbox.
+
+    ``acked`` is the cursor: every row up to it is acked. Rows handed out since (up to
+    ``fetched``) wait in ``inflight``, oldest first; acks that came out of order wait in
+    ``early`` until the rows before them are acked too. ``persisted`` is the cursor as
+    SQLite has it (-1: never stored). ``wake`` wakes the sink's :meth:`Outbox.fetch`.
+    """
+
+    __slots__ = ("acked", "early", "fetched", "inflight", "persisted", "wake")
+
+    def __init__(self, acked: int, persisted: int) -> None:
+        self.acked = acked
+        self.fetched = acked
+        self.persisted = persisted
+        self.inflight: deque[int] = deque()
+        self.early: set[int] = set()
+        self.wake = asyncio.Event()
+
+    def advance(self) -> bool:
+        """Move ``acked`` over the handed-out rows that are all acked; True when it moved."""
+        q, early = self.inflight, self.early
+        moved = False
+        while q and q[0] in early:
+            self.acked = q.popleft()
+            early.discard(self.acked)
+            moved = True
+        if not q and early:
+            early.clear()  # acks of rows no longer handed out (stale)
+        return moved
+
+    def skip_to(self, seq: int) -> None:
+        """Rows up to ``seq`` are gone (dropped by a bound): the cursor passes them."""
+        self.acked = seq
+        if self.fetched < seq:
+            self.fetched = seq
+        q = self.inflight
+        while q and q[0] <= seq:
+            q.popleft()
+        if self.early:
+            self.early = {s for s in self.early if s > seq}
+
+    def rewind(self) -> None:
+        """Forget what was handed out and not acked; wake the sink to fetch it again."""
+        self.fetched = self.acked
+        self.inflight.clear()
+        self.early.clear()
+        self.wake.set()
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (
     id INTEGER PRIMARY KEY,
@@ -149,14 +199,9 @@ class Outbox:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() runs on
         self._commit_due = math.inf  # loop time the scheduled commit fires
         self._rows_due = False  # buffered rows have a commit scheduled (see add)
-        self._cursor: dict[str, int] = {}
-        self._fetched: dict[str, int] = {}
-        self._inflight: dict[str, deque[int]] = {}
-        self._acked: dict[str, set[int]] = {}
-        self._wake: dict[str, asyncio.Event] = {}
+        self._cursors: dict[str, _SinkCursor] = {}
         self._cursors_dirty = False
         self._cursors_due = 0.0  # time.monotonic() by which dirty cursors are committed
-        self._persisted_cursor: dict[str, int] = {}
         self._dropped = 0
         self._committed = 0
         self._closed = False
@@ -205,13 +250,8 @@ class Outbox:
         for sink in self.sinks:
             # A new sink starts at the oldest row kept: it gets the backlog.
             cur = stored.get(sink, max(int(first) - 1, 0))
-            self._cursor[sink] = cur
-            self._persisted_cursor[sink] = stored.get(sink, -1)
-            self._fetched[sink] = cur
-            self._inflight[sink] = deque()
-            self._acked[sink] = set()
-            self._wake[sink] = asyncio.Event()
-        self._cursors_dirty = any(self._persisted_cursor[s] != self._cursor[s] for s in self.sinks)
+            self._cursors[sink] = _SinkCursor(cur, stored.get(sink, -1))
+        self._cursors_dirty = any(c.persisted != c.acked for c in self._cursors.values())
         self._bytes = int(con.execute("SELECT coalesce(sum(size), 0) FROM rows").fetchone()[0])
 
     # ------------------------------------------------------------------ adding
@@ -330,7 +370,7 @@ class Outbox:
         self._pending = []
         con = self._con
         size = 0
-        positions = dict(self._cursor)
+        positions = self._positions()
         try:
             con.execute("BEGIN")
             if rows:
@@ -354,8 +394,7 @@ class Outbox:
             return 0
         self._commit_failures = 0
         if dirty:
-            self._persisted_cursor.update(positions)
-            self._cursors_dirty = False
+            self._persisted(positions)
         if not rows:
             return 0
         self._bytes += size
@@ -369,8 +408,8 @@ class Outbox:
         limit = self.settings.tail_rows
         if len(tail) > 2 * limit + 1000:
             del tail[: len(tail) - limit]
-        for ev in self._wake.values():
-            ev.set()
+        for c in self._cursors.values():
+            c.wake.set()
         if self._bytes > self.settings.max_bytes:
             self._drop_for_bytes()
         return len(rows)
@@ -393,7 +432,8 @@ class Outbox:
 
     def fetch_nowait(self, sink: str, limit: int) -> list[Row]:
         """Up to ``limit`` committed rows after those already handed to ``sink``."""
-        pos = self._fetched[sink]
+        c = self._cursors[sink]
+        pos = c.fetched
         if pos >= self._committed_seq:
             return []
         tail = self._tail
@@ -409,11 +449,11 @@ class Outbox:
             ]
         if rows:
             first, last = rows[0].seq, rows[-1].seq
-            self._fetched[sink] = last
+            c.fetched = last
             if last - first == len(rows) - 1:  # contiguous (the usual): no list of seqs
-                self._inflight[sink].extend(range(first, last + 1))
+                c.inflight.extend(range(first, last + 1))
             else:
-                self._inflight[sink].extend([r.seq for r in rows])
+                c.inflight.extend([r.seq for r in rows])
         return rows
 
     async def fetch(self, sink: str, limit: int, timeout_s: float | None = None) -> list[Row]:
@@ -422,7 +462,7 @@ class Outbox:
         rows = self.fetch_nowait(sink, limit)
         if rows or self._closed:
             return rows
-        wake = self._wake[sink]
+        wake = self._cursors[sink].wake
         wake.clear()
         if timeout_s is None:
             await wake.wait()
@@ -436,42 +476,30 @@ class Outbox:
 
     def wake(self, sink: str) -> None:
         """Wake ``sink``'s pending :meth:`fetch` (a sink's own state changed)."""
-        self._wake[sink].set()
+        self._cursors[sink].wake.set()
 
     def ack_one(self, sink: str, seq: int) -> None:
         """``seq`` was delivered by ``sink`` (a PUBACK; may come out of order)."""
-        q = self._inflight[sink]
+        c = self._cursors[sink]
+        q = c.inflight
         if q and q[0] == seq:
             q.popleft()
-            self._cursor[sink] = seq
-            if q and self._acked[sink]:
-                self._advance(sink)
+            c.acked = seq
+            if q and c.early:
+                c.advance()
             self._cursor_moved()
-        elif seq > self._cursor[sink]:
-            self._acked[sink].add(seq)
-            if q and q[0] in self._acked[sink]:
-                self._advance(sink)
+        elif seq > c.acked:
+            c.early.add(seq)
+            if q and q[0] in c.early:
+                c.advance()
                 self._cursor_moved()
 
     def ack(self, sink: str, seqs: Iterable[int]) -> None:
         """Several rows delivered by ``sink`` (a 2xx for a batch)."""
-        acked = self._acked[sink]
-        acked.update(seqs)
-        if self._advance(sink):
+        c = self._cursors[sink]
+        c.early.update(seqs)
+        if c.advance():
             self._cursor_moved()
-
-    def _advance(self, sink: str) -> bool:
-        q = self._inflight[sink]
-        acked = self._acked[sink]
-        moved = False
-        while q and q[0] in acked:
-            s = q.popleft()
-            acked.discard(s)
-            self._cursor[sink] = s
-            moved = True
-        if not q and acked:
-            acked.clear()  # acks of rows no longer handed out (stale)
-        return moved
 
     def _cursor_moved(self) -> None:
         if not self._cursors_dirty:
@@ -482,17 +510,27 @@ class Outbox:
     def rewind(self, sink: str) -> None:
         """Forget what ``sink`` was handed but did not ack: the next fetch starts after
         its cursor (after a reconnect, everything not acked is sent again)."""
-        self._fetched[sink] = self._cursor[sink]
-        self._inflight[sink].clear()
-        self._acked[sink].clear()
-        self._wake[sink].set()
+        self._cursors[sink].rewind()
 
     def cursor(self, sink: str) -> int:
-        return self._cursor[sink]
+        return self._cursors[sink].acked
 
     def depth(self, sink: str) -> int:
         """Committed rows ``sink`` has not acked yet (plus those still buffered)."""
-        return max(self._next - 1 - self._cursor[sink], 0)
+        return max(self._next - 1 - self._cursors[sink].acked, 0)
+
+    def _positions(self) -> dict[str, int]:
+        return {sink: c.acked for sink, c in self._cursors.items()}
+
+    def _persisted(self, positions: dict[str, int]) -> None:
+        """``positions`` (of :meth:`_positions`) are stored now."""
+        for sink, seq in positions.items():
+            self._cursors[sink].persisted = seq
+        self._cursors_dirty = False
+
+    def _slowest(self) -> int:
+        """The lowest cursor: every row up to it is acked by every sink."""
+        return min(c.acked for c in self._cursors.values())
 
     @property
     def last_seq(self) -> int:
@@ -530,7 +568,7 @@ class Outbox:
 
     def _delete_upto(self, upto: int, *, reason: str | None) -> None:
         """Delete every stored row with ``id <= upto``; count the unsent ones as dropped."""
-        unsent_from = min(self._cursor.values()) + 1 if self.sinks else upto + 1
+        unsent_from = self._slowest() + 1 if self.sinks else upto + 1
         con = self._con
         n_unsent, first_unsent = 0, 0
         if reason is not None and unsent_from <= upto:
@@ -544,11 +582,12 @@ class Outbox:
         try:
             con.execute("BEGIN")
             con.execute("DELETE FROM rows WHERE id <= ?", (upto,))
-            for sink in self.sinks:
-                if self._cursor[sink] < upto:
-                    self._skip_to(sink, upto)
+            for c in self._cursors.values():
+                if c.acked < upto:
+                    c.skip_to(upto)
+            positions = self._positions()
             con.executemany(
-                "INSERT OR REPLACE INTO cursors (sink, seq) VALUES (?, ?)", self._cursor.items()
+                "INSERT OR REPLACE INTO cursors (sink, seq) VALUES (?, ?)", positions.items()
             )
             # seq goes on after the rows deleted (and with no sink, no cursor says so)
             con.execute(
@@ -561,8 +600,7 @@ class Outbox:
                 con.execute("ROLLBACK")
             log.error("outbox: cannot delete old rows: %s", exc)
             return
-        self._persisted_cursor.update(self._cursor)
-        self._cursors_dirty = False
+        self._persisted(positions)
         self._bytes -= int(freed)
         self._written += int(freed)  # a delete rewrites the pages it empties
         tail = self._tail
@@ -571,17 +609,6 @@ class Outbox:
         if n_unsent and reason is not None:
             self._dropped += int(n_unsent)
             self._note_drop(int(first_unsent), upto, int(n_unsent), reason)
-
-    def _skip_to(self, sink: str, seq: int) -> None:
-        self._cursor[sink] = seq
-        if self._fetched[sink] < seq:
-            self._fetched[sink] = seq
-        q = self._inflight[sink]
-        while q and q[0] <= seq:
-            q.popleft()
-        acked = self._acked[sink]
-        if acked:
-            self._acked[sink] = {s for s in acked if s > seq}
 
     def _drop_for_bytes(self) -> None:
         # Rows every sink has acked go first (no loss), then the oldest unsent ones.
@@ -630,7 +657,7 @@ class Outbox:
     def _delete_delivered(self, limit: int | None = None) -> bool:
         """Delete rows every sink has acked (at most ``limit`` of them: a long catch-up
         is deleted in several short steps). True when delivered rows remain."""
-        done = min(self._cursor.values()) if self.sinks else self._committed_seq
+        done = self._slowest() if self.sinks else self._committed_seq
         first = self._con.execute("SELECT min(id) FROM rows").fetchone()[0]
         more = False
         if first is not None and first <= done:
@@ -722,7 +749,7 @@ class Outbox:
         depth: dict[str, int] = {}
         lag: dict[str, float] = {}
         for sink in self.sinks:
-            cur = self._cursor[sink]
+            cur = self._cursors[sink].acked
             depth[sink] = max(self._committed_seq - cur, 0) + len(self._pending)
             t = self._row_time_after(cur)
             lag[sink] = max(now - t, 0.0) if t is not None else 0.0
@@ -767,8 +794,8 @@ class Outbox:
         self._cursors_dirty = True
         self.commit()
         self._closed = True
-        for ev in self._wake.values():
-            ev.set()
+        for c in self._cursors.values():
+            c.wake.set()
         try:
             self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:

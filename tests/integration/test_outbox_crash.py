@@ -47,7 +47,7 @@ async def main():
         for r in reversed(rows):
             ob.ack_one("mqtt", r.seq)
         # what is known durable now: committed rows, persisted cursor
-        print(ob.committed_seq, ob._persisted_cursor["mqtt"], flush=True)
+        print(ob.committed_seq, ob._cursors["mqtt"].persisted, flush=True)
 
 asyncio.run(main())
 """
