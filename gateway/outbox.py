@@ -145,6 +145,7 @@ class _SinkCursor:
         self.early.clear()
         self.wake.set()
 
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (
     id INTEGER PRIMARY KEY,
