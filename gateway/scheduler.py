@@ -21,16 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
 from drivers.base import Driver, Reading
 from drivers.errors import ConnectError, DeviceError, DeviceTimeout, DriverError, FrameError
+from gateway.backoff import Backoff
 
 __all__ = ["Backoff", "PollHooks", "Supervisor", "Ticker"]
 
@@ -41,24 +40,6 @@ class PollHooks(Protocol):
     def readings(self, equipment: str, readings: list[Reading], latency_s: float) -> None: ...
     def failure(self, equipment: str, error: DriverError) -> None: ...
     def missed(self, equipment: str, count: int) -> None: ...
-
-
-@dataclass
-class Backoff:
-    """Capped exponential backoff with full jitter: ``uniform(0, min(max_s, min_s·2^n))``."""
-
-    min_s: float = 0.5
-    max_s: float = 30.0
-    rng: random.Random = field(default_factory=random.Random)
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        cap = min(self.max_s, self.min_s * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return self.rng.uniform(0.0, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Ticker:

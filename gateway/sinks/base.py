@@ -20,6 +20,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from gateway.backoff import backoff_delay
 from gateway.errors import SinkError
 from gateway.outbox import Outbox, Row
 
@@ -29,13 +30,6 @@ log = logging.getLogger(__name__)
 
 #: Failures a sink retries; anything else is a bug and escapes.
 RETRYABLE: tuple[type[BaseException], ...] = (SinkError, OSError, TimeoutError)
-
-
-def backoff_delay(
-    attempt: int, min_s: float, max_s: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Full jitter: uniform in ``[0, min(max_s, min_s * 2**attempt))``."""
-    return float(rand() * min(max_s, min_s * 2.0 ** min(attempt, 62)))
 
 
 class Sink(abc.ABC):
