@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["render_table"]
+__all__ = ["format_raw", "render_table"]
 
 _COLOURS = {
     "valid": "32",
@@ -43,16 +43,16 @@ def _value(m: Any) -> str:
     return f"{m.value:.6g}"
 
 
-def _raw(m: Any) -> str:
-    """The raw reading at the corrected value's decimal place, so the two compare by eye
-    (six significant digits when it has no U or another unit than the value)."""
+def format_raw(m: Any) -> str:
+    """A Measurement's raw reading at its corrected value's decimal place, so the two
+    compare by eye (six significant digits when it has no U, is not finite or is in
+    another unit than the value)."""
     from calibration.rounding import round_result
 
-    if m is None or not math.isfinite(m.reading.raw):
-        return "—"
-    if m.U and math.isfinite(m.U) and m.U > 0 and m.reading.unit == m.unit:
-        return round_result(m.reading.raw, m.U)[0]
-    return f"{m.reading.raw:.6g}"
+    raw = m.reading.raw
+    if math.isfinite(raw) and m.U and math.isfinite(m.U) and m.U > 0 and m.reading.unit == m.unit:
+        return round_result(raw, m.U)[0]
+    return f"{raw:.6g}"
 
 
 def render_table(
@@ -72,7 +72,7 @@ def render_table(
             ch = channels[name]
             m = ch.last if ch is not None else None
             k = f" (k={m.k:g})" if m is not None and m.k else ""
-            raw = _raw(m)
+            raw = format_raw(m) if m is not None and math.isfinite(m.reading.raw) else "—"
             cal = st.calibration
             conf = (m.conformity if m is not None else None) or "—"
             rows.append(

@@ -161,12 +161,13 @@ async def _probe(entries: list[EquipmentEntry], registry: Registry | None, *, as
 def format_measurement(m: Any) -> str:
     """One line for a person: id, channel, value ± U (rounded per GUM 7.2.6), status."""
     from calibration.rounding import format_value
+    from gateway.live import format_raw
 
     shown = format_value(m.value, m.U) if m.U is not None and m.U > 0 else f"{m.value:.6g}"
     extra = f" k={m.k:g}" if m.k else ""
     conf = f" conformity={m.conformity}" if m.conformity else ""
     flags = f" [{', '.join(sorted(m.flags))}]" if m.flags else ""
     return (
-        f"{m.equipment:<10} {m.channel:<10} {shown} {m.unit}{extra}  raw={m.reading.raw:.6g}"
+        f"{m.equipment:<10} {m.channel:<10} {shown} {m.unit}{extra}  raw={format_raw(m)}"
         f"  {m.quality}  cal={m.calibration} cert={m.certificate or '-'}{conf}{flags}"
     )
