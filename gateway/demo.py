@@ -206,7 +206,10 @@ async def run_demo(
     # like Ctrl-C, so mosquitto, influxd and the temporary folder do not stay behind.
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    http = f"127.0.0.1:{free_port()}"
+    console = f"lab console:  http://{http}/   (open it in a browser)"
     try:
+        print(console, file=out, flush=True)
         print("starting the simulated lab…", file=out, flush=True)
         await lab.start()
         m = _mosquitto(work) if use_mosquitto else None
@@ -229,7 +232,6 @@ async def run_demo(
                 procs.append(started[0])
                 influx = {"api": "v1", "url": started[1], "database": "calgate"}
                 store = f"InfluxDB (influxd) at {started[1]}, database calgate"
-        http = f"127.0.0.1:{free_port()}"
         path = work / "calgate.toml"
         path.write_text(
             lab_toml(
@@ -247,6 +249,7 @@ async def run_demo(
         gw.results.listeners.append(recent.extend)
         await gw.start()
         intro = [
+            console,
             f"calgate demo: {len(config.equipment)} simulated instruments, registry {config.registry_dir}",
             f"  MQTT ({broker_kind}):  mosquitto_sub -h 127.0.0.1 -p {broker_port} -t 'calgate/#' -v",
             f"  status:  curl http://{http}/status   metrics: curl http://{http}/metrics",

@@ -190,11 +190,15 @@ class Gateway:
         await self._start_sinks()
         self._register_scrape_hooks()
         if cfg.http.enabled:
+            from gateway.console import Console
             from gateway.status import StatusServer
 
+            console = Console(self)
+            self.results.listeners.append(console.record_events)
             self.status_server = StatusServer(
-                cfg.http.listen, status=self.status, health=self.health, metrics=self.metrics
-            )
+                cfg.http.listen, status=self.status, health=self.health, metrics=self.metrics,
+                console=console, token=cfg.http.token,
+            )  # fmt: skip
             await self.status_server.start()
         for entry in cfg.equipment:
             self._start_equipment(entry)

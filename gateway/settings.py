@@ -17,7 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model
 
 from gateway.secrets import read_secret
 
-__all__ = ["InfluxSettings", "MqttSettings", "OutboxSettings", "resolve_secret"]
+__all__ = [
+    "InfluxSettings",
+    "MqttSettings",
+    "OutboxSettings",
+    "refuse_literal_secrets",
+    "resolve_secret",
+]
 
 _FORBIDDEN = {
     "password": "password_env, password_file or password_credential",
@@ -39,7 +45,8 @@ def resolve_secret(
     return None if value is None else SecretStr(value)
 
 
-def _refuse_literal_secrets(data: Any) -> Any:
+def refuse_literal_secrets(data: Any) -> Any:
+    """A table's ``password``, ``token`` or ``secret`` key refused, saying what to write."""
     if isinstance(data, dict):
         for key, instead in _FORBIDDEN.items():
             if key in data:
@@ -55,7 +62,7 @@ class _Settings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_literal_secrets(cls, data: Any) -> Any:
-        return _refuse_literal_secrets(data)
+        return refuse_literal_secrets(data)
 
 
 class _Login(_Settings):

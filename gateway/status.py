@@ -1,35 +1,49 @@
-"""The gateway's HTTP status server: ``/healthz``, ``/status`` and ``/metrics``.
+"""The gateway's HTTP server: ``/healthz``, ``/status``, ``/metrics`` and the lab console.
 
 ``GET /healthz``  200 ``{"status": "ok"}`` when healthy, else 503
                   ``{"status": "unhealthy", "reasons": [...]}`` (from the ``health`` callable)
 ``GET /status``   the JSON document of the ``status`` callable
 ``GET /metrics``  Prometheus text exposition, ``text/plain; version=0.0.4``
+``GET /``         the lab console and its ``/api/...`` (:mod:`gateway.console`), when given
 
 The server only reads: every answer comes from callables the service passes in, so it
 holds no state of its own. Binding ``127.0.0.1:0`` picks a free port (:attr:`StatusServer.port`).
+
+With a ``token`` every request but ``/healthz`` must carry it, as ``Authorization:
+Bearer <token>`` (scripts, Prometheus' ``authorization``) or as the password of HTTP basic
+auth with any user name (a browser asks for it once). ``[http]`` requires a token when
+``listen`` is not a loopback address; it is read from a secret, never from the TOML.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import inspect
 import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, SecretStr, field_validator, model_validator
 
 from gateway.errors import CalgateError
 from gateway.metrics import CONTENT_TYPE, MetricsRegistry
+from gateway.settings import refuse_literal_secrets, resolve_secret
 from gateway.wire import json_safe
+
+if TYPE_CHECKING:
+    from gateway.console import Console
 
 __all__ = [
     "HealthChecks",
     "HttpSettings",
     "ListenError",
     "StatusServer",
+    "is_loopback",
     "parse_listen",
 ]
 
@@ -69,19 +83,81 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is only reachable from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any address
+
+
 class HttpSettings(BaseModel):
-    """The ``[http]`` table of calgate.toml."""
+    """The ``[http]`` table of calgate.toml: where to listen, and the access token.
+
+    Off loopback the token is required (from ``token_credential``, ``token_file`` or
+    ``token_env``, tried in that order: :func:`gateway.secrets.read_secret`).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     listen: str = "127.0.0.1:8470"
     enabled: bool = True
+    token_env: str | None = None
+    token_file: str | None = None
+    token_credential: str | None = None
+
+    _token: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_secrets(cls, data: Any) -> Any:
+        return refuse_literal_secrets(data)
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, v: str) -> str:
         parse_listen(v)
         return v.strip()
+
+    @model_validator(mode="after")
+    def _read_token(self) -> HttpSettings:
+        self._token = resolve_secret(
+            self.token_env, self.token_file, self.token_credential, what="token"
+        )
+        if self.enabled and self._token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"listen: {self.listen} is not a loopback address: the console, /status and "
+                "/metrics are then only served with a token; set token_env, token_file or "
+                "token_credential (or listen on 127.0.0.1)"
+            )
+        return self
+
+    @property
+    def token(self) -> SecretStr | None:
+        return self._token
+
+    def access(self) -> str:
+        """One line for ``check-config``: where the server listens and who may read it."""
+        if not self.enabled:
+            return "http: disabled"
+        where = "loopback" if is_loopback(self.host) else "not loopback"
+        if self._token is None:
+            return f"http: {self.listen} ({where}): no token, open to local users"
+        source = next(
+            f"{kind} {name}"
+            for kind, name in (
+                ("credential", self.token_credential),
+                ("file", self.token_file),
+                ("environment variable", self.token_env),
+            )
+            if name
+        )
+        return (
+            f"http: {self.listen} ({where}): every request but /healthz needs the token "
+            f"(Authorization: Bearer, or basic auth with it as password), read from {source}"
+        )
 
     @property
     def host(self) -> str:
@@ -147,11 +223,16 @@ class StatusServer:
         status: StatusProvider,
         health: HealthProvider,
         metrics: MetricsRegistry,
+        *,
+        console: Console | None = None,
+        token: SecretStr | None = None,
     ) -> None:
         self.host, self._port = parse_listen(listen)
         self._status = status
         self._health = health
         self.metrics = metrics
+        self.console = console
+        self._token = token.get_secret_value().encode() if token is not None else None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -163,12 +244,47 @@ class StatusServer:
         return f"http://{host}:{self.port}"
 
     def _app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._read_only, self._authorize])
         app.router.add_get("/healthz", self._handle_health)
         app.router.add_get("/status", self._handle_status)
         app.router.add_get("/metrics", self._handle_metrics)
-        app.router.add_get("/", self._handle_index)
+        if self.console is not None:
+            self.console.routes(app)
+        else:
+            app.router.add_get("/", self._handle_index)
         return app
+
+    @web.middleware
+    async def _read_only(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+        return await handler(request)
+
+    @web.middleware
+    async def _authorize(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._token is None or request.path == "/healthz" or self._authorized(request):
+            return await handler(request)
+        raise web.HTTPUnauthorized(
+            text="a token is required (Authorization: Bearer, or basic auth)\n",
+            headers={"WWW-Authenticate": 'Basic realm="calgate", charset="UTF-8"'},
+        )
+
+    def _authorized(self, request: web.Request) -> bool:
+        assert self._token is not None
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        given = value.strip().encode()
+        if scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(given, validate=True).partition(b":")[2]
+            except (binascii.Error, ValueError):
+                return False
+        elif scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given, self._token)
 
     async def start(self) -> None:
         """Listen; afterwards :attr:`port` is the bound port. Raises :class:`ListenError`."""
@@ -187,9 +303,13 @@ class StatusServer:
         self._runner = runner
         addr = runner.addresses[0]
         self.port = int(addr[1])
+        if self.console is not None:
+            await self.console.start()
         log.info("HTTP status server on %s", self.url)
 
     async def stop(self) -> None:
+        if self.console is not None:
+            await self.console.stop()  # ends the open streams: the runner need not wait
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

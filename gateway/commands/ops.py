@@ -59,6 +59,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{config.path}: OK: {len(config.equipment)} equipment, {n_ch} channel(s); "
         f"registry {config.registry_dir}: {len(registry.equipment_ids())} equipment"
     )
+    print(config.http.access())
     return 0
 
 

@@ -274,7 +274,10 @@ def test_http_settings_defaults_frozen_and_strict() -> None:
     with pytest.raises(ValidationError, match="Extra inputs"):
         HttpSettings.model_validate({"listen": "127.0.0.1:1", "port": 1})
     assert HttpSettings.model_validate({"enabled": False}).enabled is False
-    assert json.loads(s.model_dump_json()) == {"listen": "127.0.0.1:8470", "enabled": True}
+    assert json.loads(s.model_dump_json()) == {
+        "listen": "127.0.0.1:8470", "enabled": True,
+        "token_env": None, "token_file": None, "token_credential": None,
+    }  # fmt: skip
 
 
 async def test_a_real_prometheus_consumer_ingests_the_exposition(
