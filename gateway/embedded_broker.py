@@ -33,22 +33,36 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway.mqtt_packets import (
+    CONNACK,
+    CONNECT,
+    DISCONNECT,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBACK,
+    SUBSCRIBE,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    ProtocolError,
+    Reader,
+    packet,
+    string,
+)
+
 __all__ = ["EmbeddedBroker", "topic_matches"]
 
 log = logging.getLogger(__name__)
-
-CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
-SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
 
 # CONNACK return codes (3.1.1)
 _ACCEPTED, _BAD_VERSION, _BAD_CLIENT_ID, _BAD_AUTH = 0x00, 0x01, 0x02, 0x04
 
 _OFFLINE_QUEUE_MAX = 10_000
 _WRITE_BUFFER_MAX = 16 * 1024 * 1024  # a subscriber this far behind is dropped
-
-
-class _ProtocolError(Exception):
-    """The client broke the protocol: the connection is closed (and its will sent)."""
 
 
 @dataclass(slots=True)
@@ -112,66 +126,6 @@ def topic_matches(flt: str, topic: str) -> bool:
         if f != "+" and f != t_levels[i]:
             return False
     return len(f_levels) == len(t_levels)
-
-
-def _encode_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _packet(kind: int, flags: int, body: bytes) -> bytes:
-    return bytes([kind << 4 | flags]) + _encode_length(len(body)) + body
-
-
-def _string(s: str) -> bytes:
-    raw = s.encode()
-    return struct.pack("!H", len(raw)) + raw
-
-
-class _Reader:
-    """Fields of one packet's body."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def u8(self) -> int:
-        if self.pos + 1 > len(self.data):
-            raise _ProtocolError("packet too short")
-        self.pos += 1
-        return self.data[self.pos - 1]
-
-    def u16(self) -> int:
-        if self.pos + 2 > len(self.data):
-            raise _ProtocolError("packet too short")
-        (v,) = struct.unpack_from("!H", self.data, self.pos)
-        self.pos += 2
-        return int(v)
-
-    def binary(self) -> bytes:
-        n = self.u16()
-        if self.pos + n > len(self.data):
-            raise _ProtocolError("string runs past the packet")
-        self.pos += n
-        return self.data[self.pos - n : self.pos]
-
-    def string(self) -> str:
-        try:
-            return self.binary().decode()
-        except UnicodeDecodeError:
-            raise _ProtocolError("string is not UTF-8") from None
-
-    def rest(self) -> bytes:
-        out = self.data[self.pos :]
-        self.pos = len(self.data)
-        return out
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.data)
 
 
 class EmbeddedBroker:
@@ -265,16 +219,16 @@ class EmbeddedBroker:
         peer = writer.get_extra_info("peername")
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                kind, _flags, body = await self._read_packet(reader)
+                kind, _flags, body = await self._readpacket(reader)
             if kind != CONNECT:
-                raise _ProtocolError(f"first packet is type {kind}, not CONNECT")
+                raise ProtocolError(f"first packet is type {kind}, not CONNECT")
             conn = self._connect(writer, body)
             if conn is None:
                 await writer.drain()
                 return
             await writer.drain()
             clean_exit = await self._serve(conn, reader)
-        except _ProtocolError as exc:
+        except ProtocolError as exc:
             log.info("MQTT client %s: protocol error: %s", peer, exc)
         except TimeoutError:
             log.info("MQTT client %s: timed out", peer)
@@ -289,7 +243,7 @@ class EmbeddedBroker:
             self._writers.discard(writer)
             self._handlers.discard(task)
 
-    async def _read_packet(self, reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
+    async def _readpacket(self, reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
         first = (await reader.readexactly(1))[0]
         length = 0
         for i in range(4):
@@ -298,27 +252,27 @@ class EmbeddedBroker:
             if not byte & 0x80:
                 break
         else:
-            raise _ProtocolError("malformed remaining length")
+            raise ProtocolError("malformed remaining length")
         if length > self.max_packet_bytes:
-            raise _ProtocolError(f"packet of {length} bytes exceeds {self.max_packet_bytes}")
+            raise ProtocolError(f"packet of {length} bytes exceeds {self.max_packet_bytes}")
         body = await reader.readexactly(length) if length else b""
         return first >> 4, first & 0x0F, body
 
     def _connect(self, writer: asyncio.StreamWriter, body: bytes) -> _Conn | None:
-        r = _Reader(body)
+        r = Reader(body)
         proto = r.string()
         level = r.u8()
         if level == 5:
             # MQTT 5 CONNACK: flags, reason 0x84 "unsupported protocol version", no properties
-            writer.write(_packet(CONNACK, 0, b"\x00\x84\x00"))
+            writer.write(packet(CONNACK, 0, b"\x00\x84\x00"))
             log.info("refused an MQTT 5 client: this broker speaks MQTT 3.1.1")
             return None
         if (proto, level) not in (("MQTT", 4), ("MQIsdp", 3)):
-            writer.write(_packet(CONNACK, 0, bytes([0, _BAD_VERSION])))
+            writer.write(packet(CONNACK, 0, bytes([0, _BAD_VERSION])))
             return None
         flags = r.u8()
         if flags & 0x01:
-            raise _ProtocolError("reserved CONNECT flag set")
+            raise ProtocolError("reserved CONNECT flag set")
         keepalive = r.u16()
         clean = bool(flags & 0x02)
         client_id = r.string()
@@ -328,10 +282,10 @@ class EmbeddedBroker:
             will_payload = r.binary()
             will_qos = (flags >> 3) & 0x03
             if will_qos > 2 or not will_topic or any(c in will_topic for c in "+#"):
-                raise _ProtocolError("invalid will")
+                raise ProtocolError("invalid will")
             will = _Message(will_topic, will_payload, will_qos, bool(flags & 0x20))
         elif flags & 0x38:
-            raise _ProtocolError("will flags without a will")
+            raise ProtocolError("will flags without a will")
         username = r.string() if flags & 0x80 else None
         password = r.binary() if flags & 0x40 else None
         if self.users is not None and (
@@ -339,11 +293,11 @@ class EmbeddedBroker:
             or username not in self.users
             or password != self.users[username].encode()
         ):
-            writer.write(_packet(CONNACK, 0, bytes([0, _BAD_AUTH])))
+            writer.write(packet(CONNACK, 0, bytes([0, _BAD_AUTH])))
             return None
         if not client_id:
             if not clean:
-                writer.write(_packet(CONNACK, 0, bytes([0, _BAD_CLIENT_ID])))
+                writer.write(packet(CONNACK, 0, bytes([0, _BAD_CLIENT_ID])))
                 return None
             client_id = f"calgate-anon-{next(self._anon)}"
         session = self._sessions.get(client_id)
@@ -358,7 +312,7 @@ class EmbeddedBroker:
             self._sessions[client_id] = session
         conn = _Conn(writer, session, keepalive, will)
         session.conn = conn
-        writer.write(_packet(CONNACK, 0, bytes([1 if present else 0, _ACCEPTED])))
+        writer.write(packet(CONNACK, 0, bytes([1 if present else 0, _ACCEPTED])))
         if present:
             for pid, msg in list(session.inflight.items()):
                 self._write_publish(conn, msg, pid, dup=True)
@@ -372,32 +326,32 @@ class EmbeddedBroker:
         timeout = conn.keepalive_s * 1.5 if conn.keepalive_s else None
         while not conn.closed:
             async with asyncio.timeout(timeout):
-                kind, flags, body = await self._read_packet(reader)
+                kind, flags, body = await self._readpacket(reader)
             if kind == PUBLISH:
                 self._on_publish(conn, flags, body)
             elif kind == PUBACK:
-                conn.session.inflight.pop(_Reader(body).u16(), None)
+                conn.session.inflight.pop(Reader(body).u16(), None)
             elif kind == PUBREL:
-                pid = _Reader(body).u16()
+                pid = Reader(body).u16()
                 conn.session.qos2_received.discard(pid)
-                conn.writer.write(_packet(PUBCOMP, 0, struct.pack("!H", pid)))
+                conn.writer.write(packet(PUBCOMP, 0, struct.pack("!H", pid)))
             elif kind in (PUBREC, PUBCOMP):
                 pass  # we never send QoS 2
             elif kind == SUBSCRIBE:
                 self._on_subscribe(conn, flags, body)
             elif kind == UNSUBSCRIBE:
-                r = _Reader(body)
+                r = Reader(body)
                 pid = r.u16()
                 while not r.at_end():
                     conn.session.subscriptions.pop(r.string(), None)
-                conn.writer.write(_packet(UNSUBACK, 0, struct.pack("!H", pid)))
+                conn.writer.write(packet(UNSUBACK, 0, struct.pack("!H", pid)))
             elif kind == PINGREQ:
-                conn.writer.write(_packet(PINGRESP, 0, b""))
+                conn.writer.write(packet(PINGRESP, 0, b""))
             elif kind == DISCONNECT:
                 conn.will = None
                 return True
             else:
-                raise _ProtocolError(f"unexpected packet type {kind}")
+                raise ProtocolError(f"unexpected packet type {kind}")
             await conn.writer.drain()
         return False
 
@@ -420,22 +374,22 @@ class EmbeddedBroker:
     def _on_publish(self, conn: _Conn, flags: int, body: bytes) -> None:
         qos = (flags >> 1) & 0x03
         if qos == 3:
-            raise _ProtocolError("PUBLISH with QoS 3")
-        r = _Reader(body)
+            raise ProtocolError("PUBLISH with QoS 3")
+        r = Reader(body)
         topic = r.string()
         if not topic or any(c in topic for c in "+#\0"):
-            raise _ProtocolError(f"invalid topic name {topic!r}")
+            raise ProtocolError(f"invalid topic name {topic!r}")
         pid = r.u16() if qos else 0
         msg = _Message(topic, r.rest(), qos, bool(flags & 0x01))
         if qos == 2:
             if pid not in conn.session.qos2_received:
                 conn.session.qos2_received.add(pid)
                 self._publish(msg)
-            conn.writer.write(_packet(PUBREC, 0, struct.pack("!H", pid)))
+            conn.writer.write(packet(PUBREC, 0, struct.pack("!H", pid)))
             return
         self._publish(msg)
         if qos == 1:
-            conn.writer.write(_packet(PUBACK, 0, struct.pack("!H", pid)))
+            conn.writer.write(packet(PUBACK, 0, struct.pack("!H", pid)))
 
     def _publish(self, msg: _Message) -> None:
         if msg.retain:
@@ -472,13 +426,13 @@ class EmbeddedBroker:
             conn.writer.close()
             return
         flags = (0x08 if dup else 0) | msg.qos << 1 | (0x01 if msg.retain else 0)
-        head = _string(msg.topic) + (struct.pack("!H", pid) if msg.qos else b"")
-        conn.writer.write(_packet(PUBLISH, flags, head + msg.payload))
+        head = string(msg.topic) + (struct.pack("!H", pid) if msg.qos else b"")
+        conn.writer.write(packet(PUBLISH, flags, head + msg.payload))
 
     def _on_subscribe(self, conn: _Conn, flags: int, body: bytes) -> None:
         if flags != 0x02:
-            raise _ProtocolError("SUBSCRIBE flags must be 0010")
-        r = _Reader(body)
+            raise ProtocolError("SUBSCRIBE flags must be 0010")
+        r = Reader(body)
         pid = r.u16()
         granted: list[int] = []
         new: list[tuple[str, int]] = []
@@ -486,7 +440,7 @@ class EmbeddedBroker:
             flt = r.string()
             qos = r.u8()
             if qos & 0xFC:
-                raise _ProtocolError("invalid requested QoS")
+                raise ProtocolError("invalid requested QoS")
             if _valid_filter(flt):
                 g = min(qos, 1)
                 conn.session.subscriptions[flt] = g
@@ -495,8 +449,8 @@ class EmbeddedBroker:
             else:
                 granted.append(0x80)
         if not granted:
-            raise _ProtocolError("SUBSCRIBE without topic filters")
-        conn.writer.write(_packet(SUBACK, 0, struct.pack("!H", pid) + bytes(granted)))
+            raise ProtocolError("SUBSCRIBE without topic filters")
+        conn.writer.write(packet(SUBACK, 0, struct.pack("!H", pid) + bytes(granted)))
         for flt, g in new:
             for msg in list(self._retained.values()):
                 if topic_matches(flt, msg.topic):

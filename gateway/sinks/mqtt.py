@@ -44,6 +44,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import SinkError
+from gateway.mqtt_packets import PUBACK, PUBLISH_QOS1, fixed_header, topic_name
 from gateway.outbox import Outbox, Row
 from gateway.settings import MqttSettings
 from gateway.sinks.base import Sink
@@ -80,30 +81,24 @@ class _TrackingContext(ssl.SSLContext):
         return sock
 
 
-_PUBLISH_QOS1 = 0x32  # PUBLISH, QoS 1, no DUP, no RETAIN (MQTT 3.1.1 §3.3.1)
-_PUBACK = 0x40
+_PUBACK_BYTE = PUBACK << 4  # the first byte of a PUBACK (§3.4.1)
 
-
-def _fixed_header(remaining: int) -> bytes:
-    """PUBLISH QoS 1's fixed header with the remaining length (§2.2.3 variable byte int)."""
-    if remaining < 0x80:
-        return bytes((_PUBLISH_QOS1, remaining))
-    if remaining < 0x4000:
-        return bytes((_PUBLISH_QOS1, (remaining & 0x7F) | 0x80, remaining >> 7))
-    out = bytearray((_PUBLISH_QOS1,))
-    while True:
-        byte, remaining = remaining & 0x7F, remaining >> 7
-        out.append(byte | 0x80 if remaining else byte)
-        if not remaining:
-            return bytes(out)
-
-
-def _topic_field(topic: str) -> bytes:
-    """A publish topic as a length-prefixed UTF-8 string (§1.5.3); paho's rules."""
-    raw = topic.encode()
-    if not raw or b"+" in raw or b"#" in raw or len(raw) > 0xFFFF:
-        raise ValueError(f"invalid publish topic {topic!r}")
-    return len(raw).to_bytes(2, "big") + raw
+#: Every private name of ``paho.mqtt.client.Client`` that :class:`_BufferedClient` uses,
+#: with what it relies on. They are paho-mqtt 2.2's (pyproject pins that version);
+#: tests/unit/gateway/test_paho_internals.py fails when an upgrade changes one.
+PAHO_INTERNALS: dict[str, str] = {
+    "_sock_recv": "method (self, bufsize) -> bytes; raises BlockingIOError when empty",
+    "_packet_queue": "method (self, command, packet, mid, qos, info=None): queue for loop_write",
+    "_handle_pubackcomp": "method (self, cmd): handle the PUBACK in _in_packet",
+    "_do_on_publish": "method (self, mid, reason_code, properties): complete a publish",
+    "_in_packet": "dict with 'command' (0 between packets) and 'packet' (the body)",
+    "_last_bytes_received": "float, time.monotonic() of the last read (keep-alive)",
+    "_last_mid": "int, the last packet id given out",
+    "_out_message_mutex": "lock guarding _out_messages",
+    "_out_messages": "mapping of packet id -> paho's own messages in flight",
+    "_protocol": "MQTTProtocolVersion of the connection",
+    "_sock": "the socket, None when not connected",
+}
 
 
 class _BufferedClient(paho.Client):
@@ -118,6 +113,8 @@ class _BufferedClient(paho.Client):
 
     Writes: :meth:`queue_publishes` queues a buffer of ready PUBLISH packets on paho's
     output queue as one packet (written in order with paho's own, by ``loop_write``).
+
+    Both use paho's private names, every one of them listed in :data:`PAHO_INTERNALS`.
     """
 
     _rbuf: bytes = b""
@@ -150,7 +147,7 @@ class _BufferedClient(paho.Client):
     def _take_acks(self, buf: bytes, pos: int) -> int:
         """Take the run of whole PUBACKs of owned packet ids at ``pos``; the new position."""
         owned, end, mids = self.owned, len(buf) - 3, []
-        while pos < end and buf[pos] == _PUBACK and buf[pos + 1] == 2:
+        while pos < end and buf[pos] == _PUBACK_BYTE and buf[pos + 1] == 2:
             mid = (buf[pos + 2] << 8) | buf[pos + 3]
             if mid not in owned:
                 break  # paho's own publish (a retained status): paho handles it
@@ -173,7 +170,7 @@ class _BufferedClient(paho.Client):
     def queue_publishes(self, packets: bytes, last_mid: int) -> None:
         """Queue ready PUBLISH packets numbered up to ``last_mid`` (one write, in order)."""
         self._last_mid = last_mid
-        self._packet_queue(_PUBLISH_QOS1, memoryview(packets), last_mid, 1)  # type: ignore[arg-type]
+        self._packet_queue(PUBLISH_QOS1, memoryview(packets), last_mid, 1)  # type: ignore[arg-type]
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         # MQTT 3.1.1 PUBACK: two bytes of message id. paho builds a ReasonCode and a
@@ -496,11 +493,12 @@ class MqttSink(Sink):
         for row in rows:
             topic = topics.get(row.topic)
             if topic is None:
-                topic = topics[row.topic] = _topic_field(row.topic)
+                topic = topics[row.topic] = topic_name(row.topic)
             while mid in mids or mid in busy or mid == self._offline_mid:
                 mid = mid + 1 if mid < 65535 else 1
             payload = row.payload
-            add((_fixed_header(len(topic) + 2 + len(payload)), topic, mid.to_bytes(2), payload))
+            head = fixed_header(PUBLISH_QOS1, len(topic) + 2 + len(payload))
+            add((head, topic, mid.to_bytes(2), payload))
             mids[mid] = row.seq
             last, mid = mid, mid + 1 if mid < 65535 else 1
         client.queue_publishes(b"".join(parts), last)
