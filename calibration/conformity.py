@@ -37,6 +37,7 @@ from calibration.errors import CalibrationError
 __all__ = [
     "DECISION_RULES",
     "EN837_CLASSES",
+    "INDETERMINATE",
     "OUTCOMES",
     "R76_BANDS",
     "R111_MPE_MG",
@@ -54,6 +55,7 @@ __all__ = [
     "mpe",
     "probability_of_conformity",
     "tur",
+    "withheld",
 ]
 
 Decision = Literal["pass", "conditional_pass", "conditional_fail", "fail"]
@@ -62,6 +64,9 @@ DecisionRule = Literal["simple", "guarded", "non_binary"]
 DECISION_RULES: tuple[DecisionRule, ...] = get_args(DecisionRule)
 OUTCOMES: tuple[str, ...] = ("pass", "conditional_pass", "conditional_fail", "fail")
 ACCEPTED: frozenset[str] = frozenset({"pass", "conditional_pass"})
+# The conformity of a value no decision can rest on: outside the calibrated span (not
+# extrapolated, so its U does not hold), or corrected through an untraceable chain.
+INDETERMINATE = "indeterminate"
 _SLACK = 1e-12
 
 
@@ -117,6 +122,15 @@ def decide(
 
 def _no_decision(y: float, U: float) -> str | None:
     return None
+
+
+def _indeterminate(y: float, U: float) -> str | None:
+    return INDETERMINATE
+
+
+def withheld() -> Callable[[float, float], str | None]:
+    """The decider of a channel whose values support no decision (untraceable)."""
+    return _indeterminate
 
 
 def decider(

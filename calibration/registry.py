@@ -197,6 +197,9 @@ class Channel(_Frozen):
     decision_rule: DecisionRule = "simple"
     tolerance: Tolerance | None = None
     limits: Limits | None = None
+    # Judge readings against the limits even when the chain is untraceable (the lab's
+    # choice); by default their conformity is "indeterminate".
+    judge_untraceable: bool = False
 
     @field_validator("limits", mode="before")
     @classmethod

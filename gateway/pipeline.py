@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from calibration.conformity import INDETERMINATE
 from drivers.base import Quality, Reading
 from gateway.model import Measurement
 
 if TYPE_CHECKING:
-    from calibration import CalStatus, Corrector, Registry
+    from calibration import CalStatus, Channel, Corrector, Registry
 
-__all__ = ["ChannelPlan", "Pipeline", "unit_factor"]
+__all__ = ["ChannelPlan", "Pipeline", "beyond_span", "judge_of", "unit_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,37 @@ class ChannelPlan:
     # judge(value, U) when the corrector judges conformity: calibration.conformity.decider
     # of its limits and rule (Corrector.judge_one's decision, the rule settled once)
     judge: Callable[[float, float], str | None] | None = None
+
+
+def judge_of(
+    channel: Channel, corrector: Corrector, status: str
+) -> Callable[[float, float], str | None] | None:
+    """The conformity decision of a channel's corrected values, ``f(value, U)``; None when
+    the channel has no limits. Under an untraceable chain every value is ``indeterminate``
+    (a decision on it is not a decision) unless the channel sets ``judge_untraceable``.
+    A value outside the calibrated span is judged by :func:`beyond_span`."""
+    from calibration.conformity import decider, withheld
+
+    if status == "untraceable" and not channel.judge_untraceable:
+        return withheld()
+    limits = corrector.limits
+    if limits is None:
+        return None
+    return decider(limits[0], limits[1], corrector.decision_rule)
+
+
+def beyond_span(
+    corrector: Corrector, judge: Callable[[float, float], str | None] | None, raw: float
+) -> str:
+    """The conformity of a value outside the calibrated span (never extrapolated): the
+    decision at the span's edge it lies beyond when that is ``fail`` (the value is
+    further out still), else ``indeterminate``: no decision can rest on it."""
+    if judge is not None:
+        edge = corrector.span[0] if raw < corrector.span[0] else corrector.span[1]
+        value, _, big_u, _ = corrector.correct_one(edge)
+        if judge(value, big_u) == "fail":
+            return "fail"
+    return INDETERMINATE
 
 
 class Pipeline:
@@ -107,12 +139,6 @@ class Pipeline:
         corrector = reg.corrector(equipment, channel, at)
         state = reg.state(equipment, at)
         status: CalStatus = "none" if corrector.certificate is None else state.status
-        limits = corrector.limits
-        judge = None
-        if limits is not None:
-            from calibration.conformity import decider
-
-            judge = decider(limits[0], limits[1], corrector.decision_rule)
         return ChannelPlan(
             equipment,
             channel,
@@ -122,7 +148,7 @@ class Pipeline:
             status,
             corrector.certificate,
             at.date(),
-            judge,
+            judge_of(ch, corrector, status),
         )
 
     def process(self, readings: Sequence[Reading]) -> list[Measurement]:
@@ -185,15 +211,17 @@ class Pipeline:
                 calibration, plan.certificate, None, plan.quantity,
             )  # fmt: skip
         value, u, big_u, out_of_range = corrector.correct_one(raw)
+        judge = plan.judge
+        conformity = None if judge is None else judge(value, big_u)
         if out_of_range:
             flags = flags | _OUT_OF_RANGE
             quality = "uncertain"
+            conformity = beyond_span(corrector, judge, raw)
         if quality == "good" and calibration in DOUBTFUL:
             quality = "uncertain"
-        judge = plan.judge
         return Measurement.make(
             r, value, unit, u, big_u, corrector.k, quality, flags, calibration,
-            plan.certificate, None if judge is None else judge(value, big_u), plan.quantity,
+            plan.certificate, conformity, plan.quantity,
         )  # fmt: skip
 
     def _many(self, group: list[Reading], plan: ChannelPlan) -> list[Measurement]:
@@ -204,7 +232,7 @@ class Pipeline:
         raws = np.array([c[0] for c in conv], dtype=float)
         good = np.isfinite(raws) & np.array([r.quality != "bad" for r in group])
         res = corrector.correct(np.where(good, raws, corrector.span[0]))
-        verdicts = corrector.judge(res.value, res.U)
+        judge = plan.judge
         out: list[Measurement] = []
         for i, r in enumerate(group):
             _, unit, flags = conv[i]
@@ -227,24 +255,27 @@ class Pipeline:
                 )
                 continue
             quality: Quality = r.quality
+            value, big_u = float(res.value[i]), float(res.U[i])
+            conformity = None if judge is None else judge(value, big_u)
             if res.out_of_range[i]:
-                flags = flags | {"out_of_range"}
+                flags = flags | _OUT_OF_RANGE
                 quality = "uncertain"
+                conformity = beyond_span(corrector, judge, float(raws[i]))
             if plan.calibration in DOUBTFUL and quality == "good":
                 quality = "uncertain"
             out.append(
                 Measurement(
                     reading=r,
-                    value=float(res.value[i]),
+                    value=value,
                     unit=unit,
                     u=float(res.u[i]),
-                    U=float(res.U[i]),
+                    U=big_u,
                     k=corrector.k,
                     quality=quality,
                     flags=flags,
                     calibration=plan.calibration,
                     certificate=plan.certificate,
-                    conformity=verdicts[i],
+                    conformity=conformity,
                     quantity=plan.quantity,
                 )
             )

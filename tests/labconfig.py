@@ -4,6 +4,7 @@ gateway on it."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,17 @@ from simulators.lab import Lab
 EXAMPLE_REGISTRY = example_registry()
 
 
+def judging_registry(directory: Path) -> Path:
+    """A copy of the example registry in which BAL-02 (its chain is broken) is judged
+    against its process limits all the same (``judge_untraceable``: the lab's choice),
+    for the tests that push it out of tolerance and back."""
+    root = directory / "registry"
+    shutil.copytree(EXAMPLE_REGISTRY, root)
+    path = root / "equipment" / "BAL-02.toml"
+    path.write_text(path.read_text() + "judge_untraceable = true\n")
+    return root
+
+
 def lab_config(
     lab: Any,
     directory: Path,
@@ -26,6 +38,7 @@ def lab_config(
     http: str | None = None,
     interval_s: float = 0.2,
     only: Iterable[str] | None = None,
+    registry: Path = EXAMPLE_REGISTRY,
 ) -> Path:
     """``directory/calgate.toml`` for the lab, site ``lab-t``, gateway ``edge-test``,
     fast backoff so tests see recoveries quickly."""
@@ -33,7 +46,7 @@ def lab_config(
     path.write_text(
         lab_toml(
             lab.endpoints(),
-            registry=EXAMPLE_REGISTRY,
+            registry=registry,
             state_dir=directory / "state",
             mqtt_url=mqtt_url,
             http=http,
@@ -49,13 +62,18 @@ def lab_config(
 
 @contextlib.asynccontextmanager
 async def lab_gateway(
-    tmp_path: Path, mosquitto: Mosquitto, seed: int, *, opcua: bool = False
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    seed: int,
+    *,
+    opcua: bool = False,
+    registry: Path = EXAMPLE_REGISTRY,
 ) -> AsyncIterator[tuple[Lab, Subscriber]]:
     """The simulated lab, a subscriber to everything the gateway publishes, and the
     gateway polling the lab at 10 Hz (stopped on the way out; the subscriber keeps what
     it received). ``opcua``: the testing machine too."""
     async with Lab(fixed_ports=False, opcua=opcua, seed=seed) as lab:
-        path = lab_config(lab, tmp_path, mqtt_url=mosquitto.url, interval_s=0.1)
+        path = lab_config(lab, tmp_path, mqtt_url=mosquitto.url, interval_s=0.1, registry=registry)
         config, reg = load_everything(path)
         with Subscriber(mosquitto.port, "calgate/lab-t/#") as sub:
             gw = Gateway(config, reg)

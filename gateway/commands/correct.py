@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from calibration import Registry
+from calibration.conformity import INDETERMINATE
 from calibration.corrector import Corrector
 from calibration.errors import CalibrationError
 from calibration.registry import describe_tolerance
@@ -30,6 +31,7 @@ from drivers.base import Reading
 from gateway.cli import EX_CONFIG, EX_USAGE
 from gateway.commands.registry import EX_OK, load_or_report, parse_at
 from gateway.model import Measurement
+from gateway.pipeline import DOUBTFUL, beyond_span, judge_of
 
 __all__ = ["correct_one", "register"]
 
@@ -49,7 +51,10 @@ def correct_one(
     res = corrector.correct(np.array([raw], dtype=float))
     value, u, U = float(res.value[0]), float(res.u[0]), float(res.U[0])
     out_of_range = bool(res.out_of_range[0])
-    conformity = corrector.judge(res.value, res.U)[0]
+    judge = judge_of(ch, corrector, state.status)
+    conformity = None if judge is None else judge(value, U)
+    if out_of_range:
+        conformity = beyond_span(corrector, judge, raw)
     flags = {"out_of_range"} if out_of_range else set()
     reading = Reading(
         equipment=item,
@@ -66,7 +71,7 @@ def correct_one(
         u=u,
         U=U,
         k=float(corrector.k),
-        quality="uncertain" if out_of_range else "good",
+        quality="uncertain" if out_of_range or state.status in DOUBTFUL else "good",
         flags=frozenset(flags),
         calibration=state.status,
         certificate=corrector.certificate,
@@ -78,8 +83,21 @@ def correct_one(
         "channel": ch,
         "equipment": eq,
         "budget": _budget(reg, corrector, item, ch.name, at, raw, value),
+        "span": corrector.span,
     }
     return m, facts
+
+
+def _quality_note(m: Measurement, status: str, span: tuple[float, float]) -> str:
+    """Why a corrected value is not ``good``, in words."""
+    if "out_of_range" in m.flags:
+        return (
+            f"  (outside the calibrated span {span[0]:g} to {span[1]:g} {m.unit}: "
+            "not extrapolated; the correction and U do not hold there)"
+        )
+    if status in DOUBTFUL:
+        return f"  (calibration {status})"
+    return ""
 
 
 def _budget(
@@ -135,10 +153,9 @@ def _correct(args: argparse.Namespace) -> int:
         print(f"                 full precision: value {m.value!r}, u {m.u!r}, U {m.U!r}")
     else:
         print(f"  corrected      {m.value:g} {unit}  (no uncertainty)")
+    print(f"  quality        {m.quality}" + _quality_note(m, state.status, facts["span"]))
     if m.flags:
-        print(
-            f"  flags          {', '.join(sorted(m.flags))}  (outside the calibrated span: not extrapolated)"
-        )
+        print(f"  flags          {', '.join(sorted(m.flags))}")
     status = state.status
     print(f"  calibration    {status}")
     for r in state.reasons:
@@ -156,7 +173,10 @@ def _correct(args: argparse.Namespace) -> int:
         print(f"  chain          {' → '.join(state.chain)}{tail}")
     else:
         print("  certificate    none: value = raw, u from resolution and repeatability only")
-    if ch.limits is not None:
+    if m.conformity == INDETERMINATE:
+        why = "outside the calibrated span" if "out_of_range" in m.flags else "untraceable chain"
+        print(f"  conformity     {INDETERMINATE}  (no decision on this value: {why})")
+    elif ch.limits is not None:
         lo = "-∞" if ch.limits.low is None else f"{ch.limits.low:g}"
         hi = "+∞" if ch.limits.high is None else f"{ch.limits.high:g}"
         print(

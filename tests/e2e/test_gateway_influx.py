@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import wait_for_async
+from labconfig import judging_registry
 from mqttsub import Subscriber
 from servers import InfluxV1, Mosquitto, VictoriaMetrics
 
 from calibration import Registry
-from gateway.demo import example_registry, lab_toml
+from gateway.demo import lab_toml
 from gateway.service import Gateway, load_everything
 from simulators.lab import Lab
 
@@ -53,13 +54,14 @@ async def run_lab(
     """Poll the lab (no OPC UA) through a gateway publishing to MQTT and InfluxDB;
     push BAL-02 out of its process limits and back, so events flow too; stop cleanly
     (the sinks flush). Returns what arrived on MQTT."""
-    registry = Registry.load(example_registry())
+    root = judging_registry(tmp_path)  # BAL-02 judged although untraceable
+    registry = Registry.load(root)
     async with Lab(fixed_ports=False, opcua=False, seed=11) as lab:
         path = tmp_path / "calgate.toml"
         path.write_text(
             lab_toml(
                 lab.endpoints(),
-                registry=example_registry(),
+                registry=root,
                 state_dir=tmp_path / "state",
                 mqtt_url=mosquitto.url,
                 influx=influx,

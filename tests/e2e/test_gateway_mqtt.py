@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from labconfig import EXAMPLE_REGISTRY, lab_gateway
+from labconfig import judging_registry, lab_gateway
 from servers import Mosquitto
 
 from calibration import Registry
@@ -33,8 +33,9 @@ async def wait(pred: object, timeout_s: float = 20.0) -> None:
 async def test_measurements_statuses_and_events_arrive_as_the_registry_implies(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    registry = Registry.load(EXAMPLE_REGISTRY)
-    async with lab_gateway(tmp_path, mosquitto, seed=3) as (lab, sub):
+    root = judging_registry(tmp_path)  # BAL-02 judged although its chain is broken
+    registry = Registry.load(root)
+    async with lab_gateway(tmp_path, mosquitto, seed=3, registry=root) as (lab, sub):
         await wait(lambda: len(sub.json("/reading")) >= 40)
         # A sample container too heavy for BAL-02's process limits (210 g): out of tolerance.
         lab.sbi.place(15.0)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from calibration import Registry
 from gateway.cli import main
+from gateway.commands.registry import parse_at
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = ROOT / "examples" / "registry"
@@ -339,3 +341,37 @@ def test_check_a_registry_without_certificates(
     assert out.splitlines()[-1] == (
         "12 channel(s) expired, untraceable, suspect or without certificate"
     )
+
+
+def test_an_out_of_range_value_is_marked_and_not_judged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """500 g on BAL-01, a 220 g balance: never extrapolated, so quality uncertain and
+    conformity indeterminate (it has no limits that would fail at the span's edge), and
+    the text says why."""
+    low, high = Registry.load(EXAMPLES).corrector("BAL-01", "weight", parse_at(AT)).span
+    assert high < 500.0
+    code, out, _ = run(capsys, "correct", str(EXAMPLES), "BAL-01", "weight", "500", "--at", AT)
+    assert code == 0
+    assert f"  quality        uncertain  (outside the calibrated span {low:g} to {high:g} g:" in out
+    assert (
+        "  conformity     indeterminate  (no decision on this value: outside the calibrated" in out
+    )
+    code, out, _ = run(
+        capsys, "correct", str(EXAMPLES), "BAL-01", "weight", "500", "--at", AT, "--json"
+    )
+    m = json.loads(out)
+    assert (m["quality"], m["conformity"], m["flags"]) == (
+        "uncertain", "indeterminate", ["out_of_range"]
+    )  # fmt: skip
+
+
+def test_an_untraceable_value_is_not_judged(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "correct", str(EXAMPLES), "BAL-02", "weight", "100", "--at", AT, "--json"
+    )
+    assert code == 0
+    m = json.loads(out)
+    assert (m["calibration"], m["quality"], m["conformity"]) == (
+        "untraceable", "uncertain", "indeterminate"
+    )  # fmt: skip

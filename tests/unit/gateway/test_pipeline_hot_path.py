@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +41,15 @@ def test_values_uncertainty_and_conformity_are_the_correctors(
     corrector = registry.corrector("PT-101", "pressure", T0)
     value, u, big_u, out_of_range = corrector.correct_one(raw)
     assert (m.value, m.u, m.U, m.k) == (value, u, big_u, corrector.k)
-    assert m.conformity == corrector.judge_one(value, big_u)
+    # Outside the calibrated span (not extrapolated) only a fail at the span's edge it
+    # lies beyond decides (the value is further out still): PT-101's limits [950, 1100]
+    # mbar lie inside its calibrated span, so each edge fails.
+    if not out_of_range:
+        assert m.conformity == corrector.judge_one(value, big_u)
+    else:
+        edge = corrector.span[0] if raw < corrector.span[0] else corrector.span[1]
+        assert corrector.span[0] < 950.0 < 1100.0 < corrector.span[1]
+        assert m.conformity == "fail" == corrector.judge_one(*corrector.correct_one(edge)[::2])
     assert ("out_of_range" in m.flags) == out_of_range
     assert m.quality == ("uncertain" if out_of_range else "good")
     assert m.certificate == corrector.certificate
@@ -123,3 +132,31 @@ def test_with_the_wall_clock_plans_are_rebuilt_after_utc_midnight(registry: Regi
     assert pipeline._plans[key] is not old
     assert pipeline._plans[key].built_on == today
     assert m.certificate == old.certificate
+
+
+def _balance(raw: float) -> Reading:
+    return Reading(equipment="BAL-02", channel="weight", raw=raw, unit="g", t_wall=T0, t_mono=0.0)
+
+
+@pytest.mark.parametrize("judge_untraceable", [False, True])
+def test_an_untraceable_value_is_not_judged_unless_the_lab_says_so(
+    tmp_path: Path, judge_untraceable: bool
+) -> None:
+    """BAL-02's chain is broken (its standard's certificate had expired): a decision on
+    its values is not a decision, so conformity is indeterminate, in the one-value path
+    and the path of several values per channel, unless the channel has
+    ``judge_untraceable = true``. 100 g is inside its limits [0, 210] g."""
+    root = tmp_path / "registry"
+    shutil.copytree(REGISTRY, root)
+    if judge_untraceable:
+        path = root / "equipment" / "BAL-02.toml"
+        path.write_text(path.read_text() + "judge_untraceable = true\n")
+    pipeline = Pipeline(Registry.load(root), clock=lambda: T0)
+    [one] = pipeline.process([_balance(100.0)])
+    many = pipeline.process([_balance(100.0), _balance(300.0)])
+    assert {m.calibration for m in (one, *many)} == {"untraceable"}
+    assert {m.quality for m in (one, *many)} == {"uncertain"}
+    expected = "pass" if judge_untraceable else "indeterminate"
+    assert (one.conformity, many[0].conformity) == (expected, expected)
+    # 300 g: beyond the calibrated span (to 220 g), and its edge is beyond the 210 g limit
+    assert many[1].conformity == ("fail" if judge_untraceable else "indeterminate")
