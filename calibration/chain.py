@@ -107,6 +107,8 @@ class ChainNode:
     nmi: bool = False
     calibrated: date | None = None
     due: date | None = None
+    # the last day it is in force (Registry.in_force_until: due, or superseded before)
+    in_force_to: date | None = None
     source: str | None = None
 
     @property
@@ -135,6 +137,7 @@ class ChainNode:
             "nmi": self.nmi,
             "calibrated": self.calibrated.isoformat() if self.calibrated else None,
             "due": self.due.isoformat() if self.due else None,
+            "in_force_to": self.in_force_to.isoformat() if self.in_force_to else None,
             "evaluated_on": self.evaluated_on.isoformat(),
             "source": self.source,
             "standards": [c.to_json() for c in self.standards],
@@ -169,8 +172,10 @@ class CalibrationState:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Affected:
-    """A certificate downstream of a standard, and the days it was in force (inclusive;
-    ``window[1]`` is None while it has no successor).
+    """A certificate downstream of a standard, and the days readings were corrected
+    through it (inclusive; ``window[1]`` is None while it has no successor): an expired
+    certificate is still the one readings are corrected with. ``in_force_to`` is the
+    last day it was in force (:meth:`Registry.in_force_until`, as in the chain).
 
     ``via`` is the path of items from the traced standard to this certificate's standard.
     Readings taken through this certificate during ``window`` are affected.
@@ -182,6 +187,7 @@ class Affected:
     window: tuple[date, date | None]
     via: tuple[str, ...]
     depth: int
+    in_force_to: date
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -190,6 +196,7 @@ class Affected:
             "channel": self.channel,
             "from": self.window[0].isoformat(),
             "to": self.window[1].isoformat() if self.window[1] else None,
+            "in_force_to": self.in_force_to.isoformat(),
             "via": list(self.via),
             "depth": self.depth,
         }
@@ -302,11 +309,18 @@ def _node(
                     f"calibration ({nxt.number}, {nxt.calibrated.isoformat()})",
                 )
             )
-    elif not cert.in_force_on(day):
+    elif not reg.in_force_on(cert, day):
+        nxt = reg.successor(cert)
         if day > cert.due:
             msg = (
                 f"{cert.number} of {cert.item} had expired (due {cert.due.isoformat()}) when "
                 f"{used_by.number} was calibrated on {day.isoformat()}"
+            )
+        elif nxt is not None and day >= nxt.calibrated:
+            msg = (
+                f"{cert.number} of {cert.item} had been superseded by {nxt.number} "
+                f"({nxt.calibrated.isoformat()}) when {used_by.number} was calibrated on "
+                f"{day.isoformat()}"
             )
         else:
             msg = (
@@ -344,6 +358,7 @@ def _node(
         nmi=cert.nmi,
         calibrated=cert.calibrated,
         due=cert.due,
+        in_force_to=reg.in_force_until(cert),
         source=cert.source or None,
     )
 
@@ -372,13 +387,14 @@ def _link(
         )
         return node, [Issue("untraceable", msg)]
     node = _node(reg, s_cert, when, used_by=cert, path=path)
-    if not s_cert.in_force_on(when):
+    if not reg.in_force_on(s_cert, when):
         issues.append(
             Issue(
                 "untraceable",
                 f"standard {std}: certificate {s_cert.number} was not in force when "
                 f"{cert.number} was calibrated on {when.isoformat()} "
-                f"(in force {s_cert.calibrated.isoformat()} to {s_cert.due.isoformat()})",
+                f"(in force {s_cert.calibrated.isoformat()} to "
+                f"{reg.in_force_until(s_cert).isoformat()})",
             )
         )
     issues.extend(
@@ -465,6 +481,7 @@ def reverse_trace(
                     window=(c.calibrated, w_end),
                     via=via,
                     depth=len(via),
+                    in_force_to=reg.in_force_until(c),
                 )
             )
             walk(c.item, c.calibrated, w_end, (*via, c.item))

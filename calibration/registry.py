@@ -23,7 +23,7 @@ import tomllib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -359,10 +359,6 @@ class Certificate(_Frozen):
             return int(m.group(2)) + 1
         return 2
 
-    def in_force_on(self, day: date) -> bool:
-        """Whether ``day`` lies within ``[calibrated, due]`` (both inclusive, UTC days)."""
-        return self.calibrated <= day <= self.due
-
     @property
     def found_points(self) -> tuple[Point, ...]:
         """The as-found results: ``as_found`` if given, else the points (no adjustment)."""
@@ -534,6 +530,19 @@ class Registry:
             if c.calibrated <= day:
                 best = c
         return best
+
+    def in_force_until(self, cert: Certificate) -> date:
+        """The last day ``cert`` is in force (UTC): its ``due`` day, or the day before its
+        successor was calibrated when that comes first. The one rule for the chain's
+        links and the reverse trace."""
+        nxt = self.successor(cert)
+        if nxt is not None and nxt.calibrated <= cert.due:
+            return nxt.calibrated - timedelta(days=1)
+        return cert.due
+
+    def in_force_on(self, cert: Certificate, day: date) -> bool:
+        """Whether ``day`` lies within ``[calibrated, in_force_until]`` (inclusive)."""
+        return cert.calibrated <= day <= self.in_force_until(cert)
 
     def successor(self, cert: Certificate) -> Certificate | None:
         """The next certificate of the same item and channel, if any."""

@@ -218,13 +218,20 @@ def _trace(args: argparse.Namespace) -> int:
         print(f"no certificate downstream of {args.standard}")
         return EX_OK
     print(f"downstream of {args.standard}: {len(affected)} certificate(s)")
+    today = datetime.now(UTC).date()
     for a in affected:
         ch = f"/{a.channel}" if a.channel else ""
+        end = a.window[1]
+        if end is None:
+            end_text = "now (still in force)" if a.in_force_to >= today else "now"
+        else:
+            end_text = end.isoformat()
+        lapsed = a.in_force_to < (end or today)
         print(
             f"  {'  ' * (a.depth - 1)}{a.certificate:<20} {a.item}{ch}: readings and "
-            f"calibrations from {a.window[0].isoformat()} to "
-            f"{a.window[1].isoformat() if a.window[1] else 'now (still in force)'} "
-            f"(via {' → '.join(a.via)})"
+            f"calibrations from {a.window[0].isoformat()} to {end_text}"
+            + (f" (in force to {a.in_force_to.isoformat()}, expired after)" if lapsed else "")
+            + f" (via {' → '.join(a.via)})"
         )
     return EX_OK
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -375,3 +376,35 @@ def test_an_untraceable_value_is_not_judged(capsys: pytest.CaptureFixture[str]) 
     assert (m["calibration"], m["quality"], m["conformity"]) == (
         "untraceable", "uncertain", "indeterminate"
     )  # fmt: skip
+
+
+def test_trace_and_chain_agree_on_when_a_certificate_stopped_being_in_force(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One rule (Registry.in_force_until: its due day, or the day before its successor
+    was calibrated when that comes first) on both commands. WS-F1's MCS-2023-0220 was due
+    on 2026-02-28 and superseded by MCS-2026-0611 on 2026-06-11: in force to 2026-02-28;
+    readings were corrected through it (expired) until 2026-06-10."""
+    code, out, _ = run(capsys, "registry", "trace", str(EXAMPLES), "REF-W1", "--json")
+    assert code == 0
+    ws = next(a for a in json.loads(out) if a["certificate"] == "MCS-2023-0220")
+    assert (ws["from"], ws["to"], ws["in_force_to"]) == ("2023-02-20", "2026-06-10", "2026-02-28")
+    code, out, _ = run(capsys, "registry", "trace", str(EXAMPLES), "REF-W1")
+    line = next(x for x in out.splitlines() if "MCS-2023-0220" in x)
+    assert "from 2023-02-20 to 2026-06-10 (in force to 2026-02-28, expired after)" in line
+
+    code, out, _ = run(capsys, "registry", "chain", str(EXAMPLES), "BAL-02", "--at", AT, "--json")
+    assert code == 0
+    tree = json.loads(out)
+    (node,) = tree["standards"]
+    assert (node["number"], node["in_force_to"]) == ("MCS-2023-0220", "2026-02-28")
+    assert any("(in force 2023-02-20 to 2026-02-28)" in r for r in tree["reasons"])
+    # A superseded certificate is in force until the day before its successor.
+    (ptb,) = node["standards"]
+    reg = Registry.load(EXAMPLES)
+    ptb_cert = reg.certificate(ptb["number"])
+    assert ptb_cert is not None
+    successor = reg.successor(ptb_cert)
+    assert successor is not None
+    assert successor.calibrated < ptb_cert.due
+    assert ptb["in_force_to"] == (successor.calibrated - timedelta(days=1)).isoformat()

@@ -361,6 +361,7 @@ def test_reverse_trace_windows(drifted: Registry) -> None:
         "channel": "m",
         "from": "2024-09-01",
         "to": "2025-03-31",
+        "in_force_to": "2025-03-31",  # superseded by C-2 on 2025-04-01
         "via": ["REF", "WS"],
         "depth": 2,
     }
