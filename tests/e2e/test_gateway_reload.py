@@ -181,8 +181,8 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                     for line in log.read_text(errors="replace").splitlines()
                     if "reload refused" in line
                 ]
-                assert any("equipment[0].driver" in x and "no-such-driver" in x for x in refused)
-                assert any("equipment[1].interval_s" in x for x in refused)
+                assert any("equipment[0] (BAL-01).driver" in x and "no-such-driver" in x for x in refused)
+                assert any("equipment[1] (PT-101).interval_s" in x for x in refused)
                 seen_pt, seen_bal = len(readings("PT-101")), len(readings("BAL-01"))
                 await wait_for_async(
                     lambda: (
