@@ -75,7 +75,10 @@ function boardRow(eq) {
   if (eq.connection === "offline" && eq.since) conn.append(el("div", { class: "small muted", text: `since ${hms(eq.since)}` }));
   if (eq.connection === "offline" && eq.last_error) conn.append(el("div", { class: "small muted", text: eq.last_error }));
   tr.append(conn);
-  tr.append(el("td", { class: "values" }, ...eq.channels.map(channelCell)));
+  const values = el("td", { class: eq.connection === "offline" ? "values stale" : "values" }, ...eq.channels.map(channelCell));
+  const last = eq.channels.map((c) => c.ts).filter((t) => t).sort().pop();
+  if (eq.connection === "offline" && last) values.append(el("div", { class: "small muted", text: `last reading at ${hms(last)}` }));
+  tr.append(values);
   tr.append(el("td", { class: "quality" }, ...eq.channels.map((ch) => {
     const d = el("div", { class: "ch" });
     if (ch.quality) d.append(el("span", { class: `s-${ch.quality}`, text: WORDS[ch.quality] || ch.quality }));
@@ -85,7 +88,8 @@ function boardRow(eq) {
   tr.append(el("td", { class: "conformity" }, ...eq.channels.map((ch) =>
     el("div", { class: "ch" }, ch.conformity ? badge(ch.conformity) : el("span", { class: "muted", text: "—" })))));
   const cal = el("td", { class: "cal" }, badge(eq.calibration));
-  if (eq.due) cal.append(el("div", { class: "small", text: `${dayText(eq.days_to_due)} (${eq.due})` }));
+  if (eq.due) cal.append(el("div", { class: "small nowrap", text: dayText(eq.days_to_due) }),
+    el("div", { class: "small muted nowrap", text: `due ${eq.due}` }));
   tr.append(cal);
   tr.append(el("td", { class: "cert", text: eq.certificate || "—" }));
   return tr;
@@ -138,9 +142,9 @@ function renderDue(doc) {
   const rows = doc.certificates.map((c) => {
     const tr = el("tr", { "data-certificate": c.number, class: c.days_left < 0 ? "soon over" : c.highlight ? "soon" : null });
     tr.append(el("td", { text: c.due }), el("td", { text: String(c.days_left) }),
-      el("td", {}, badge(c.status)), el("td", { text: c.number }),
+      el("td", {}, badge(c.status)), el("td", { text: c.number + (c.nmi ? " · NMI" : ""), title: c.issued_by }),
       el("td", { text: c.channel ? `${c.item} ${c.channel}` : c.item }),
-      el("td", { class: "small muted", text: c.issued_by + (c.nmi ? " (NMI)" : "") }));
+      el("td", { class: "small muted", text: c.role.replace("_", " ") }));
     return tr;
   });
   document.querySelector("#due tbody").replaceChildren(...rows);
@@ -256,7 +260,8 @@ function renderEvents() {
   const items = shown.slice(0, 200).map((e) => el("li", { "data-type": e.type, "data-equipment": e.equipment },
     el("span", { class: "t", text: hms(e.ts) }),
     el("span", {}, el("span", { class: `s-${e.severity}`, text: WORDS[e.severity] || e.severity })),
-    el("span", {}, el("strong", { text: `${e.equipment} ` }), el("span", { text: e.message }),
+    el("span", {}, e.message.startsWith(e.equipment) ? null : el("strong", { text: `${e.equipment} ` }),
+      el("span", { text: e.message }),
       el("div", { class: "type", text: e.type.replaceAll("_", " ") }))));
   if (!items.length) items.push(el("li", { class: "muted", text: "no events" }));
   document.getElementById("events").replaceChildren(...items);

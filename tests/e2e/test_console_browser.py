@@ -1,0 +1,181 @@
+"""The lab console in a real browser: Debian's headless Chromium, driven by selenium through
+Debian's chromedriver, loads the page of a gateway polling the simulated lab and sees what
+a person would: every equipment's row, the statuses in words, a value that changes, the
+coverage figure, the broken chain, and an event after a simulator fault is armed.
+
+A screenshot is kept in the test's tmp dir (and at ``$CALGATE_CONSOLE_SCREENSHOT``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import free_port, require_binary, wait_for_async
+from labconfig import lab_config
+
+from gateway.service import Gateway, load_everything
+from simulators.faults import Fault
+from simulators.lab import Lab
+
+pytestmark = pytest.mark.e2e
+
+EQUIPMENT = ("BAL-01", "BAL-02", "PC-01", "PT-101", "PT-102", "UTM-01")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1600,1200")  # fmt: skip
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium from Debian (``chromium``, ``chromium-driver``), a new profile."""
+    binary = require_binary("chromium", "/usr/bin/chromium")
+    driver_path = require_binary("chromedriver", "/usr/bin/chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for flag in FLAGS:
+        opts.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+    opts.add_argument(f"--user-data-dir={profile}")
+    opts.binary_location = binary
+    driver = webdriver.Chrome(options=opts, service=Service(driver_path))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def api(base: str, path: str) -> Any:
+    with urllib.request.urlopen(f"{base}{path}", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+async def until(driver: Any, check: Callable[[Any], Any], what: str, timeout_s: float = 20) -> Any:
+    """``check(driver)`` in a thread (selenium blocks) until it is truthy; its result."""
+    import asyncio
+
+    from selenium.common.exceptions import WebDriverException
+
+    found: list[Any] = []
+
+    def probe() -> bool:
+        try:
+            res = check(driver)
+        except WebDriverException:
+            return False
+        if res:
+            found.append(res)
+        return bool(res)
+
+    async def step() -> bool:
+        return await asyncio.to_thread(probe)
+
+    await wait_for_async(step, timeout_s=timeout_s, what=what)
+    return found[-1]
+
+
+def text_of(driver: Any, css: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+
+
+def row_texts(driver: Any) -> dict[str, str]:
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "#board tbody tr")
+    return {r.get_attribute("data-equipment"): r.text for r in rows}
+
+
+def screenshot(driver: Any, path: Path) -> None:
+    """The whole page: the window as tall as the document."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1600, max(1200, int(height) + 40))
+    driver.save_screenshot(str(path))
+
+
+async def test_a_person_sees_the_lab_live(tmp_path: Path, browser: Any) -> None:
+    import asyncio
+
+    http = f"127.0.0.1:{free_port()}"
+    base = f"http://{http}"
+    async with Lab(fixed_ports=False, opcua=True, seed=11) as lab:
+        config, registry = load_everything(lab_config(lab, tmp_path, http=http, interval_s=0.2))
+        gw = Gateway(config, registry)
+        await gw.start()
+        try:
+            await asyncio.to_thread(browser.get, f"{base}/")
+            rows = await until(
+                browser,
+                lambda d: (
+                    (r := row_texts(d)) and all("online" in r.get(e, "") for e in EQUIPMENT) and r
+                ),
+                "every equipment's row, online",
+            )
+            assert tuple(rows) == EQUIPMENT
+            for eq in EQUIPMENT:
+                assert "±" in rows[eq], rows[eq]  # value ± U
+                assert "(k = 2)" in rows[eq], rows[eq]
+            assert "untraceable" in rows["BAL-02"]  # the broken chain, in words
+            assert "due soon" in rows["PT-102"]  # the certificate due soon
+            assert "valid" in rows["BAL-01"]
+            assert "PCL-2025-1201" in rows["PT-102"]
+
+            # the coverage figure, as the API computes it (the API's own test checks it)
+            cov = await asyncio.to_thread(api, base, "/api/coverage")
+            share = cov["instruments"]["share"]
+            want = f"{int(share * 1000) / 10} %"
+            figure = await until(browser, lambda d: text_of(d, "#coverage-figure") == want
+                                 and want, "the coverage figure")  # fmt: skip
+            assert figure == "83.3 %"  # 5 of the 6 instruments: BAL-02's chain is broken
+            gaps = await asyncio.to_thread(text_of, browser, "#coverage-gaps")
+            assert "BAL-02 weight ⚠ untraceable" in gaps, gaps
+            assert "MCS-2023-0220 was not in force" in gaps
+
+            # the broken chain is the one shown first (it needs attention)
+            chain = await until(browser, lambda d: "expired" in (t := text_of(d, "#chain")) and t,
+                                "BAL-02's chain")  # fmt: skip
+            assert "MCS-2026-0310" in chain
+            assert "MCS-2023-0220" in chain
+            assert "NMI" in chain
+            # the due dates list
+            due = await asyncio.to_thread(text_of, browser, "#due")
+            assert due.index("PCL-2025-1201") < due.index("MCS-2026-1022")  # soonest first
+
+            # a value that changes between two looks
+            def value(d: Any) -> str:
+                return text_of(d, 'tr[data-equipment="PT-101"] .val')
+
+            first = await asyncio.to_thread(value, browser)
+            await until(browser, lambda d: value(d) != first, "PT-101's value to change")
+
+            # a fault armed in a simulator shows as an event and in the row
+            lab.balance.faults.arm(Fault.NO_REPLY)
+            events = await until(
+                browser,
+                lambda d: "BAL-01 does not answer" in (t := text_of(d, "#events")) and t,
+                "BAL-01's offline event",
+            )
+            assert "critical" in events
+            await until(browser, lambda d: "offline" in row_texts(d)["BAL-01"], "BAL-01 offline")
+            shot = tmp_path / "console.png"
+            await asyncio.to_thread(screenshot, browser, shot)
+            assert shot.stat().st_size > 10_000
+            extra = os.environ.get("CALGATE_CONSOLE_SCREENSHOT")
+            if extra:
+                shutil.copyfile(shot, extra)
+            logs = await asyncio.to_thread(browser.get_log, "browser")
+            errors = [e["message"] for e in logs if e["level"] == "SEVERE"]
+            assert not errors, errors  # no script error, nothing missing
+        finally:
+            await gw.stop()
