@@ -13,7 +13,7 @@
 - Probability of conformity (JCGM 106:2012, normal PDF):
   p_c = Φ((TU − y)/u) − Φ((TL − y)/u).
 - Test uncertainty ratio (ANSI/NCSL Z540.3 handbook): TUR = (TU − TL) / (2·U₉₅).
-- Maximum permissible errors (METROLOGY.md 3): a fixed ±MPE, a percentage of span or of
+- Maximum permissible errors: a fixed ±MPE, a percentage of span or of
   reading, an EN 837-1 accuracy class (percent of span), OIML R 76-1 (weighing
   instruments, in verification scale intervals e, bounds inclusive, in service twice the
   initial MPE) and OIML R 111-1 (weights from 1 mg to 50 kg, see :data:`R111_MPE_MG`).
@@ -244,8 +244,8 @@ R76_BANDS: dict[str, tuple[tuple[float, float], ...]] = {
 }
 
 # OIML R 111-1:2004 Table 1, MPE (mg) by nominal value (g), classes E1-M3 from 1 mg to
-# 50 kg. The 1 kg, 200 g and 100 g rows are METROLOGY.md's; the others were checked
-# against two independent secondary transcriptions (a weight maker's table and a
+# 50 kg. The 1 kg, 200 g and 100 g rows come from the secondary transcription the project
+# started from; the others were checked against two independent secondary transcriptions (a weight maker's table and a
 # test-weight selection guide) that agree with each other. Rows above 50 kg (and the
 # classes M1-2, M2-3 that exist only there) are left out: such a nominal value raises
 # CalibrationError rather than guess. A class with no MPE at a nominal value (M2 below

@@ -4,8 +4,7 @@ Built once per channel from the certificate in force (the registry does that), t
 called per reading. :meth:`Corrector.correct` takes an array and does a handful of
 vectorised numpy calls; :meth:`Corrector.correct_one` takes one float and does plain
 Python arithmetic on lists prepared at build (``bisect`` plus a few multiplications):
-PERFORMANCE.md measured that one numpy call per scalar costs more than the arithmetic it
-replaces.
+one numpy call per scalar costs more than the arithmetic it replaces (bench/README.md).
 
 For a raw reading r (ARCHITECTURE.md 4.2):
 

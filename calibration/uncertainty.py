@@ -2,7 +2,7 @@
 
 - Type B from a half-width a: rectangular a/√3, triangular a/√6, U-shaped a/√2; a digital
   resolution d is a rectangular half-width d/2, u = d/(2√3); a certificate's U at k gives
-  u = U/k (METROLOGY.md 1).
+  u = U/k (GUM 4.3.3, 4.3.7).
 - Welch–Satterthwaite (GUM G.4.1): ν_eff = u_c⁴ / Σ uᵢ⁴/νᵢ (uᵢ already multiplied by their
   sensitivity coefficients), truncated down to an integer; not valid for correlated
   inputs.

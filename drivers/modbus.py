@@ -6,14 +6,14 @@ one kind in one request, at most 125 registers, small holes allowed) and precomp
 decoder per channel; a poll is then one request per group and one ``struct`` call per
 value.
 
-Word order is defined by register values (METROLOGY.md §5): 123456.0 (0x47F12000) is
+Word order is defined by register values (docs/internals/protocols.md): 123456.0 (0x47F12000) is
 ABCD ``[0x47F1, 0x2000]``, CDAB ``[0x2000, 0x47F1]``, BADC ``[0xF147, 0x0020]``, DCBA
 ``[0x0020, 0xF147]``. The letters name bytes most significant first; for float64 the
 same rule spans four registers: ABCD big-endian throughout, CDAB the registers in
 reverse order, BADC the bytes swapped inside each register, DCBA both (little-endian).
 16-bit types take AB (default; ABCD accepted as the same) or BA (bytes swapped).
 Each value is decoded on its own (pymodbus's ``word_order="little"`` reverses a whole
-multi-value list: the trap METROLOGY.md warns about).
+multi-value list: the trap docs/internals/protocols.md warns about).
 
 Transports: ``tcp://host[:502]`` uses the lean client of :mod:`drivers.modbus_tcp`;
 ``rtu:///dev/ttyUSB1?baudrate=19200&parity=E&bytesize=8&stopbits=1`` uses pymodbus's

@@ -1,4 +1,4 @@
-"""Mettler Toledo MT-SICS balances (METROLOGY.md §5): ``S``/``SI`` weights, ``Z``, ``T``, ``I2``/``I4``.
+"""Mettler Toledo MT-SICS balances (docs/internals/protocols.md): ``S``/``SI`` weights, ``Z``, ``T``, ``I2``/``I4``.
 
 ASCII, CR LF both ways, fields separated by spaces, the weight right-aligned in a
 10-character field: replies are parsed on whitespace. The parse functions are pure

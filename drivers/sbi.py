@@ -1,4 +1,4 @@
-"""Sartorius SBI balances (METROLOGY.md §5): ``ESC P`` prints one weight frame.
+"""Sartorius SBI balances (docs/internals/protocols.md): ``ESC P`` prints one weight frame.
 
 Frame of 16 characters: position 1 sign (``+``, ``-`` or space), 2 space (or a bracket
 marking non-verified digits), 3-10 the value right-aligned with its decimal point, 11

@@ -1,4 +1,4 @@
-"""SCPI pressure controllers, Druck PACE style (METROLOGY.md §5). Terminator LF.
+"""SCPI pressure controllers, Druck PACE style (docs/internals/protocols.md). Terminator LF.
 
 A poll sends ``:SENS:PRES?`` — the reply echoes the header, ``:SENS:PRES 1014.25``, so
 the number after the header is parsed, never the line — and, when ``in_limits`` is on

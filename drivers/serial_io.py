@@ -6,11 +6,8 @@ a command and reads one reply up to a terminator, within a timeout.
 - A device path (``/dev/ttyUSB0``, a pty such as ``/dev/pts/5`` or a symlink to one) is
   opened with pyserial (baud rate, data bits, parity, stop bits) and driven from the
   event loop: the port's non-blocking fd is watched with ``loop.add_reader``, so no
-  thread is involved. Measured on this box (2 cores, Python 3.11) against the MT-SICS
-  simulator in another process over a pty, 2,000 polls: a whole driver poll (``SI``,
-  reply, parse, Reading) costs about 60 µs of client CPU (120 µs wall); a bare pyserial
-  transaction through ``asyncio.to_thread`` costs about 210 µs CPU (300 µs wall) — the
-  thread hop dominates — and leaves executor threads behind.
+  thread is involved (a thread hop per transaction costs more than the rest of a poll
+  and leaves executor threads behind: bench/README.md).
 - ``socket://host:port`` (a serial device server, or a simulator over TCP) is an asyncio
   connection with the same receive buffer.
 

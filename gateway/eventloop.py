@@ -1,10 +1,9 @@
 """The event loop ``calgate run`` runs on: uvloop when configured and installed.
 
 ``[gateway] event_loop = "uvloop"`` (the default) runs the service on uvloop, libuv's
-event loop for asyncio: measured with bench/bench_gateway.py (100 Modbus TCP
-transmitters at 10 Hz), a bare asyncio poll of one register costs about half the CPU on
-uvloop, and the whole gateway 10–25 % less per value (bench/README.md). ``"asyncio"``
-keeps the standard library's loop; so does a machine without uvloop (with a warning).
+event loop for asyncio, on which the gateway costs less CPU per value (bench/README.md).
+``"asyncio"`` keeps the standard library's loop; so does a machine without uvloop (with
+a warning).
 """
 
 from __future__ import annotations

@@ -28,7 +28,12 @@ _new = object.__new__
 
 @record
 class Measurement:
-    """A Reading kept whole, plus its correction, uncertainty, status and conformity."""
+    """A Reading kept whole, plus its correction, uncertainty, status and conformity.
+
+    Like :class:`~drivers.base.Reading` a :func:`~drivers.base.record`: immutable by
+    contract and to mypy, not frozen at run time (the hot path builds one per value);
+    never assign to a field, use :func:`dataclasses.replace`.
+    """
 
     reading: Reading
     value: float

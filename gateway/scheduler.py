@@ -11,9 +11,8 @@ reconnect or a backoff): one timer, a burst of requests, then of readings, one o
 commit and one MQTT batch per interval. The first poll is at once; after it, and after
 a backoff, the next is on the first grid point at least half an interval later.
 ``phase_s`` (see :func:`stagger`) moves an equipment's grid by a phase in the interval.
-Off by default: measured with bench/bench_gateway.py (100 devices at 10 Hz, 1000 at
-1 Hz), staggering cut the latency p95 from 11 to 7 ms and from 72 to 7.5 ms, but
-doubled the CPU per value (one run each; the outbox and the sinks batch less).
+Off by default: staggering shortens the latency but costs CPU per value, since the outbox
+and the sinks then batch less (bench/README.md).
 """
 
 from __future__ import annotations

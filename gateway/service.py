@@ -433,9 +433,8 @@ class Gateway:
 
     def _freeze_heap(self, *, collect: bool = False) -> None:
         """Move what lives as long as the service (modules, config, registry, drivers)
-        out of the cyclic collector's reach (``gc.freeze``). Measured at 20,000 values/s:
-        full collections scanned it all, about 75 ms each, every few seconds — every
-        one a stall of the event loop and missed polls."""
+        out of the cyclic collector's reach (``gc.freeze``): full collections that scan it
+        all stall the event loop and miss polls at high rates (bench/README.md)."""
         if collect:
             gc.unfreeze()
             gc.collect()

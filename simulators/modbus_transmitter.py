@@ -7,7 +7,7 @@ one) plus its own offset, so calibration against the controller shows. A new val
 computed on every read (pymodbus ``SimDevice`` action), never on a timer.
 
 Register map, the same in input registers (FC 4) and holding registers (FC 3); multi-
-register values in the device's word order (METROLOGY.md §5); a byte-swapping device
+register values in the device's word order (docs/internals/protocols.md); a byte-swapping device
 (BADC, DCBA) swaps the bytes of every register, 16-bit values included:
 
 ======== ========= ==========================================================

@@ -4,9 +4,9 @@ Both APIs are one aiohttp POST of the rows' pre-built line protocol, joined (not
 re-encoded here): ``api = "v2"`` to ``/api/v2/write?org=…&bucket=…&precision=ns`` with
 ``Authorization: Token …`` (InfluxDB 2.x/3.x, 1.8+, victoria-metrics and other servers of
 that API); ``api = "v1"`` to ``/write?db=…&rp=…&precision=ns`` with basic auth (InfluxDB
-1.x). influxdb-client's async client did the same v2 POST over the same aiohttp, but its
-import (every generated API model, reactivex, urllib3) cost 11.4 MB of the gateway's
-memory budget (bench/README.md); the write endpoint is all the sink uses.
+1.x). influxdb-client's async client does the same v2 POST over the same aiohttp, but its
+import costs megabytes of the gateway's memory budget (bench/README.md); the write
+endpoint is all the sink uses.
 
 A batch is ``batch_size`` rows, or what came within ``flush_interval_s``. Answers:
 

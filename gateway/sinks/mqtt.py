@@ -2,7 +2,7 @@
 
 paho-mqtt owns the session: connect (TCP or TLS, credentials, last will), CONNACK,
 keep-alive, retained status messages, disconnect. It is driven from the asyncio loop, with
-no network thread (PERFORMANCE.md: a thread doubles the cost of a publish): the loop
+no network thread (a thread doubles the cost of a publish: bench/README.md): the loop
 watches paho's socket (``add_reader``/``add_writer`` through paho's socket callbacks) and
 calls ``loop_read``/``loop_write``; a 1 s task calls ``loop_misc`` for keep-alives.
 

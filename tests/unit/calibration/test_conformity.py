@@ -29,7 +29,7 @@ from calibration.errors import CalibrationError
 
 @pytest.mark.parametrize(
     ("load_e", "mpe_e"),
-    # class III, e = 1 g: bounds inclusive (METROLOGY.md 3)
+    # class III, e = 1 g: bounds inclusive (OIML R 76-1:2006, 3.5.1, Table 6)
     [(0, 0.5), (500, 0.5), (501, 1.0), (2000, 1.0), (2001, 1.5), (10_000, 1.5)],
 )
 def test_r76_class_iii_boundaries(load_e: int, mpe_e: float) -> None:
@@ -74,7 +74,7 @@ def test_r76_beyond_the_table_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("nominal", "unit", "cls", "mpe_mg"),
     [
-        # METROLOGY.md's rows
+        # OIML R 111-1:2004 Table 1, the 1 kg, 200 g and 100 g rows
         (1.0, "kg", "E1", 0.5),
         (1000.0, "g", "F2", 16.0),
         (1.0, "kg", "M3", 500.0),

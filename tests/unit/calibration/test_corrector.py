@@ -152,7 +152,7 @@ def test_identity_without_certificate() -> None:
 
 def test_degrees_of_freedom_give_student_k() -> None:
     # Only the certificate contributes and every point has ν = 16: ν_eff = 16,
-    # k = t95(16) = 2.120 or t99(16) = 2.921 (METROLOGY.md).
+    # k = t95(16) = 2.120 or t99(16) = 2.921 (GUM, JCGM 100:2008, Table G.2).
     c95 = make(resolution=0.0, repeatability=0.0, dof=16, coverage_probability=95.0)
     assert c95.dof_eff == 16
     assert round(c95.k, 3) == 2.120

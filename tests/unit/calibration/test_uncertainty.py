@@ -47,7 +47,7 @@ def test_welch_satterthwaite_by_hand() -> None:
 
 
 def test_coverage_factors_of_metrology_md() -> None:
-    # METROLOGY.md 1: t95.45(∞) = 2.000, t95(16) = 2.120, t99(16) = 2.921
+    # GUM (JCGM 100:2008) Table G.2: t95.45(∞) = 2.000, t95(16) = 2.120, t99(16) = 2.921
     assert round(unc.coverage_factor(math.inf, 95.45), 3) == 2.000
     assert round(unc.coverage_factor(16, 95.0), 3) == 2.120
     assert round(unc.coverage_factor(16, 99.0), 3) == 2.921

@@ -1,7 +1,7 @@
 """Modbus driver, pure parts: decoding, config validation, request planning, reply parsing.
 
 Expected register values are computed here with ``struct`` from the definitions in
-METROLOGY.md §5, independently of the driver's byte permutations.
+docs/internals/protocols.md, independently of the driver's byte permutations.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def expected_registers(kind: str, value: float, order: str) -> list[int]:
     }[order]
 
 
-# --------------------------------------------------------------------------- METROLOGY.md §5
+# --------------------------------------------------------------------------- docs/internals/protocols.md
 
 
 @pytest.mark.parametrize(
