@@ -14,8 +14,10 @@ and the exception response. That is this module, about a hundred lines:
   timeout) is dropped;
 - a reply that cannot be framed (protocol id not 0, impossible length) desynchronises
   the byte stream: every pending request fails with FrameError and the connection is
-  closed, so the next poll reconnects; a framed reply with a bad PDU fails only its own
-  request;
+  closed, so the next poll reconnects; so does an incomplete reply that stays incomplete
+  for a whole request timeout (a header announcing more bytes than the device sent:
+  every later reply would be read as the rest of it); a framed reply with a bad PDU
+  fails only its own request;
 - the parsing (:func:`split_adus`, :func:`parse_read_pdu`) is pure, so it is tested and
   fuzzed without a socket.
 
@@ -139,6 +141,7 @@ class ModbusTcpClient(asyncio.Protocol):
         self._pending: dict[int, tuple[Reply, int, int, int, float, float]] = {}
         self._timer: asyncio.TimerHandle | None = None  # fires at ``_timer_at``
         self._timer_at = 0.0
+        self._partial_at = 0.0  # loop time the bytes now in ``_buffer`` began to wait
 
     @property
     def connected(self) -> bool:
@@ -217,18 +220,24 @@ class ModbusTcpClient(asyncio.Protocol):
             if protocol == 0 and length == len(data) - 6 and length <= _MAX_LENGTH:
                 self._answer(tid, unit, data[7:])
                 return
+        waiting = bool(buffer)
         buffer += data
         try:
             adus, used = split_adus(buffer)
         except FrameError as exc:
-            message, frame = exc.args[0], exc.frame
-            self._fail_all(lambda: FrameError(message, frame=frame))
-            if self._transport is not None:
-                self._transport.close()
+            self._out_of_step(exc.args[0], exc.frame)
             return
         del buffer[:used]
+        if buffer and (used or not waiting) and self._loop is not None:
+            self._partial_at = self._loop.time()  # a new incomplete reply begins to wait
         for tid, unit, pdu in adus:
             self._answer(tid, unit, pdu)
+
+    def _out_of_step(self, message: str, frame: bytes) -> None:
+        """The byte stream cannot be framed any more: fail every request, drop the link."""
+        self._fail_all(lambda: FrameError(message, frame=frame))
+        if self._transport is not None:
+            self._transport.close()
 
     def _answer(self, tid: int, unit: int, pdu: bytes) -> None:
         """One framed reply to its request (a reply after its timeout is dropped)."""
@@ -270,6 +279,14 @@ class ModbusTcpClient(asyncio.Protocol):
         now = loop.time()
         pending = self._pending
         late = [tid for tid, entry in pending.items() if entry[4] <= now]
+        buffer = self._buffer
+        if late and buffer and now - self._partial_at >= min(pending[t][5] for t in late):
+            self._out_of_step(
+                f"an incomplete reply ({len(buffer)} bytes) waited a whole timeout for the "
+                "rest: the byte stream is out of step; reconnecting",
+                bytes(buffer[:12]),
+            )
+            return
         for tid in late:
             reply, _fc, _count, unit, _deadline, timeout_s = pending.pop(tid)
             reply(DeviceTimeout(f"no reply from unit {unit} within {timeout_s} s"))

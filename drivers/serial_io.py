@@ -29,7 +29,7 @@ import contextlib
 import logging
 import os
 import termios
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -95,15 +95,27 @@ class SerialConfig(DriverConfig):
 
 
 class _Receiver:
-    """Bytes arriving from the link, and the link's failure, for one reader at a time."""
+    """Bytes arriving from the link, and the link's failure, for one reader at a time.
+
+    Input that arrives while nobody reads is stale (the next command discards it); past
+    :data:`MAX_LINE` of it the transport's ``pause`` is called and reading stops until
+    the next command, so a device that babbles between polls costs neither memory nor
+    the event loop's time.
+    """
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.error: ConnectError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self.pause: Callable[[], None] | None = None
 
     def feed(self, data: bytes) -> None:
-        self.buf += data
+        buf = self.buf
+        buf += data
+        if self._waiter is None and len(buf) > MAX_LINE:
+            del buf[:-MAX_LINE]
+            if self.pause is not None:
+                self.pause()
         self._wake()
 
     def fail(self, exc: ConnectError) -> None:
@@ -163,7 +175,8 @@ class LineTransport(abc.ABC):
         """Open the link; raise OSError/SerialException on failure."""
 
     @abc.abstractmethod
-    def _discard_input(self) -> None: ...
+    def _discard_input(self) -> None:
+        """Drop stale input, and read again if the receiver paused reading."""
 
     @abc.abstractmethod
     async def _write(self, data: bytes) -> None:
@@ -248,6 +261,7 @@ class SerialTransport(LineTransport):
         self.stopbits = stopbits
         self._port: serial.Serial | None = None
         self._fd = -1
+        self._reading = False  # the loop watches the fd
 
     @property
     def connected(self) -> bool:
@@ -265,7 +279,19 @@ class SerialTransport(LineTransport):
         self._port = port
         self._fd = port.fileno()
         os.set_blocking(self._fd, False)
-        asyncio.get_running_loop().add_reader(self._fd, self._on_readable)
+        self._rx.pause = self._pause
+        self._resume()
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._reading = False
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._fd)
+
+    def _resume(self) -> None:
+        if not self._reading and self._fd >= 0:
+            asyncio.get_running_loop().add_reader(self._fd, self._on_readable)
+            self._reading = True
 
     def _on_readable(self) -> None:
         try:
@@ -281,14 +307,15 @@ class SerialTransport(LineTransport):
         self._rx.feed(data)
 
     def _hang_up(self, why: str) -> None:
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self._fd)
+        self._pause()
         self._rx.fail(ConnectError(why))
 
     def _discard_input(self) -> None:
         self._rx.buf.clear()
         with contextlib.suppress(termios.error, OSError):
             termios.tcflush(self._fd, termios.TCIFLUSH)
+        if self._rx.error is None:
+            self._resume()
 
     async def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -313,8 +340,7 @@ class SerialTransport(LineTransport):
         port, self._port = self._port, None
         if port is None:
             return
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self._fd)
+        self._pause()
         with contextlib.suppress(Exception):
             port.close()
         self._fd = -1
@@ -358,9 +384,13 @@ class TcpTransport(LineTransport):
             lambda: _StreamProtocol(rx, self.url), self.host, self.port
         )
         self._transport = transport
+        rx.pause = transport.pause_reading
 
     def _discard_input(self) -> None:
         self._rx.buf.clear()
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and not transport.is_reading():
+            transport.resume_reading()
 
     async def _write(self, data: bytes) -> None:
         self._rx.raise_error()
