@@ -1,11 +1,20 @@
 """Write a ``calgate.toml`` for a running :class:`simulators.lab.Lab` (tests), and run the
-gateway on it."""
+gateway on it: in the test's process (:func:`lab_gateway`) or as ``calgate run`` in a
+child process (:func:`calgate_run`), with what the end-to-end tests read of it
+(:func:`committed_seq`, :func:`http_get`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import shutil
-from collections.abc import AsyncIterator, Iterable
+import signal
+import sqlite3
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +91,55 @@ async def lab_gateway(
                 yield lab, sub
             finally:
                 await gw.stop()
+
+
+def calgate() -> list[str]:
+    """The console script systemd runs (``calgate``), from this interpreter's environment."""
+    script = Path(sys.executable).parent / "calgate"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
+
+
+async def start_calgate_run(
+    config: Path, log: Path, env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """``calgate run -c config`` as a child process, its output appended to ``log``."""
+    with log.open("ab") as f:
+        return await asyncio.create_subprocess_exec(
+            *calgate(), "run", "-c", str(config), stdout=f, stderr=f,
+            env=os.environ | dict(env or {}),
+        )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def calgate_run(
+    config: Path, log: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """:func:`start_calgate_run`, killed (SIGKILL) on the way out if still running."""
+    proc = await start_calgate_run(config, log, env)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+
+
+def committed_seq(state: Path) -> int:
+    """The highest seq the outbox in ``state`` committed (rows may be deleted once
+    delivered: the stored ``next_seq`` then says how far it got)."""
+    con = sqlite3.connect(state / "outbox.sqlite")
+    try:
+        top = con.execute("SELECT coalesce(max(id), 0) FROM rows").fetchone()[0]
+        meta = con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        return max(int(top), int(meta[0]) - 1 if meta else 0)
+    finally:
+        con.close()
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """The status code and body of a GET (an error status is an answer, not an exception)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 from helpers import wait_for_async
+from labconfig import committed_seq, start_calgate_run
 from mqttsub import Subscriber
 from servers import InfluxV1, Mosquitto
 
@@ -22,24 +21,6 @@ from gateway.demo import example_registry, lab_toml
 from simulators.lab import Lab
 
 pytestmark = pytest.mark.e2e
-
-
-async def start_gateway(config: Path, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as f:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "-c", str(config), stdout=f, stderr=f
-        )
-
-
-def committed_seq(state: Path) -> int:
-    """The highest seq the outbox committed (rows may be deleted once delivered)."""
-    con = sqlite3.connect(state / "outbox.sqlite")
-    try:
-        top = con.execute("SELECT coalesce(max(id), 0) FROM rows").fetchone()[0]
-        meta = con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
-        return max(int(top), int(meta[0]) - 1 if meta else 0)
-    finally:
-        con.close()
 
 
 @pytest.fixture
@@ -83,7 +64,7 @@ async def test_broker_and_database_outages_and_sigkill_lose_nothing_committed(
             config.read_text().replace('flush_interval_s = "0.2"', "flush_interval_s = 0.2")
         )
         with Subscriber(own_mosquitto.port, "calgate/lab-x/#", session="outage-test") as sub:
-            gw = await start_gateway(config, log)
+            gw = await start_calgate_run(config, log)
             try:
                 n = lambda: len(sub.json("/reading"))  # noqa: E731
                 await wait_for_async(lambda: n() > 30, timeout_s=30, what="first readings")
@@ -104,7 +85,7 @@ async def test_broker_and_database_outages_and_sigkill_lose_nothing_committed(
                 await wait_for_async(lambda: n() > seen + 20, timeout_s=30, what="more readings")
                 gw.send_signal(signal.SIGKILL)
                 await gw.wait()
-                gw = await start_gateway(config, log)
+                gw = await start_calgate_run(config, log)
                 seen = n()
                 await wait_for_async(
                     lambda: n() > seen + 30, timeout_s=30, what="readings after the restart"

@@ -14,9 +14,6 @@ import asyncio
 import json
 import shutil
 import signal
-import sqlite3
-import sys
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import free_port, wait_for_async
+from labconfig import committed_seq, http_get, start_calgate_run
 from mqttsub import Subscriber
 from servers import Mosquitto
 
@@ -52,22 +50,6 @@ def new_certificate(today: datetime) -> str:
         'standards = []\nunit = "mbar"\nmodel = "interpolate"\n'
         f"points = [\n{points},\n]\n"
     )
-
-
-def committed_seq(state: Path) -> int:
-    """The highest seq the outbox committed (rows may be deleted once delivered)."""
-    con = sqlite3.connect(state / "outbox.sqlite")
-    try:
-        top = con.execute("SELECT coalesce(max(id), 0) FROM rows").fetchone()[0]
-        meta = con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
-        return max(int(top), int(meta[0]) - 1 if meta else 0)
-    finally:
-        con.close()
-
-
-def http_get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return str(resp.read().decode())
 
 
 async def test_sighup_applies_certificates_and_equipment_without_losing_a_reading(
@@ -107,10 +89,7 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
             def readings(eq: str) -> list[dict[str, Any]]:
                 return sub.json(f"/{eq}/pressure/reading") + sub.json(f"/{eq}/weight/reading")
 
-            with log.open("ab") as f:
-                gw = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "gateway", "run", "-c", str(config), stdout=f, stderr=f
-                )
+            gw = await start_calgate_run(config, log)
             try:
                 await wait_for_async(
                     lambda: len(readings("PT-101")) >= 10 and len(readings("PC-01")) >= 10,
@@ -150,7 +129,7 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                 )
                 assert len(readings("PC-01")) == pc_after_reload, "PC-01 still polled"
                 assert pc_after_reload >= pc_before
-                status = json.loads(http_get(f"http://{http}/status"))
+                status = json.loads(http_get(f"http://{http}/status")[1])
                 assert set(status["equipment"]) == {"PT-101", "BAL-01"}
                 assert status["equipment"]["PT-101"]["certificate"] == NEW_CERT
                 gw_status = f"{base}/gateway/edge-reload/status"
@@ -159,7 +138,7 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                     what="the gateway's retained status to list the new equipment",
                 )
                 assert sub.json(gw_status)[-1]["started"] == sub.json(gw_status)[0]["started"]
-                metrics = http_get(f"http://{http}/metrics")
+                metrics = http_get(f"http://{http}/metrics")[1]
                 assert 'calgate_polls_total{equipment="BAL-01"}' in metrics
                 assert 'equipment="PC-01"' not in metrics, "series of removed equipment"
 
@@ -181,7 +160,9 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                     for line in log.read_text(errors="replace").splitlines()
                     if "reload refused" in line
                 ]
-                assert any("equipment[0] (BAL-01).driver" in x and "no-such-driver" in x for x in refused)
+                assert any(
+                    "equipment[0] (BAL-01).driver" in x and "no-such-driver" in x for x in refused
+                )
                 assert any("equipment[1] (PT-101).interval_s" in x for x in refused)
                 seen_pt, seen_bal = len(readings("PT-101")), len(readings("BAL-01"))
                 await wait_for_async(
@@ -233,7 +214,7 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                     timeout_s=20,
                     what="the warning",
                 )
-                assert http_get(f"http://{http}/healthz")
+                assert http_get(f"http://{http}/healthz")[0] == 200
                 await wait_for_async(
                     lambda: len(readings("BAL-01")) >= seen_bal + 10,
                     timeout_s=20,

@@ -10,23 +10,18 @@ imply, also after an instrument is unplugged. A broken config exits 78 listing e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import re
 import signal
 import socket
-import sys
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import free_port, wait_for_async
+from labconfig import calgate, calgate_run, http_get
 from servers import InfluxV1, Mosquitto
 
 from calibration import Registry
@@ -37,20 +32,6 @@ pytestmark = pytest.mark.e2e
 
 EQUIPMENT = {"BAL-01", "BAL-02", "PC-01", "PT-101", "PT-102"}
 EX_CONFIG = 78
-
-
-def calgate() -> list[str]:
-    """The console script systemd runs (``calgate``), from this interpreter's environment."""
-    script = Path(sys.executable).parent / "calgate"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
@@ -110,20 +91,6 @@ class Notify:
         return self.messages.count(line)
 
 
-@contextlib.asynccontextmanager
-async def service(config: Path, log: Path, env: dict[str, str]) -> AsyncIterator[Any]:
-    with log.open("ab") as f:
-        proc = await asyncio.create_subprocess_exec(
-            *calgate(), "run", "-c", str(config), stdout=f, stderr=f, env=os.environ | env
-        )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
-
-
 async def test_http_status_metrics_and_systemd_notify(
     tmp_path: Path, mosquitto: Mosquitto, influxd: InfluxV1, unique_name: str
 ) -> None:
@@ -151,7 +118,7 @@ async def test_http_status_metrics_and_systemd_notify(
         with Notify() as notify:
             # As systemd sets them (WatchdogSec=0.4); an inherited WATCHDOG_PID would not match.
             env = {"NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": "400000", "WATCHDOG_PID": ""}
-            async with service(config, log, env) as proc:
+            async with calgate_run(config, log, env) as proc:
                 await wait_for_async(
                     lambda: notify.count("READY=1") >= 1, timeout_s=30, what="READY=1"
                 )
@@ -409,7 +376,7 @@ async def test_metrics_show_backlog_lag_and_drops_while_the_broker_is_away(
             )
             + "\n[outbox]\nmax_age_s = 0.5\nmaintenance_interval_s = 0.1\n"
         )
-        async with service(config, log, {}) as proc:
+        async with calgate_run(config, log, {}) as proc:
 
             def metrics() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
                 return parse_metrics(http_get(f"{base}/metrics")[1])
