@@ -594,6 +594,15 @@ class Registry:
         """The Corrector of the certificate in force at ``at`` (identity when none)."""
         return _build_corrector(self, eq_id, channel, at)
 
+    def corrector_for(self, cert: Certificate) -> Corrector:
+        """The Corrector of ``cert`` for its item's channel (``cert`` may be a revised copy
+        of a registry certificate, :mod:`calibration.revision`)."""
+        eq = self.require(cert.item)
+        ch = eq.channel(cert.channel)
+        if ch is None:
+            raise CalibrationError(f"{cert.item} has no channel {cert.channel!r}")
+        return _corrector_of(eq, ch, cert)
+
 
 # -- loading --------------------------------------------------------------------------------
 

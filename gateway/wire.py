@@ -36,6 +36,7 @@ __all__ = [
     "json_safe",
     "measurement_line",
     "measurement_payload",
+    "recorrected_line",
     "rfc3339",
 ]
 
@@ -368,3 +369,59 @@ class Encoder:
         payload = f'{{"ts":"{ts}","seq":{seq}{jhead}{jnums}{jtail}'
         line = f"{lkey} {lnums}{ltail},seq={seq}i {ns}"
         return topic, payload.encode(), line.encode()
+
+
+# --------------------------------------------------------------------------- re-corrected readings
+
+
+def recorrected_line(
+    *,
+    site: str,
+    equipment: str,
+    channel: str,
+    quantity: str | None,
+    unit: str,
+    certificate: str | None,
+    raw: float,
+    value: float,
+    u: float,
+    U: float,
+    k: float,
+    quality: str,
+    calibration: str,
+    conformity: str | None,
+    seq: int | None,
+    stored_value: float,
+    stored_U: float,
+    stored_conformity: str | None,
+    stored_certificate: str | None,
+    basis: str,
+    time_ns: int,
+) -> str:
+    """A line of measurement ``reading_recorrected`` (``calgate impact --write``): the tags
+    of ``reading`` plus ``certificate`` (the one the reading was re-corrected through),
+    the re-corrected fields as in ``reading``, ``seq`` the stored reading's, the stored
+    ``value``, ``U``, ``conformity`` and ``certificate`` as ``stored_*``, and ``basis``
+    (the revisions applied, empty when none); the stored reading's time."""
+    tags = _reading_key(site, equipment, channel, quantity, unit).removeprefix("reading,")
+    if certificate:  # tags in sorted order, as InfluxDB prefers them
+        tags = f"certificate={_tag(certificate)},{tags}"
+    key = f"reading_recorrected,{tags}"
+    parts: list[str] = []
+    _float_fields(
+        parts,
+        ("raw", "value", "u", "U", "k", "stored_value", "stored_U"),
+        (raw, value, u, U, k, stored_value, stored_U),
+    )
+    parts.append(f"quality={_str(quality)}")
+    parts.append(f"calibration={_str(calibration)}")
+    if conformity is not None:
+        parts.append(f"conformity={_str(conformity)}")
+    if stored_conformity is not None:
+        parts.append(f"stored_conformity={_str(stored_conformity)}")
+    if stored_certificate is not None:
+        parts.append(f"stored_certificate={_str(stored_certificate)}")
+    parts.append(f"basis={_str(basis)}")
+    if seq is not None:
+        parts.append(f"seq={seq}i")
+    return f"{key} {','.join(parts)} {time_ns}"

@@ -38,7 +38,7 @@ from gateway.outbox import DROP_EQUIPMENT, Outbox, Row
 from gateway.settings import InfluxSettings
 from gateway.sinks.base import Sink
 
-__all__ = ["InfluxSink", "parse_retry_after"]
+__all__ = ["InfluxSink", "auth_headers", "parse_retry_after", "session", "write_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,51 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if delay != delay:  # NaN
         return None
     return min(max(delay, 0.0), _MAX_RETRY_AFTER_S)
+
+
+def auth_headers(s: InfluxSettings) -> dict[str, str]:
+    """``Authorization`` for the API: ``Token …`` (v2) or HTTP basic (v1, RFC 7617)."""
+    if s.api == "v2":
+        if s.token is not None:
+            return {"Authorization": f"Token {s.token.get_secret_value()}"}
+        return {}
+    if s.username:
+        pw = s.password.get_secret_value() if s.password is not None else ""
+        user_pw = base64.b64encode(f"{s.username}:{pw}".encode()).decode()
+        return {"Authorization": f"Basic {user_pw}"}
+    return {}
+
+
+def write_endpoint(s: InfluxSettings) -> tuple[str, dict[str, str]]:
+    """The write URL and its query parameters (precision ns) for the configured API."""
+    base = s.url.rstrip("/")
+    if s.api == "v2":
+        return f"{base}/api/v2/write", {
+            "org": s.org or "",
+            "bucket": s.bucket or "",
+            "precision": "ns",
+        }
+    params = {"db": s.database or "", "precision": "ns"}
+    if s.retention_policy:
+        params["rp"] = s.retention_policy
+    return f"{base}/write", params
+
+
+def session(s: InfluxSettings) -> aiohttp.ClientSession:
+    """An aiohttp session with the API's credentials, the timeout and the TLS settings
+    (a private CA, or no verification) of ``[influxdb]``."""
+    connector = None
+    if s.url.startswith("https:"):
+        ctx = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+        if not s.verify_tls:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        connector = aiohttp.TCPConnector(ssl=ctx)
+    return aiohttp.ClientSession(
+        headers=auth_headers(s),
+        timeout=aiohttp.ClientTimeout(total=s.timeout_s),
+        connector=connector,
+    )
 
 
 class InfluxSink(Sink):
@@ -92,38 +137,8 @@ class InfluxSink(Sink):
 
     async def connect(self) -> None:
         s = self.settings
-        base = s.url.rstrip("/")
-        headers: dict[str, str] = {}
-        if s.api == "v2":
-            self._url = f"{base}/api/v2/write"
-            self._params = {"org": s.org or "", "bucket": s.bucket or "", "precision": "ns"}
-            if s.token is not None:
-                headers["Authorization"] = f"Token {s.token.get_secret_value()}"
-        else:
-            self._url = f"{base}/write"
-            self._params = {"db": s.database or "", "precision": "ns"}
-            if s.retention_policy:
-                self._params["rp"] = s.retention_policy
-            if s.username:
-                pw = s.password.get_secret_value() if s.password is not None else ""
-                user_pw = base64.b64encode(f"{s.username}:{pw}".encode()).decode()
-                headers["Authorization"] = f"Basic {user_pw}"  # RFC 7617
-        connector = None
-        if s.url.startswith("https:"):
-            connector = aiohttp.TCPConnector(ssl=self._ssl_context())
-        self._session = aiohttp.ClientSession(
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=s.timeout_s),
-            connector=connector,
-        )
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        s = self.settings
-        ctx = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
-        if not s.verify_tls:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        self._url, self._params = write_endpoint(s)
+        self._session = session(s)
 
     async def close(self, *, clean: bool) -> None:
         try:

@@ -1,0 +1,133 @@
+"""Re-stating certificates with a drift found as found: worked by hand.
+
+A reference weight REF (NMI) calibrates a working standard WS, which calibrates a balance
+BAL. WS's next certificate finds it 0.010 g heavy-reading at 100 g (beyond its ±0.005 g
+MPE); the balance's references, taken through WS's as-left correction, were off by the
+difference of WS's as-found and as-left corrections.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from calibration import Registry
+from calibration.revision import Revisions, findings
+
+
+def _write(root: Path, files: dict[str, str]) -> Registry:
+    for name, text in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return Registry.load(root)
+
+
+def _eq(eq_id: str, role: str, tolerance: str = "") -> str:
+    return (
+        f'id = "{eq_id}"\nrole = "{role}"\n[[channels]]\nname = "m"\nquantity = "mass"\n'
+        f'unit = "g"\nresolution = 0.001\n{tolerance}'
+    )
+
+
+def _cert(
+    number: str, item: str, cal: str, stds: str, pts: str, found: str = "", nmi: bool = False
+) -> str:
+    return (
+        f'number = "{number}"\nitem = "{item}"\nissued_by = "Lab"\nnmi = {str(nmi).lower()}\n'
+        f'calibrated = {cal}\ndue = 2030-01-01\nstandards = [{stds}]\nunit = "g"\n'
+        f"points = [{pts}]\n" + (f"as_found = [{found}]\n" if found else "")
+    )
+
+
+def _pt(ref: float, ind: float, U: float) -> str:
+    return f"{{ reference = {ref}, indicated = {ind}, U = {U}, k = 2 }},"
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    return _write(
+        tmp_path,
+        {
+            "equipment/REF.toml": _eq("REF", "reference_standard"),
+            "equipment/WS.toml": _eq("WS", "working_standard", "tolerance = { mpe = 0.005 }"),
+            "equipment/BAL.toml": _eq("BAL", "instrument"),
+            "certificates/N1.toml": _cert(
+                "N1", "REF", "2026-01-01", "", _pt(0, 0, 0.0002) + _pt(200, 200, 0.0002), nmi=True
+            ),
+            # WS as left: +0.002 g at 100 g; next time, as found: +0.012 g (fails ±0.005)
+            "certificates/W1.toml": _cert(
+                "W1", "WS", "2026-02-01", '"REF"', _pt(0, 0, 0.001) + _pt(100, 100.002, 0.002)
+            ),
+            "certificates/W2.toml": _cert(
+                "W2",
+                "WS",
+                "2026-08-01",
+                '"REF"',
+                _pt(0, 0, 0.001) + _pt(100, 100.0, 0.002),
+                found=_pt(0, 0, 0.001) + _pt(100, 100.012, 0.004),
+            ),
+            "certificates/B1.toml": _cert(
+                "B1", "BAL", "2026-03-01", '"WS"', _pt(0, 0.01, 0.01) + _pt(100, 100.03, 0.02)
+            ),
+        },
+    )
+
+
+def test_finding_is_the_period_before_the_failing_as_found(reg: Registry) -> None:
+    (f,) = findings(reg)
+    assert (f.certificate.number, f.found_by.number) == ("W1", "W2")
+    assert f.window == (date(2026, 2, 1), date(2026, 7, 31))
+
+
+def test_the_standard_itself_is_taken_as_found(reg: Registry) -> None:
+    rev = Revisions(reg)
+    w1 = reg.certificate("W1")
+    assert w1 is not None
+    r = rev.revise(w1)
+    assert r.changed
+    assert [(p.reference, p.indicated, p.U) for p in r.certificate.points] == [
+        (0.0, 0.0, 0.001),
+        (100.0, 100.012, 0.004),
+    ]
+    # its own reading of 100.012 is corrected to 100 (was 100.010 through W1)
+    assert rev.corrector(w1).correct_one(100.012)[0] == pytest.approx(100.0, abs=1e-12)
+
+
+def test_a_certificate_calibrated_with_it_has_its_references_moved(reg: Registry) -> None:
+    rev = Revisions(reg)
+    b1 = reg.certificate("B1")
+    assert b1 is not None
+    r = rev.revise(b1)
+    assert r.changed
+    assert "standard WS (W1" in r.notes[0]
+    p0, p100 = r.certificate.points
+    # WS showed x with c_L(x) = x − 0.002·x/100.002 = 100: x = 100.002; as found, that
+    # indication is worth c_F(x) = x − 0.012·x/100.012
+    x = 100.002
+    assert p100.reference == pytest.approx(x - 0.012 * x / 100.012, abs=1e-12)
+    assert p0.reference == pytest.approx(0.0, abs=1e-12)
+    assert p100.indicated == 100.03
+    # u: sqrt(0.01² + u_F(x)² − u_L(x)²), WS's u interpolated at x in each certificate
+    u_f = 0.0005 + (0.002 - 0.0005) * x / 100.012
+    u_l = 0.0005 + (0.001 - 0.0005) * min(x, 100.002) / 100.002
+    assert p100.U / p100.k == pytest.approx(math.sqrt(0.01**2 + u_f**2 - u_l**2), rel=1e-12)
+    # at 0 g the two WS certificates carry the same u: the point's U is unchanged
+    assert pytest.approx(0.01, rel=1e-12) == p0.U
+    # the balance now reads 100.03 as that reference, not 100.00
+    corr = rev.corrector(b1)
+    assert corr.correct_one(100.03)[0] == pytest.approx(p100.reference, abs=1e-12)
+
+
+def test_a_certificate_without_a_drifted_standard_is_unchanged(reg: Registry) -> None:
+    rev = Revisions(reg)
+    n1 = reg.certificate("N1")
+    w2 = reg.certificate("W2")
+    assert n1 is not None
+    assert w2 is not None
+    assert not rev.revise(n1).changed
+    assert not rev.revise(w2).changed
+    assert rev.revise(w2).certificate is w2
