@@ -61,6 +61,7 @@ __all__ = [
     "DccDocument",
     "DccPoint",
     "DccStandard",
+    "add_months",
     "certificate_fields",
     "dsi_unit",
     "read",
@@ -479,7 +480,8 @@ def _duration(text: str) -> timedelta | tuple[int, int] | None:
     return timedelta(days=days) if days else (years, months)
 
 
-def _add_months(d: date, months: int) -> date:
+def add_months(d: date, months: int) -> date:
+    """``d`` plus ``months`` calendar months (the 31st becomes the month's last day)."""
     y, m = divmod(d.month - 1 + months, 12)
     year, month = d.year + y, m + 1
     for day in (d.day, 30, 29, 28):
@@ -584,7 +586,7 @@ def read(path: Path | bytes, *, source: str | None = None) -> DccDocument:
             elif isinstance(dur, timedelta):
                 due = calibrated + dur
             else:
-                due = _add_months(calibrated, dur[0] * 12 + dur[1])
+                due = add_months(calibrated, dur[0] * 12 + dur[1])
         elif period is None:
             r.error(p, "a basic_recalibration statement needs dcc:date or dcc:period")
         break

@@ -236,6 +236,9 @@ class Equipment(_Frozen):
     serial: str = ""
     due_soon_days: int = Field(default=30, ge=0)
     coverage_factor: float = Field(default=2.0, gt=0)
+    calibration_interval_months: int | None = Field(
+        default=None, ge=1
+    )  # sets a new certificate's due date
     channels: tuple[Channel, ...] = Field(min_length=1)
     source: str = Field(default="", exclude=True)
 

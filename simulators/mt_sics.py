@@ -9,6 +9,11 @@ rounded to the resolution ``d`` and right-aligned in a 10-character field, CR LF
 Scripting: ``place(mass)``, ``remove(mass=None)``, ``set_load(mass)`` (negative: the pan
 lifted off, i.e. underload), more than capacity + 9 d is overload; ``faults`` arms
 NO_REPLY, GARBAGE, SLOW, DISCONNECT or DEVICE_ERROR (replied as ``EL``).
+
+Control over the line, for unattended calibration runs (not an MT-SICS command; a real
+balance answers it ``ES``): ``SIMLOAD <mass>`` puts ``mass`` (in the balance's unit) on
+the pan, as an operator placing a test load would, and replies ``SIMLOAD A``
+(``SIMLOAD L`` for a mass that is not a number).
 """
 
 from __future__ import annotations
@@ -229,6 +234,15 @@ class MtSicsSim(BalanceSimulator):
         except UnicodeDecodeError:
             return b"ET"
         b = self.balance
+        if text.startswith("SIMLOAD "):
+            try:
+                mass = float(text.split(None, 1)[1])
+            except ValueError:
+                return b"SIMLOAD L"
+            if not math.isfinite(mass):
+                return b"SIMLOAD L"
+            b.set_load(mass)
+            return b"SIMLOAD A"
         if text in ("S", "SI"):
             if b.overload():
                 return b"S +"

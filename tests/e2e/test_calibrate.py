@@ -1,0 +1,312 @@
+"""``calgate calibrate`` against the simulated lab: certificates that recover the simulated
+transmitters' errors, chains to the NMI, a registry that accepts them, a DCC that reads back,
+and the runs that must not issue a certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from labconfig import EXAMPLE_REGISTRY
+
+from calibration import Registry, dcc
+from gateway.demo import lab_toml
+from simulators.faults import Fault
+from simulators.lab import Lab
+from simulators.mt_sics import MtSicsSim
+
+pytestmark = pytest.mark.e2e
+
+# Quick runs: three setpoints up and down, five readings each.
+FAST = """
+readings = 5
+interval_s = 0.1
+stable = {{ window_s = 0.8, max_std = {max_std}, max_slope_per_s = 0.05 }}
+timeout_s = {timeout_s}
+operator = "T. Tester"
+laboratory = {{ name = "Test Lab, pressure", accreditation = "DAkkS D-K-00000-00-00", city = "Berlin" }}
+"""
+
+
+def pressure_procedure(
+    path: Path, setpoints: Sequence[float], *, max_std: float = 0.06, timeout_s: float = 30.0
+) -> Path:
+    path.write_text(
+        "[procedure]\n"
+        'name = "transmitters, test"\n'
+        'generator = "PC-01"\nreference = "PC-01"\nreference_channel = "pressure"\n'
+        'duts = [{ id = "PT-101", channel = "pressure" }, { id = "PT-102" }]\n'
+        f"setpoints = [{', '.join(str(s) for s in setpoints)}]\n"
+        'cycles = "up-down"\n' + FAST.format(max_std=max_std, timeout_s=timeout_s)
+    )
+    return path
+
+
+def registry_copy(tmp: Path) -> Path:
+    reg = tmp / "registry"
+    shutil.copytree(EXAMPLE_REGISTRY, reg)
+    return reg
+
+
+PRESSURE_LAB = {"PC-01", "PT-101", "PT-102"}
+
+
+def config_for(endpoints: dict[str, dict[str, str]], tmp: Path, registry: Path) -> Path:
+    """The lab's config (its pressure instruments only) on a copy of the registry."""
+    path = tmp / "calgate.toml"
+    path.write_text(
+        lab_toml(endpoints, registry=registry, state_dir=tmp / "state", only=PRESSURE_LAB)
+    )
+    return path
+
+
+async def calgate(*args: str, timeout_s: float = 100.0) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+def json_lines(text: str) -> dict[str, dict[str, Any]]:
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return {r["equipment"]: r for r in rows}
+
+
+async def test_pressure_run_recovers_each_transmitters_error_and_issues_usable_certificates(
+    tmp_path: Path,
+) -> None:
+    registry = registry_copy(tmp_path)
+    out = tmp_path / "out"
+    setpoints = [300.0, 1000.0, 1700.0]
+    async with Lab(fixed_ports=False, opcua=False, seed=3) as lab:
+        config = config_for(lab.endpoints(), tmp_path, registry)
+        proc = pressure_procedure(tmp_path / "proc.toml", setpoints)
+        code, stdout, err = await calgate(
+            "calibrate", "-c", str(config), str(proc), "--out", str(out),
+            "--into", str(registry), "--json",
+        )  # fmt: skip
+        # Each transmitter's error as the simulator defines it: it reads the manifold plus
+        # its own offset, and the controller reads the manifold itself.
+        units = {eq: int(lab.endpoints()[eq]["unit"]) for eq in ("PT-101", "PT-102")}
+        expected = {eq: lab.transmitters.devices[u].offset for eq, u in units.items()}
+        vented = not lab.manifold.output
+    assert code == 0, err
+    assert vented  # the controller's output is off after the run
+    rows = json_lines(stdout)
+    assert set(rows) == {"PT-101", "PT-102"}
+    reg = Registry.load(registry)
+    now = datetime.now(UTC)
+    for eq, row in rows.items():
+        number = row["number"]
+        assert row["channel"] == "pressure"
+        assert row["as_found"] in ("conforms", "fails")
+        pts = row["points"]
+        assert [round(p["reference"], -1) for p in pts] == setpoints
+        for p in pts:
+            assert p["direction"] == "up-down"
+            assert [s["direction"] for s in p["series"]] == ["up", "down"]
+            # The certificate recovers the simulated error at every point within its U.
+            assert abs(p["error"] - expected[eq]) <= p["U"], (eq, p)
+            assert p["error"] == pytest.approx(p["indicated"] - p["reference"], abs=1e-9)
+            assert 1.9 < p["k"] < 2.6
+        names = {Path(f).name for f in row["files"]}
+        assert names == {f"{number}.toml", f"{number}.xml", f"{number}.html"}
+        # The registry uses the new certificate now, through the reference to the NMI.
+        cert = reg.certificate(number)
+        assert cert is not None
+        assert cert.standards == ("PC-01",)
+        assert cert.standard_certificates == {"PC-01": "PCL-2026-0905"}
+        assert reg.in_force(eq, now, "pressure") == cert
+        # Due after the equipment's calibration_interval_months (24).
+        assert cert.due == cert.calibrated.replace(year=cert.calibrated.year + 2)
+        tree = reg.chain_tree(eq, now, "pressure")
+        assert tree.number == number
+        assert tree.status in ("valid", "due_soon"), tree.reasons
+        chain = list(tree.walk())
+        assert [n.item for n in chain] == [eq, "PC-01", "WS-P1", "REF-P1"]
+        assert chain[-1].nmi
+        for p, q in zip(pts, cert.points, strict=True):
+            assert (q.reference, q.indicated, q.U, q.k) == (
+                p["reference"], p["indicated"], p["U"], p["k"],
+            )  # fmt: skip
+        # The DCC reads back to the same points.
+        doc = dcc.read(out / f"{number}.xml")
+        assert doc.number == number
+        assert doc.standards[0].certificate == "PCL-2026-0905"
+        assert doc.due == cert.due
+        assert len(doc.points) == len(cert.points)
+        for a, b in zip(doc.points, cert.points, strict=True):
+            assert a.reference == pytest.approx(b.reference, rel=1e-12)
+            assert a.indicated == pytest.approx(b.indicated, rel=1e-12)
+            assert (a.U, a.k) == (b.U, b.k)
+        html = (out / f"{number}.html").read_text()
+        for needed in (number, "Test Lab, pressure", "PCL-2026-0905", "NIM-LP-2025-0417",
+                       "Decision rule", "T. Tester", eq):  # fmt: skip
+            assert needed in html
+    code, text, err = await calgate("registry", "check", str(registry))
+    assert code == 0, text + err
+    # calgate correct corrects through the new certificate.
+    code, text, err = await calgate(
+        "correct", str(registry), "PT-101", "pressure", "1000.0", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(text)["certificate"] == rows["PT-101"]["number"]
+
+
+async def test_a_point_that_never_settles_ends_the_run_without_certificates(
+    tmp_path: Path,
+) -> None:
+    registry = registry_copy(tmp_path)
+    out = tmp_path / "out"
+    async with Lab(fixed_ports=False, opcua=False, seed=4) as lab:
+        config = config_for(lab.endpoints(), tmp_path, registry)
+        # The manifold's noise (0.02 mbar) never lets the spread fall below 1 µbar.
+        proc = pressure_procedure(tmp_path / "p.toml", [500.0, 900.0], max_std=1e-6, timeout_s=2.0)
+        code, _, err = await calgate("calibrate", "-c", str(config), str(proc), "--out", str(out))
+    assert code == 1
+    assert "setpoint 500 mbar (up) did not settle within 2 s" in err, err
+    assert "no certificate issued" in err
+    assert not out.exists() or not list(out.iterdir())
+    assert len(list((registry / "certificates").iterdir())) == len(
+        list((EXAMPLE_REGISTRY / "certificates").iterdir())
+    )
+
+
+async def test_a_dut_that_goes_offline_mid_run_gets_no_certificate(tmp_path: Path) -> None:
+    registry = registry_copy(tmp_path)
+    out = tmp_path / "out"
+    async with Lab(fixed_ports=False, opcua=False, seed=5) as lab:
+        config = config_for(lab.endpoints(), tmp_path, registry)
+        proc = pressure_procedure(tmp_path / "p.toml", [400.0, 800.0])
+        task = asyncio.create_task(
+            calgate("calibrate", "-c", str(config), str(proc), "--out", str(out), "--json")
+        )
+        while lab.manifold.setpoint != 800.0:  # the run reached its second point
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.02)
+        lab.transmitters.faults[2].arm(Fault.NO_REPLY)  # PT-102 falls silent for good
+        code, stdout, err = await task
+    assert code == 1
+    rows = json_lines(stdout)
+    assert "went offline during the run" in rows["PT-102"]["error"]
+    assert "DeviceTimeout" in rows["PT-102"]["error"]
+    assert "PT-102: no certificate" in err
+    assert "error" not in rows["PT-101"]
+    files = sorted(p.name for p in out.iterdir())
+    assert all("PT-102" not in f for f in files)
+    assert len(files) == 3  # PT-101's TOML, DCC and HTML
+
+
+async def test_an_untraceable_reference_is_refused_before_anything_moves(tmp_path: Path) -> None:
+    registry = registry_copy(tmp_path)
+    (registry / "certificates" / "NIM-LP-2025-0417.xml").unlink()  # REF-P1's NMI certificate
+    out = tmp_path / "out"
+    async with Lab(fixed_ports=False, opcua=False, seed=6) as lab:
+        config = config_for(lab.endpoints(), tmp_path, registry)
+        setpoint = lab.manifold.setpoint
+        proc = pressure_procedure(tmp_path / "p.toml", [400.0, 800.0])
+        code, _, err = await calgate("calibrate", "-c", str(config), str(proc), "--out", str(out))
+        assert lab.manifold.setpoint == setpoint  # the controller was never driven
+    assert code == 1
+    assert "refused: reference standard PC-01 is untraceable" in err, err
+    assert "REF-P1" in err
+    assert not out.exists()
+
+
+async def test_an_expired_reference_is_refused(tmp_path: Path) -> None:
+    registry = registry_copy(tmp_path)
+    cert = registry / "certificates" / "PCL-2026-0905.toml"  # PC-01's certificate
+    cert.write_text(cert.read_text().replace("due = 2028-09-30", "due = 2026-10-01"))
+    # Refused before any connection: the config points at a port nobody serves.
+    serial = {"tcp": "socket://127.0.0.1:9"}
+    modbus = {"tcp": "tcp://127.0.0.1:9", "unit": "1"}
+    endpoints = {"BAL-01": serial, "BAL-02": serial, "PC-01": serial}
+    config = config_for(endpoints | {"PT-101": modbus, "PT-102": modbus}, tmp_path, registry)
+    proc = pressure_procedure(tmp_path / "p.toml", [400.0, 800.0])
+    code, _, err = await calgate("calibrate", "-c", str(config), str(proc))
+    assert code == 1, err
+    assert "refused: reference standard PC-01 is expired" in err, err
+    assert "2026-10-01" in err
+
+
+async def send_line(port: int, line: str) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(line.encode() + b"\r\n")
+        await writer.drain()
+        return (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_balance_run_with_loads_placed_through_the_simulators_control_command(
+    tmp_path: Path,
+) -> None:
+    registry = registry_copy(tmp_path)
+    out = tmp_path / "out"
+    async with MtSicsSim(port=0, pty=False, seed=7) as sim:
+        port = int(sim.endpoints()["tcp"].rsplit(":", 1)[1])
+        config = tmp_path / "calgate.toml"
+        config.write_text(
+            f'[gateway]\nregistry = "{registry}"\n[[equipment]]\nid = "BAL-01"\n'
+            f'driver = "mt-sics"\nport = "{sim.endpoints()["tcp"]}"\n'
+        )
+        proc = tmp_path / "balance.toml"
+        proc.write_text(
+            '[procedure]\nname = "BAL-01, EURAMET cg-18 errors of indication"\n'
+            'duts = [{ id = "BAL-01" }]\n'
+            'loads = [{ nominal = 0.0 }, { nominal = 100.0, standard = "WS-E2" },'
+            ' { nominal = 200.0, standard = "WS-E2" }]\n'
+            "readings = 4\ninterval_s = 0.1\n"
+            "stable = { window_s = 0.5, max_std = 0.01, max_slope_per_s = 0.02 }\n"
+            "timeout_s = 20.0\n"
+        )
+        run = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "calibrate", "-c", str(config), str(proc),
+            "--out", str(out), "--json",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert run.stdout is not None
+        assert run.stdin is not None
+        placed: list[float] = []
+        lines: list[str] = []
+        while True:
+            line = (await asyncio.wait_for(run.stdout.readline(), 60)).decode()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith(">>> "):  # the operator's prompt: place the load, press Enter
+                mass = 0.0 if "empty the pan" in line else float(line.split()[2])
+                assert await send_line(port, f"SIMLOAD {mass}") == "SIMLOAD A"
+                placed.append(mass)
+                run.stdin.write(b"\n")
+                await run.stdin.drain()
+        assert run.stderr is not None
+        err = (await run.stderr.read()).decode()
+        assert await asyncio.wait_for(run.wait(), 10) == 0, err
+    assert placed == [0.0, 100.0, 200.0]
+    row = json_lines("".join(lines))["BAL-01"]
+    reg = Registry.load(EXAMPLE_REGISTRY)
+    ws = reg.corrector("WS-E2", "mass", datetime.now(UTC))
+    for p, nominal in zip(row["points"], placed, strict=True):
+        # The reference is the weight's certificate value; the simulated balance shows the
+        # load placed (its nominal) exactly, rounded to d = 0.01 g: an error of zero.
+        ref = 0.0 if nominal == 0 else ws.correct_one(nominal)[0]
+        assert p["reference"] == pytest.approx(ref, abs=1e-9)
+        assert abs(p["error"]) <= p["U"]
+        assert p["U"] >= 0.01 / (2 * 3**0.5) * 1.9  # at least the resolution's share
+    toml = (out / f"{row['number']}.toml").read_text()
+    assert 'standards = [\n    "WS-E2",\n]' in toml
+    assert row["as_found"] == "conforms"
