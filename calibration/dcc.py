@@ -520,7 +520,7 @@ def read(path: Path | bytes, *, source: str | None = None) -> DccDocument:
 
     try:
         root = ElementTree.fromstring(data)
-    except ElementTree.ParseError as exc:
+    except (ElementTree.ParseError, LookupError) as exc:  # LookupError: unknown encoding
         raise RegistryError([f"{src}: (file): XML syntax error: {exc}"]) from exc
     if root.tag != f"{{{DCC_NS}}}digitalCalibrationCertificate":
         raise RegistryError(
