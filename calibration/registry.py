@@ -17,6 +17,8 @@ at load (a certificate in ``bar`` for a channel in ``kPa`` is scaled by 100, U i
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import re
 import tomllib
@@ -459,13 +461,22 @@ class Registry:
     notes: tuple[str, ...] = ()
     """What the loader noticed that is not an error (``file: (file): message``): a missing
     ``certificates/`` or ``equipment/`` directory, which git does not keep when empty."""
+    problems: tuple[str, ...] = ()
+    """``load(sound_only=True)``: the errors of the entries left out (``file: path: message``)."""
+    unsound: frozenset[str] = frozenset()
+    """``load(sound_only=True)``: the equipment ids whose own files (equipment or
+    certificate) are broken and left out; ``"*"`` when a broken file's item is unknown."""
 
     # -- construction --------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: Path | str) -> Registry:
-        """Load and cross-check a registry directory; raise RegistryError listing all errors."""
-        return _load_directory(Path(path))
+    def load(cls, path: Path | str, *, sound_only: bool = False) -> Registry:
+        """Load and cross-check a registry directory; raise RegistryError listing all errors.
+
+        ``sound_only``: do not raise; leave out every broken file, the equipment it belongs
+        to and that equipment's certificates, and list them in ``problems`` and
+        ``unsound`` (a chain through a left-out standard is then ``untraceable``)."""
+        return _load_directory(Path(path), sound_only=sound_only)
 
     @classmethod
     def from_records(
@@ -641,13 +652,15 @@ def _files(root: Path, name: str, suffixes: tuple[str, ...], notes: list[str]) -
 
 
 def _load_equipment(
-    root: Path, errors: list[str], broken: set[str], notes: list[str]
+    root: Path, errors: list[str], broken: set[str], notes: list[str], owners: dict[str, str]
 ) -> dict[str, Equipment]:
     """Equipment files by id; ids of files that failed go to ``broken`` (their own errors
-    are reported; references to them are not reported again as unknown)."""
+    are reported; references to them are not reported again as unknown). ``owners``
+    gets each file's equipment id."""
     found: dict[str, Equipment] = {}
     for path in _files(root, "equipment", (".toml",), notes):
         rel = path.relative_to(root).as_posix()
+        owners[rel] = path.stem
         data = _read_toml(path, rel, errors)
         if data is None:
             broken.add(path.stem)
@@ -673,14 +686,56 @@ def _load_equipment(
     return found
 
 
+_ITEM_RE = re.compile(r'^\s*item\s*=\s*"([^"]+)"', re.MULTILINE)
+
+# Stand-ins for the fields of a certificate that failed validation, so that the checks
+# that do not depend on them still run (every error at once, not in phases).
+_STAND_IN: dict[str, Any] = {
+    "number": "?",
+    "item": "?",
+    "channel": None,
+    "issued_by": "?",
+    "accreditation": "",
+    "nmi": False,
+    "calibrated": date(1, 1, 1),
+    "due": date(9999, 12, 31),
+    "standards": (),
+    "standard_certificates": {},
+    "unit": "1",
+    "model": "interpolate",
+    "points": ({"reference": 0.0, "indicated": 0.0, "U": 1.0, "k": 1.0},),
+    "as_found": (),
+}
+
+
+def _partial(data: Mapping[str, Any], exc: ValidationError) -> tuple[Certificate, frozenset[str]]:
+    """The certificate with its failed top-level fields stood in for, and their names."""
+    failed = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+    kept = {k: v for k, v in data.items() if k not in failed}
+    stand_in = {k: _STAND_IN[k] for k in failed if k in _STAND_IN}
+    return Certificate.model_validate(kept | stand_in), frozenset(stand_in)
+
+
 def _load_certificates(
-    root: Path, equipment: Mapping[str, Equipment], errors: list[str], notes: list[str]
-) -> list[Certificate]:
+    root: Path,
+    equipment: Mapping[str, Equipment],
+    errors: list[str],
+    notes: list[str],
+    owners: dict[str, str],
+) -> tuple[list[Certificate], list[tuple[Certificate, frozenset[str]]]]:
+    """The certificates that validate, and those that did not with the fields that
+    failed (their other cross-checks still run). ``owners`` gets each file's item when
+    it can be read."""
     out: list[Certificate] = []
+    partial: list[tuple[Certificate, frozenset[str]]] = []
     for path in _files(root, "certificates", (".toml", ".xml"), notes):
         rel = path.relative_to(root).as_posix()
         if path.suffix == ".toml":
             data = _read_toml(path, rel, errors)
+            if data is None:  # a syntax error: the item is still written in it, as a rule
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    if m := _ITEM_RE.search(path.read_text(encoding="utf-8")):
+                        owners[rel] = m.group(1)
         else:
             try:
                 data = dcc.certificate_fields(dcc.read(path, source=rel), equipment)
@@ -689,13 +744,18 @@ def _load_certificates(
                 continue
         if data is None:
             continue
+        if isinstance(data.get("item"), str):
+            owners[rel] = data["item"]
         try:
             cert = Certificate.model_validate(data)
         except ValidationError as exc:
             errors.extend(validation_errors(exc, rel))
+            with contextlib.suppress(ValidationError):
+                c, skip = _partial(data, exc)
+                partial.append((c.model_copy(update={"source": rel}), skip))
             continue
         out.append(cert.model_copy(update={"source": rel, "source_unit": cert.unit}))
-    return out
+    return out, partial
 
 
 def _check_certificate(
@@ -704,15 +764,21 @@ def _check_certificate(
     numbers: Mapping[str, Certificate],
     errors: list[str],
     broken: set[str],
+    skip: frozenset[str] = frozenset(),
 ) -> Certificate | None:
-    """Cross-checks of one certificate; returns it in its channel's unit, or None."""
+    """Cross-checks of one certificate; returns it in its channel's unit, or None.
+
+    ``skip``: fields that failed validation (stood in for): the checks that need them are
+    left out, the others run, and the certificate is not returned."""
     f = cert.source
-    ok = True
+    ok = not skip
     update: dict[str, Any] = {}
-    eq = equipment.get(cert.item)
+    eq = None if "item" in skip else equipment.get(cert.item)
     if eq is None:
-        if cert.item not in broken:
+        if "item" not in skip and cert.item not in broken:
             errors.append(f"{f}: item: unknown equipment {cert.item!r}")
+        ok = False
+    elif "channel" in skip:
         ok = False
     else:
         ch = eq.channel(cert.channel)
@@ -727,7 +793,9 @@ def _check_certificate(
             ok = False
         else:
             update["channel"] = ch.name
-            if not units.compatible(cert.unit, ch.unit):
+            if "unit" in skip:
+                ok = False
+            elif not units.compatible(cert.unit, ch.unit):
                 errors.append(
                     f"{f}: unit: {cert.unit!r} is not compatible with channel {ch.name!r} "
                     f"unit {ch.unit!r} ({units.dimensionality(cert.unit)} vs {units.dimensionality(ch.unit)})"
@@ -743,19 +811,19 @@ def _check_certificate(
                     update["unit"] = ch.unit
                     update["points"] = tuple(p.scaled(k) for p in cert.points)
                     update["as_found"] = tuple(p.scaled(k) for p in cert.as_found)
-    if cert.due <= cert.calibrated:
+    if not {"calibrated", "due"} & skip and cert.due <= cert.calibrated:
         errors.append(
             f"{f}: due: {cert.due.isoformat()} is not after calibrated {cert.calibrated.isoformat()}"
         )
         ok = False
-    if len(cert.points) < cert.min_points:
+    if not {"points", "model"} & skip and len(cert.points) < cert.min_points:
         errors.append(
             f"{f}: points: model {cert.model!r} needs at least {cert.min_points} points "
             f"(got {len(cert.points)})"
         )
         ok = False
     indications = [p.indicated for p in cert.points]
-    if len(set(indications)) != len(indications):
+    if "points" not in skip and len(set(indications)) != len(indications):
         errors.append(f"{f}: points: two points have the same indicated value")
         ok = False
     if ok and eq is not None and (ch := eq.channel(update["channel"])) and ch.tolerance:
@@ -776,6 +844,8 @@ def _check_certificate(
             errors.append(f"{f}: standards[{i}]: cycle in the traceability chain: {s} → {s}")
             ok = False
     for s, number in cert.standard_certificates.items():
+        if "standards" in skip:
+            break
         if s not in cert.standards:
             errors.append(f"{f}: standard_certificates.{s}: {s!r} is not one of the standards")
             ok = False
@@ -836,14 +906,15 @@ def _cycles(certs: Sequence[Certificate], errors: list[str]) -> None:
             visit(start, [])
 
 
-def _load_directory(root: Path) -> Registry:
+def _load_directory(root: Path, *, sound_only: bool = False) -> Registry:
     if not root.is_dir():
         raise RegistryError([f"{root}: (file): not a directory"], root=str(root))
     errors: list[str] = []
     notes: list[str] = []
     broken: set[str] = set()
-    equipment = _load_equipment(root, errors, broken, notes)
-    parsed = _load_certificates(root, equipment, errors, notes)
+    owners: dict[str, str] = {}  # file -> the equipment id it belongs to
+    equipment = _load_equipment(root, errors, broken, notes, owners)
+    parsed, partial = _load_certificates(root, equipment, errors, notes, owners)
     numbers: dict[str, Certificate] = {}
     for c in parsed:
         if c.number in numbers:
@@ -858,12 +929,22 @@ def _load_directory(root: Path) -> Registry:
         for c in numbers.values()
         if (c2 := _check_certificate(c, equipment, numbers, errors, broken)) is not None
     ]
+    for c, skip in partial:
+        _check_certificate(c, equipment, numbers, errors, broken, skip)
     _cycles(list(numbers.values()), errors)
-    if errors:
-        # Stable sort by file keeps each file's problems in the order they were found.
-        errors.sort(key=lambda e: e.split(": ", 1)[0])
+    if not errors:
+        return Registry.from_records(root, equipment.values(), checked, notes)
+    # Stable sort by file keeps each file's problems in the order they were found.
+    errors.sort(key=lambda e: e.split(": ", 1)[0])
+    if not sound_only:
         raise RegistryError(errors, root=str(root))
-    return Registry.from_records(root, equipment.values(), checked, notes)
+    bad_files = {e.split(": ", 1)[0] for e in errors}
+    unsound = {owners.get(f, "*") for f in bad_files} | broken
+    sound_eq = [e for e in equipment.values() if e.id not in unsound]
+    kept = {e.id for e in sound_eq}
+    sound = [c for c in checked if c.source not in bad_files and c.item in kept]
+    reg = Registry.from_records(root, sound_eq, sound, notes)
+    return dataclasses.replace(reg, problems=tuple(errors), unsound=frozenset(unsound))
 
 
 # -- corrections ----------------------------------------------------------------------------

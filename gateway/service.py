@@ -57,8 +57,11 @@ def _utcnow() -> datetime:
 
 
 def load_everything(path: Path | str) -> tuple[Config, Registry]:
-    """Config and registry, cross-checked; ConfigError lists every problem of all three."""
-    from calibration import Registry, RegistryError
+    """Config and registry, cross-checked; ConfigError lists every problem of all three.
+
+    A registry whose broken files belong only to equipment that is not configured loads
+    without them (``registry.problems`` lists them, as warnings)."""
+    from calibration import Registry
 
     errors: list[str] = []
     config: Config | None = None
@@ -69,13 +72,16 @@ def load_everything(path: Path | str) -> tuple[Config, Registry]:
         _fail(errors)
     registry = None
     errors.extend(check_paths(config))
-    try:
-        if config.registry_dir.is_dir():
-            registry = Registry.load(config.registry_dir)
-    except RegistryError as exc:
-        errors.extend(f"{config.registry_dir}/{e}" for e in exc.errors)
+    if config.registry_dir.is_dir():
+        # Broken registry entries of equipment this gateway does not poll (nor any
+        # standard in its chains, which then shows untraceable) must not stop the lab's
+        # monitoring: the sound entries load, the broken ones are in registry.problems.
+        registry = Registry.load(config.registry_dir, sound_only=True)
+        polled = {e.id for e in config.equipment}
+        if "*" in registry.unsound or polled & registry.unsound:
+            errors.extend(f"{config.registry_dir}/{e}" for e in registry.problems)
     if registry is not None:
-        errors.extend(check_against_registry(config, registry))
+        errors.extend(check_against_registry(config, registry, skip=registry.unsound))
     if errors:
         _fail(errors)
     assert registry is not None  # else an error says why
@@ -462,6 +468,8 @@ class Gateway:
                     log.error("reload refused: %s", line)
                 sdnotify.ready()
                 return
+            for line in registry.problems:  # entries of equipment not polled: left out
+                log.warning("reload: registry entry left out: %s", line)
             self.pipeline.swap_registry(registry)
             new = {e.id: e for e in config.equipment}
             for eq_id, (_, entry, _) in list(self._equipment.items()):

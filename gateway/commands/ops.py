@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from calibration import Registry
     from drivers.base import Reading
     from drivers.errors import DriverError
-    from gateway.config import EquipmentEntry
+    from gateway.config import Config, EquipmentEntry
 
 __all__ = ["register"]
 
@@ -55,12 +55,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _print_errors(exc.errors)
     n_ch = sum(len(e.driver.model_dump().get("channels") or [None]) for e in config.equipment)
+    _print_registry_problems(config, registry)
     print(
         f"{config.path}: OK: {len(config.equipment)} equipment, {n_ch} channel(s); "
         f"registry {config.registry_dir}: {len(registry.equipment_ids())} equipment"
     )
     print(config.http.access())
     return 0
+
+
+def _print_registry_problems(config: Config, registry: Registry) -> None:
+    """Broken registry entries of equipment that is not polled: warnings, not errors."""
+    if not registry.problems:
+        return
+    left_out = ", ".join(sorted(registry.unsound))
+    print(
+        f"warning: registry {config.registry_dir}: left out (not polled here): {left_out}",
+        file=sys.stderr,
+    )
+    for line in registry.problems:
+        print(f"warning: {config.registry_dir}/{line}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -70,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config, registry = load_everything(args.config)
     except ConfigError as exc:
         return _print_errors(exc.errors)
+    _print_registry_problems(config, registry)
     gateway = Gateway(config, registry)
     try:
         eventloop.run(gateway.serve_forever(), config.gateway.event_loop)

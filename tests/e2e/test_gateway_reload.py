@@ -175,13 +175,14 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                 )
                 assert gw.returncode is None
 
-                # A broken registry is refused the same way (the config is fine again).
+                # A broken registry entry of a polled instrument is refused the same way
+                # (the config is fine again): PT-101's new certificate in kilograms.
                 config.write_text(good)
                 broken = registry_dir / "certificates" / "PCL-BROKEN.toml"
                 broken.write_text(
                     new_certificate(today)
                     .replace(NEW_CERT, "PCL-BROKEN")
-                    .replace('item = "PT-101"', 'item = "NO-SUCH-ITEM"')
+                    .replace('unit = "mbar"', 'unit = "kg"')
                 )
                 gw.send_signal(signal.SIGHUP)
                 await wait_for_async(
@@ -193,7 +194,7 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                     x for x in log.read_text(errors="replace").splitlines() if "PCL-BROKEN" in x
                 )
                 assert "reload refused" in line
-                assert "NO-SUCH-ITEM" in line
+                assert "'kg' is not compatible" in line
                 seen_pt = len(readings("PT-101"))
                 await wait_for_async(
                     lambda: len(readings("PT-101")) >= seen_pt + 10, what="polling going on"

@@ -235,3 +235,27 @@ def test_an_empty_registry_directory_loads_with_notes(tmp_path: Path) -> None:
         "certificates/: (file): no .toml or .xml files: "
         "no certificates yet: every channel's calibration is none",
     )
+
+
+def test_sound_only_leaves_out_the_broken_files_and_what_belongs_to_them(
+    tmp_path: Path,
+) -> None:
+    """A broken certificate of WS-F1 (unknown standard) and a TOML syntax error in one of
+    FTS-01's: both items and their certificates are left out and listed; the rest loads."""
+    root = tmp_path / "registry"
+    shutil.copytree(EXAMPLES, root)
+    certs = root / "certificates"
+    ws = certs / "MCS-2026-0611.toml"
+    ws.write_text(ws.read_text().replace('standards = ["REF-W1"]', 'standards = ["REF-W9"]'))
+    fts = certs / "PTB-1.22-2026-0520.toml"
+    fts.write_text(fts.read_text() + "\n[[[broken\n")
+    with pytest.raises(RegistryError) as info:
+        Registry.load(root)
+    reg = Registry.load(root, sound_only=True)
+    assert reg.problems == tuple(info.value.errors)
+    assert reg.unsound == {"WS-F1", "FTS-01"}
+    assert reg.equipment("WS-F1") is None
+    assert reg.equipment("FTS-01") is None
+    assert reg.certificates("WS-F1") == ()
+    assert reg.equipment("BAL-01") is not None
+    assert reg.certificate("MCS-2026-1022") is not None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from labconfig import EXAMPLE_REGISTRY
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.service import load_everything
 
 BROKEN = f"""
 [gateway]
@@ -192,3 +196,49 @@ def test_a_typo_in_a_key_names_the_equipment_and_suggests_the_key(tmp_path: Path
         f"{path}: equipment[1].id: Field required",
         f"{path}: equipment[2] (BAL-02).colour: unknown key",
     }
+
+
+def _lab_with_broken(tmp_path: Path, certificate: str) -> Path:
+    """examples/calgate-lab.toml beside a copy of the example registry in which one
+    certificate file is broken (a field error and a unit error)."""
+    examples = Path(__file__).resolve().parents[3] / "examples"
+    shutil.copytree(examples / "registry", tmp_path / "registry")
+    path = tmp_path / "registry" / "certificates" / f"{certificate}.toml"
+    text = re.sub(r'^unit = "m?g"', 'unit = "kPa"', path.read_text(), flags=re.M)
+    path.write_text(text.replace("issued_by = ", 'issued_by = ""\n# ', 1))
+    config = tmp_path / "calgate.toml"
+    config.write_text((examples / "calgate-lab.toml").read_text())
+    return config
+
+
+def test_a_broken_certificate_of_equipment_not_polled_does_not_stop_the_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """WS-E2 (a working standard, not polled) has a broken certificate: the gateway
+    starts with the sound entries, the broken one is reported as a warning, and BAL-01,
+    calibrated with WS-E2, is flagged: its chain has no certificate of WS-E2 (untraceable)."""
+    config = _lab_with_broken(tmp_path, "MCS-2025-0610")
+    assert main(["check-config", "-c", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert "OK: 6 equipment" in captured.out
+    reg = tmp_path / "registry"
+    assert captured.err.splitlines() == [
+        f"warning: registry {reg}: left out (not polled here): WS-E2",
+        f"warning: {reg}/certificates/MCS-2025-0610.toml: issued_by: must not be empty",
+        f"warning: {reg}/certificates/MCS-2025-0610.toml: unit: 'kPa' is not compatible "
+        "with channel 'mass' unit 'g' ([mass] / [length] / [time] ** 2 vs [mass])",
+    ]
+    _, registry = load_everything(config)
+    assert registry.equipment("WS-E2") is None
+    assert registry.state("BAL-01", datetime.now(UTC)).status == "untraceable"
+    assert registry.state("PT-101", datetime.now(UTC)).status in ("valid", "due_soon")
+
+
+def test_a_broken_certificate_of_a_polled_instrument_is_still_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _lab_with_broken(tmp_path, "MCS-2026-1022")  # BAL-01's own certificate
+    assert main(["check-config", "-c", str(config)]) == 78
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'registry'}/certificates/MCS-2026-1022.toml: issued_by: " in err
+    assert "2 error(s)" in err
