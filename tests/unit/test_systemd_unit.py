@@ -218,3 +218,50 @@ def test_dependencies_run_under_memory_deny_write_execute() -> None:
         pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+def test_the_service_config_passes_check_config_with_the_units_credentials(
+    tmp_path: Path, service: dict[str, list[str]]
+) -> None:
+    """systemd/calgate.toml, as the unit runs it: every secret is one of the unit's
+    credentials, read from $CREDENTIALS_DIRECTORY (no *_env: the unit sets none), and
+    check-config accepts it (its registry and state paths moved into tmp_path)."""
+    config = (SYSTEMD / "calgate.toml").read_text()
+    creds = {v.split(":", 1)[0] for v in service["LoadCredential"]}
+    named = set(re.findall(r'^\w+_credential = "([^"]+)"', config, flags=re.M))
+    assert named
+    assert named <= creds
+    assert not re.search(r"^\w+_(env|file) =", config, flags=re.M)
+    assert 'state_dir = "/var/lib/calgate"' in config  # the unit's StateDirectory=
+    secrets = tmp_path / "credentials"
+    secrets.mkdir()
+    for name in creds:
+        (secrets / name).write_text(f"secret-{name}\n")
+    local = tmp_path / "calgate.toml"
+    local.write_text(
+        config.replace('"/etc/calgate/registry"', f'"{ROOT / "examples" / "registry"}"').replace(
+            '"/var/lib/calgate"', f'"{tmp_path / "state"}"'
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALGATE_")}
+    env["CREDENTIALS_DIRECTORY"] = str(secrets)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "-c", str(local)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "OK: 2 equipment" in done.stdout
+    assert "secret-" not in done.stdout + done.stderr
+
+
+def test_the_install_steps_name_commands_that_work() -> None:
+    """calgate is not on PyPI: the README installs the checkout (or a wheel built from
+    it), names the Debian packages it needs and copies the service-ready config."""
+    readme = (SYSTEMD / "README.md").read_text()
+    unit_head = UNIT.read_text()
+    assert "pip install calgate " not in readme + unit_head
+    assert "pip install calgate\n" not in readme + unit_head
+    assert "/opt/calgate/bin/pip install /path/to/calgate" in readme
+    assert "python3-venv" in readme
+    assert "mosquitto-clients" in readme
+    assert "install -m 0644 systemd/calgate.toml /etc/calgate/calgate.toml" in readme
