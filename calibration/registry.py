@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import math
 import re
+import stat
 import tomllib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -621,13 +622,54 @@ class Registry:
 # -- loading --------------------------------------------------------------------------------
 
 
-def _read_toml(path: Path, rel: str, errors: list[str]) -> dict[str, Any] | None:
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""A registry file larger than this is refused: a certificate is a few kB, a DCC with
+hundreds of points well under a MB; a bigger one is a mistake or an attack on memory."""
+
+
+def _read_file(path: Path, root: Path, rel: str, errors: list[str]) -> bytes | None:
+    """The bytes of one registry file, or None with its error in ``errors``.
+
+    Only regular files inside the registry directory ``root`` are read: a symbolic link
+    may point elsewhere in the registry, not out of it (what the registry's history in
+    git does not hold is not calibration data), and a device or FIFO is never opened.
+    """
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        real = path.resolve(strict=True)
+        st = real.stat()
+    except (OSError, RuntimeError) as exc:  # a dangling link, a loop of links
+        errors.append(f"{rel}: (file): cannot read: {exc}")
+        return None
+    if not real.is_relative_to(root.resolve()):
+        errors.append(f"{rel}: (file): a symbolic link out of the registry (to {real}): refused")
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        errors.append(f"{rel}: (file): not a regular file: refused")
+        return None
+    if st.st_size > MAX_FILE_BYTES:
+        errors.append(
+            f"{rel}: (file): {st.st_size} bytes, more than the {MAX_FILE_BYTES} a registry "
+            "file may have: refused"
+        )
+        return None
+    try:
+        with real.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        errors.append(f"{rel}: (file): cannot read: {exc}")
+        return None
+    if len(data) > MAX_FILE_BYTES:  # it grew since stat()
+        errors.append(f"{rel}: (file): more than {MAX_FILE_BYTES} bytes: refused")
+        return None
+    return data
+
+
+def _parse_toml(data: bytes, rel: str, errors: list[str]) -> dict[str, Any] | None:
+    try:
+        return tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         errors.append(f"{rel}: (file): TOML syntax error: {exc}")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         errors.append(f"{rel}: (file): cannot read: {exc}")
     return None
 
@@ -661,7 +703,8 @@ def _load_equipment(
     for path in _files(root, "equipment", (".toml",), notes):
         rel = path.relative_to(root).as_posix()
         owners[rel] = path.stem
-        data = _read_toml(path, rel, errors)
+        raw = _read_file(path, root, rel, errors)
+        data = None if raw is None else _parse_toml(raw, rel, errors)
         if data is None:
             broken.add(path.stem)
             continue
@@ -731,14 +774,17 @@ def _load_certificates(
     for path in _files(root, "certificates", (".toml", ".xml"), notes):
         rel = path.relative_to(root).as_posix()
         if path.suffix == ".toml":
-            data = _read_toml(path, rel, errors)
-            if data is None:  # a syntax error: the item is still written in it, as a rule
-                with contextlib.suppress(OSError, UnicodeDecodeError):
-                    if m := _ITEM_RE.search(path.read_text(encoding="utf-8")):
-                        owners[rel] = m.group(1)
+            raw = _read_file(path, root, rel, errors)
+            data = None if raw is None else _parse_toml(raw, rel, errors)
+            # a syntax error: the item is still written in it, as a rule
+            if data is None and raw and (m := _ITEM_RE.search(raw.decode("utf-8", "replace"))):
+                owners[rel] = m.group(1)
         else:
+            xml = _read_file(path, root, rel, errors)
+            if xml is None:
+                continue
             try:
-                data = dcc.certificate_fields(dcc.read(path, source=rel), equipment)
+                data = dcc.certificate_fields(dcc.read(xml, source=rel), equipment)
             except RegistryError as exc:
                 errors.extend(exc.errors)
                 continue

@@ -165,6 +165,20 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def topic_level_problem(name: str) -> str | None:
+    """Why ``name`` (an equipment id, a channel name) cannot be one level of an MQTT topic.
+
+    ``/`` would split it, ``+`` and ``#`` are wildcards (a PUBLISH with one is a protocol
+    error: the broker drops the connection, so no instrument's data would get through),
+    and control characters (NUL among them) are refused by brokers.
+    """
+    bad = sorted({c for c in name if c in "/+#" or ord(c) < 0x20 or ord(c) == 0x7F})
+    if not bad:
+        return None
+    shown = ", ".join(repr(c) for c in bad)
+    return f"{name!r} cannot be a level of an MQTT topic ({shown} not allowed)"
+
+
 def equipment_where(index: int, eq_id: object) -> str:
     """``equipment[0] (PT-101)``: a table's place in the file and the id a person knows."""
     return f"equipment[{index}]" + (f" ({eq_id})" if isinstance(eq_id, str) and eq_id else "")
@@ -180,6 +194,8 @@ def _parse_equipment(
         eq_id = table.get("id")
         where = equipment_where(i, eq_id)
         if isinstance(eq_id, str):
+            if (why := topic_level_problem(eq_id)) is not None:
+                errors.append(f"{fname}: {where}.id: {why}")
             if eq_id in seen:
                 errors.append(
                     f"{fname}: {where}.id: duplicate equipment id {eq_id!r} (also equipment[{seen[eq_id]}])"
@@ -334,6 +350,9 @@ def check_against_registry(
             continue
         reg_channels = {ch.name for ch in eq.channels}
         for name, cwhere in configured_channels(entry, reg_channels):
+            if (why := topic_level_problem(name)) is not None:
+                problems.append(f"{fname}: {where}{cwhere}: {why}")
+                continue
             if name not in reg_channels:
                 problems.append(
                     f"{fname}: {where}{cwhere}: channel {name!r} is not a channel of "

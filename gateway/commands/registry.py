@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -265,10 +264,18 @@ def _import_dcc(args: argparse.Namespace) -> int:
         )
         return EX_CONFIG
     dest = root / "certificates" / f"{_safe_name(doc.number)}.xml"
-    if dest.exists():
+    try:
+        dest.parent.mkdir(exist_ok=True)  # a new registry may have no certificates/ yet
+        # "x": the file must not exist, not even as a link (a dangling one would be
+        # written through, out of the registry)
+        with dest.open("xb") as out:
+            out.write(src.read_bytes())
+    except FileExistsError:
         print(f"calgate: {dest} exists already", file=sys.stderr)
         return EX_CONFIG
-    shutil.copyfile(src, dest)
+    except OSError as exc:
+        print(f"calgate: cannot write {dest}: {exc}", file=sys.stderr)
+        return EX_CONFIG
     try:
         reg = Registry.load(root)
     except RegistryError as exc:

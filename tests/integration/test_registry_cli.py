@@ -408,3 +408,21 @@ def test_trace_and_chain_agree_on_when_a_certificate_stopped_being_in_force(
     assert successor is not None
     assert successor.calibrated < ptb_cert.due
     assert ptb["in_force_to"] == (successor.calibrated - timedelta(days=1)).isoformat()
+
+
+def test_import_dcc_stays_inside_the_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate number with ``../`` names a file inside certificates/; a registry
+    without certificates/ yet (a new lab's, in git) gets the directory."""
+    reg = tmp_path / "registry"
+    shutil.copytree(EXAMPLES / "equipment", reg / "equipment")
+    text = (EXAMPLES / "certificates" / "NIM-LP-2025-0417.xml").read_text(encoding="utf-8")
+    dcc = tmp_path / "incoming.xml"
+    dcc.write_text(text.replace("NIM-LP-2025-0417", "../../NIM-LP-2025-0417"), encoding="utf-8")
+    code, out, err = run(capsys, "registry", "import-dcc", str(dcc), "--into", str(reg))
+    assert code == 0, err
+    dest = reg / "certificates" / "NIM-LP-2025-0417.xml"
+    assert f"imported ../../NIM-LP-2025-0417 into {dest}" in out
+    assert dest.read_bytes() == dcc.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["incoming.xml", "registry"]

@@ -3,6 +3,7 @@ beside its expected error text (``bad_registries/<case>/expected.err``, telegraf
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from calibration import Registry, RegistryError
 from calibration.errors import CalibrationError
+from calibration.registry import MAX_FILE_BYTES
 from calibration.units import compatible, factor, parse_unit
 
 HERE = Path(__file__).parent
@@ -259,3 +261,48 @@ def test_sound_only_leaves_out_the_broken_files_and_what_belongs_to_them(
     assert reg.certificates("WS-F1") == ()
     assert reg.equipment("BAL-01") is not None
     assert reg.certificate("MCS-2026-1022") is not None
+
+
+def test_hostile_files_are_refused_each_with_its_error(tmp_path: Path) -> None:
+    """Symbolic links out of the registry, a FIFO and a huge file: each refused with a
+    ``file: (file): message`` line, none opened or read into memory (before: the link's
+    target was loaded as calibration data, the FIFO's open() blocked for ever and the
+    huge file was read whole)."""
+    root = tmp_path / "registry"
+    shutil.copytree(EXAMPLES, root)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    # a valid equipment file, but not the registry's: a link out of the registry
+    (outside / "PT-201.toml").write_text(
+        (root / "equipment" / "PT-101.toml").read_text().replace("PT-101", "PT-201")
+    )
+    (root / "equipment" / "PT-201.toml").symlink_to(outside / "PT-201.toml")
+    (root / "certificates" / "ZERO.toml").symlink_to("/dev/zero")
+    os.mkfifo(root / "certificates" / "FIFO.toml")
+    huge = root / "certificates" / "HUGE.toml"
+    with huge.open("w") as fh:  # valid TOML: one long comment
+        fh.write("#" + "x" * (MAX_FILE_BYTES + 10) + "\n")
+    # a link inside the registry is fine
+    (root / "certificates" / "archive").mkdir()
+    (root / "certificates" / "MCS-2026-1022.toml").rename(
+        root / "certificates" / "archive" / "MCS-2026-1022.toml"
+    )
+    (root / "certificates" / "MCS-2026-1022.toml").symlink_to("archive/MCS-2026-1022.toml")
+    with pytest.raises(RegistryError) as info:
+        Registry.load(root)
+    assert info.value.errors == [
+        "certificates/FIFO.toml: (file): not a regular file: refused",
+        f"certificates/HUGE.toml: (file): {MAX_FILE_BYTES + 12} bytes, more than the "
+        f"{MAX_FILE_BYTES} a registry file may have: refused",
+        "certificates/ZERO.toml: (file): a symbolic link out of the registry "
+        "(to /dev/zero): refused",
+        "equipment/PT-201.toml: (file): a symbolic link out of the registry "
+        f"(to {outside.resolve() / 'PT-201.toml'}): refused",
+    ]
+    for name in ("FIFO.toml", "HUGE.toml", "ZERO.toml"):
+        (root / "certificates" / name).unlink()
+    (root / "equipment" / "PT-201.toml").unlink()
+    reg = Registry.load(root)
+    cert = reg.certificate("MCS-2026-1022")
+    assert cert is not None
+    assert cert.source == "certificates/MCS-2026-1022.toml"
