@@ -164,7 +164,6 @@ def certificate_dcc(cert: IssuedCertificate) -> str:
     _el(core, "dcc:beginPerformanceDate", cert.begin.date().isoformat())
     _el(core, "dcc:endPerformanceDate", cert.calibrated.isoformat())
     _el(core, "dcc:performanceLocation", "laboratory")
-    _el(core, "dcc:issueDate", cert.issued.isoformat())
 
     item = _el(_el(adm, "dcc:items"), "dcc:item")
     _text(item, "dcc:name", eq.description or eq.id)

@@ -1,0 +1,84 @@
+"""A calibration point's error, budget and coverage factor, against numbers worked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import scipy.stats
+
+from calibration.errors import CalibrationError
+from calibration.evaluation import Series, evaluate_point
+from calibration.uncertainty import Contribution
+
+P = math.erf(2 / math.sqrt(2))  # the coverage probability of k = 2, normal distribution
+
+
+def series(direction: str, ind: list[float], ref: float = 10.0, drift: float = 0.0) -> Series:
+    n = len(ind)
+    return Series(
+        direction=direction,
+        reference=tuple(ref + drift * i for i in range(n)),
+        indicated=tuple(ind),
+        t_s=tuple(float(i) for i in range(n)),
+    )
+
+
+def test_up_and_down_point_worked_example() -> None:
+    # Up: errors 0.1, 0.3, 0.1, 0.3 (mean 0.2); down: 0.3, 0.5, 0.3, 0.5 (mean 0.4).
+    up = series("up", [10.1, 10.3, 10.1, 10.3])
+    down = series("down", [10.3, 10.5, 10.3, 10.5])
+    p = evaluate_point(
+        [up, down],
+        reference_components=[Contribution("C-1", 0.05)],
+        dut_resolution=0.1,
+        reference_label="REF",
+    )
+    assert p.direction == "up-down"
+    assert p.reference == pytest.approx(10.0)
+    assert p.indicated == pytest.approx(10.3)
+    assert p.error == pytest.approx(0.3)
+    assert p.hysteresis == pytest.approx(0.2)
+    # By hand: s of each series' errors = √(4·0.1²/3); s of the mean /√4; the result is the
+    # mean of two series, so each enters halved.
+    s_mean = math.sqrt(4 * 0.01 / 3) / 2
+    parts = {
+        "REF: C-1": 0.05,
+        "DUT resolution": 0.1 / (2 * math.sqrt(3)),
+        "repeatability (up)": s_mean / 2,
+        "repeatability (down)": s_mean / 2,
+        "reference stability": 0.0,
+        "hysteresis": 0.1 / math.sqrt(3),
+    }
+    assert {c.label: c.u for c in p.components} == pytest.approx(parts)
+    u_c = math.sqrt(sum(u * u for u in parts.values()))
+    assert p.u == pytest.approx(u_c)
+    # Welch–Satterthwaite: only the two repeatabilities (ν = 3) have finite ν.
+    nu = u_c**4 / (2 * (s_mean / 2) ** 4 / 3)
+    assert nu == pytest.approx(150.0)
+    k = scipy.stats.t.ppf(0.5 + P / 2, math.floor(nu + 1e-9))
+    assert p.dof == 150
+    assert p.k == pytest.approx(k, rel=1e-9)
+    expanded = k * u_c
+    assert pytest.approx(expanded, rel=1e-9) == p.U
+
+
+def test_drift_of_the_reference_is_a_rectangular_contribution() -> None:
+    # The reference rises 0.01 per second over 4 readings (3 s): a = 0.01·3/2.
+    up = series("up", [10.0, 10.01, 10.02, 10.03], drift=0.01)
+    p = evaluate_point([up], reference_components=[], dut_resolution=0.001)
+    assert p.direction == "up"
+    assert p.hysteresis is None
+    assert p.error == pytest.approx(0.0, abs=1e-12)
+    u = {c.label: c.u for c in p.components}
+    assert u["reference stability"] == pytest.approx(0.015 / math.sqrt(3))
+    assert u["repeatability (up)"] == pytest.approx(0.0, abs=1e-12)
+    assert math.isinf(p.dof)
+    assert p.k == pytest.approx(scipy.stats.norm.ppf(0.5 + P / 2), rel=1e-9)
+
+
+def test_a_series_needs_two_finite_readings() -> None:
+    with pytest.raises(CalibrationError, match="at least 2 readings"):
+        series("up", [10.0])
+    with pytest.raises(CalibrationError, match="finite"):
+        series("up", [10.0, math.nan])
