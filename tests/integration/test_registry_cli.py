@@ -4,6 +4,7 @@ registries, through the real CLI entry point (and once as a subprocess)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -426,3 +427,23 @@ def test_import_dcc_stays_inside_the_registry(
     assert f"imported ../../NIM-LP-2025-0417 into {dest}" in out
     assert dest.read_bytes() == dcc.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["incoming.xml", "registry"]
+
+
+def test_output_piped_into_a_reader_that_has_gone() -> None:
+    """`calgate registry check DIR | head -1`: when the reader has closed the pipe before
+    calgate writes, calgate stops quietly (exit 141, as for SIGPIPE), no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone: every write to the pipe fails with EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "registry", "check", str(EXAMPLES)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr
