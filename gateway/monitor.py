@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.model import Event, Measurement, Severity
+from gateway.wire import rfc3339
 
 if TYPE_CHECKING:
     from calibration import CalibrationState, Limits
@@ -38,6 +39,7 @@ CALIBRATION_EVENTS: dict[str, tuple[str, Severity]] = {
 class ChannelState:
     out_of_tolerance: bool = False
     last: Measurement | None = None
+    last_seq: int | None = None  # the outbox seq of ``last`` (what MQTT carried)
     last_oot: datetime | None = None
 
 
@@ -80,7 +82,7 @@ class EquipmentState:
             "channels": {
                 name: {
                     "out_of_tolerance": st.out_of_tolerance,
-                    "last": st.last.payload(0) | {"seq": None} if st.last else None,
+                    "last": st.last.payload(0) | {"seq": st.last_seq} if st.last else None,
                 }
                 for name, st in self.channels.items()
             },
@@ -112,9 +114,15 @@ class Monitor:
     # -- readings ---------------------------------------------------------------------
 
     def measurements(
-        self, ms: Sequence[Measurement], limits: Callable[[str, str], AnyLimits]
+        self,
+        ms: Sequence[Measurement],
+        limits: Callable[[str, str], AnyLimits],
+        first_seq: int | None = None,
     ) -> list[Event]:
+        """Record each channel's last Measurement (``first_seq``: the outbox seq the first
+        of ``ms`` gets, the others following) and return the tolerance transitions."""
         events: list[Event] = []
+        seq = first_seq
         equipment: str | None = None
         channels: dict[str, ChannelState] = {}
         st = None
@@ -129,6 +137,9 @@ class Monitor:
             if ch is None:
                 ch = channels[r.channel] = ChannelState()
             ch.last = m
+            ch.last_seq = seq
+            if seq is not None:
+                seq += 1
             conformity = m.conformity
             if conformity == "pass" and not ch.out_of_tolerance:
                 continue  # the usual: in tolerance, and it was
@@ -142,7 +153,7 @@ class Monitor:
                 lo, hi = _limits(limits(m.equipment, m.channel))
                 ev = _tolerance_event(m, "out_of_tolerance", "warning", lo, hi,
                                       f"outside [{lo}, {hi}] ({m.conformity})")  # fmt: skip
-                st.last_oot = {"channel": m.channel, "ts": m.t_wall.isoformat(), **ev.detail}
+                st.last_oot = {"channel": m.channel, "ts": rfc3339(m.t_wall), **ev.detail}
                 events.append(ev)
             elif ch.out_of_tolerance and m.conformity == "pass":
                 lo, hi = _limits(limits(m.equipment, m.channel))

@@ -256,6 +256,11 @@ class Outbox:
 
     # ------------------------------------------------------------------ adding
 
+    @property
+    def next_seq(self) -> int:
+        """The seq the next record added gets (rows are numbered in the order added)."""
+        return self._next
+
     def add(self, records: Iterable[Measurement | Event]) -> None:
         """Encode and buffer records; they are committed within ``commit_interval_s``.
 

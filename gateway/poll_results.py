@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from drivers.base import Reading
 from drivers.errors import DeviceError, DriverError, FrameError
+from gateway.wire import rfc3339
 
 if TYPE_CHECKING:
     from calibration import Limits
@@ -60,7 +61,7 @@ class PollResults:
     def readings(self, equipment: str, readings: list[Reading], latency_s: float) -> None:
         events = self.monitor.answered(equipment)
         ms = self.pipeline.process(readings)
-        events += self.monitor.measurements(ms, self._limits_of)
+        events += self.monitor.measurements(ms, self._limits_of, self.outbox.next_seq)
         self.metrics.observe_poll(
             equipment, latency_s, [(x.reading.channel, x.quality) for x in ms]
         )
@@ -116,7 +117,7 @@ class PollResults:
         if self.mqtt is not None:
             payload = st.summary()
             payload.pop("channels", None)
-            payload["ts"] = datetime.now(UTC).isoformat()
+            payload["ts"] = rfc3339(datetime.now(UTC))
             self.mqtt.publish_status(equipment, payload)
 
     def calibration(self, equipment: Iterable[str], at: datetime) -> None:

@@ -34,6 +34,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.errors import ConfigError
+from gateway.wire import rfc3339
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -405,7 +406,7 @@ class Gateway:
             "gateway": self.config.gateway.id,
             "site": self.config.gateway.site,
             "equipment": sorted(e.id for e in self.config.equipment),
-            "started": self._started_at.isoformat(),
+            "started": rfc3339(self._started_at),
         }
 
     def status(self) -> dict[str, Any]:

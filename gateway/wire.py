@@ -34,6 +34,7 @@ __all__ = [
     "event_payload",
     "finite",
     "json_safe",
+    "line_flags",
     "measurement_line",
     "measurement_payload",
     "recorrected_line",
@@ -129,7 +130,7 @@ def event_payload(e: Event, seq: int) -> dict[str, Any]:
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, datetime):
-        return obj.isoformat()
+        return rfc3339(obj)
     if isinstance(obj, date):
         return obj.isoformat()
     if isinstance(obj, (set, frozenset)):
@@ -190,6 +191,7 @@ def measurement_line(m: Measurement, seq: int, site: str, key: str | None = None
     parts: list[str] = []
     _float_fields(parts, _M_FLOATS, (r.raw, m.value, m.u, m.U, m.k))
     parts.append(f"quality={_str(m.quality)}")
+    parts.append(f"flags={_str(line_flags(m.flags))}")
     parts.append(f"calibration={_str(m.calibration)}")
     if m.certificate is not None:
         parts.append(f"certificate={_str(m.certificate)}")
@@ -197,6 +199,12 @@ def measurement_line(m: Measurement, seq: int, site: str, key: str | None = None
         parts.append(f"conformity={_str(m.conformity)}")
     parts.append(f"seq={seq}i")
     return f"{key} {','.join(parts)} {_ns(r.t_wall)}"
+
+
+def line_flags(flags: frozenset[str]) -> str:
+    """A Measurement's flags as one line-protocol string field: sorted, comma-separated
+    (``""`` when none), the same set the JSON payload lists."""
+    return ",".join(sorted(flags))
 
 
 def _reading_key(site: str, equipment: str, channel: str, quantity: str | None, unit: str) -> str:
@@ -299,7 +307,10 @@ class Encoder:
             f'"conformity":{"null" if conformity is None else _jstr(conformity)}}}'
         )
         ltail = "" if kk == "null" else f"k={kk},"
-        ltail += f"quality={_str(quality)},calibration={_str(calibration)}"
+        ltail += (
+            f"quality={_str(quality)},flags={_str(line_flags(flags))},"
+            f"calibration={_str(calibration)}"
+        )
         if certificate is not None:
             ltail += f",certificate={_str(certificate)}"
         if conformity is not None:

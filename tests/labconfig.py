@@ -77,12 +77,16 @@ async def lab_gateway(
     *,
     opcua: bool = False,
     registry: Path = EXAMPLE_REGISTRY,
+    http: str | None = None,
 ) -> AsyncIterator[tuple[Lab, Subscriber]]:
     """The simulated lab, a subscriber to everything the gateway publishes, and the
     gateway polling the lab at 10 Hz (stopped on the way out; the subscriber keeps what
-    it received). ``opcua``: the testing machine too."""
+    it received). ``opcua``: the testing machine too; ``http``: the status server's
+    listen address (none by default)."""
     async with Lab(fixed_ports=False, opcua=opcua, seed=seed) as lab:
-        path = lab_config(lab, tmp_path, mqtt_url=mosquitto.url, interval_s=0.1, registry=registry)
+        path = lab_config(
+            lab, tmp_path, mqtt_url=mosquitto.url, interval_s=0.1, registry=registry, http=http
+        )
         config, reg = load_everything(path)
         with Subscriber(mosquitto.port, "calgate/lab-t/#") as sub:
             gw = Gateway(config, reg)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from labconfig import judging_registry, lab_gateway
+from helpers import free_port
+from labconfig import http_get, judging_registry, lab_gateway
 from servers import Mosquitto
 
 from calibration import Registry
 
 pytestmark = pytest.mark.e2e
+
+RFC3339_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 FIELDS = {
     "ts", "seq", "equipment", "channel", "raw", "value", "unit", "u", "U", "k",
@@ -110,3 +115,32 @@ async def test_transmitters_that_go_away_and_come_back_are_polled_again(
     seqs = [r["seq"] for r in sub.json("/reading")]
     assert len(set(seqs)) == len(seqs)
     assert len(events("equipment_offline", "PT-101")) == 1  # once per transition
+
+
+async def test_status_shows_what_mqtt_carried_in_one_shape(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """/status's last reading of a channel is the MQTT payload with its seq (it said
+    null), and every time the gateway writes is RFC 3339 with Z (some said +00:00)."""
+    listen = f"127.0.0.1:{free_port()}"
+    async with lab_gateway(tmp_path, mosquitto, seed=7, http=listen) as (_, sub):
+        await wait(lambda: {r["equipment"] for r in sub.json("/reading")} >= {"BAL-01", "PT-101"})
+        _, body = await asyncio.to_thread(http_get, f"http://{listen}/status")
+        status = json.loads(body)
+        lasts = [
+            ch["last"]
+            for eq in status["equipment"].values()
+            for ch in eq["channels"].values()
+            if ch["last"] is not None
+        ]
+        assert lasts
+        for last in lasts:
+            assert isinstance(last["seq"], int)
+            await wait(lambda last=last: last["seq"] in {r["seq"] for r in sub.json("/reading")})
+            published = {r["seq"]: r for r in sub.json("/reading")}
+            assert published[last["seq"]] == last
+        await wait(lambda: bool(sub.json("/status")))
+    stamps = [s[k] for s in sub.json("/status") for k in ("ts", "started") if k in s]
+    stamps += [r["ts"] for r in sub.json("/reading")]
+    assert stamps
+    assert all(RFC3339_Z.fullmatch(t) for t in stamps), [t for t in stamps if "+" in t][:3]

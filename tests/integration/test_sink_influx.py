@@ -151,6 +151,7 @@ async def test_v1_writes_the_schema_of_4_4(
             "U": m.U,
             "k": m.k,
             "quality": "good",
+            "flags": "",
             "calibration": "valid",
             "certificate": "DKD-K-1/2026",
             "conformity": "pass",

@@ -93,15 +93,19 @@ def test_line_protocol_of_a_measurement() -> None:
     line = measurement_line(meas(0), 7, "lab-a")
     assert line == (
         "reading,channel=pressure,equipment=PT-101,quantity=pressure,site=lab-a,unit=kPa "
-        'raw=100.0,value=100.5,u=0.012,U=0.024,k=2.0,quality="good",calibration="valid",'
-        'certificate="DKD-K-1/2026",conformity="pass",seq=7i 1795804688123456000'
+        'raw=100.0,value=100.5,u=0.012,U=0.024,k=2.0,quality="good",flags="",'
+        'calibration="valid",certificate="DKD-K-1/2026",conformity="pass",seq=7i '
+        "1795804688123456000"
     )
-    nan = meas(
-        0, raw=math.nan, value=math.nan, u=None, U=None, k=None, certificate=None, conformity=None
-    )
+    nan = replace(
+        meas(0, raw=math.nan, value=math.nan, u=None, U=None, k=None, certificate=None,
+             conformity=None),
+        flags=frozenset({"stable", "out_of_range"}),
+    )  # fmt: skip
+    # the flags travel in the line too (the payload's list, sorted, comma-separated)
     assert (
         measurement_line(nan, 8, "lab-a").split(" ")[1]
-        == 'quality="good",calibration="valid",seq=8i'
+        == 'quality="good",flags="out_of_range,stable",calibration="valid",seq=8i'
     )
     odd = meas(0, equipment="WS 1,a=b", channel="x", certificate='say "hi" \\ bye')
     line = measurement_line(odd, 9, "lab a")
