@@ -43,14 +43,14 @@ import numpy as np
 
 from calibration.revision import Finding, Revisions, findings
 from gateway.errors import CalgateError
-from gateway.pipeline import DOUBTFUL, unit_factor
+from gateway.pipeline import DOUBTFUL, beyond_span, judge_of, unit_factor
 from gateway.sinks.influx import session, write_endpoint
 from gateway.wire import recorrected_line, rfc3339
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from calibration import Certificate, Registry
+    from calibration import Certificate, Corrector, Registry
     from gateway.config import Config
     from gateway.settings import InfluxSettings
 
@@ -68,6 +68,7 @@ __all__ = [
 
 _DAY_NS = 86_400 * 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+Judge = Callable[[float, float], str | None]
 COLUMNS = (
     "raw", "value", "u", "U", "k", "quality", "calibration", "certificate", "conformity",
     "seq", "quantity", "unit",
@@ -466,17 +467,28 @@ class Evaluator:
         certs = reg.certificates(equipment, channel)
         self._certs = certs
         self._bounds = np.array([day_ns(c.calibrated) for c in certs], dtype=np.int64)
-        self._status: dict[int, str] = {}
+        self._status: dict[tuple[int, str | None], str] = {}
+        self._channel = reg.require(equipment).channels_by_name[channel]
 
-    def _status_on(self, day: int) -> str:
-        st = self._status.get(day)
+    def _status_on(self, day: int, corrector: Corrector) -> str:
+        """The calibration status the gateway gives a reading on ``day`` (UTC days since
+        the epoch), by the registry now: as :meth:`gateway.pipeline.Pipeline.plan`."""
+        key = (day, corrector.certificate)
+        st = self._status.get(key)
         if st is None:
             d = date(1970, 1, 1) + timedelta(days=day)
             reg = self.revisions.registry
-            cert = reg.in_force(self.report.equipment, d, self.report.channel)
-            st = reg.state(self.report.equipment, d, self.report.channel).status if cert else "none"
-            self._status[day] = st
+            st = (
+                "none"
+                if corrector.certificate is None
+                else reg.state(self.report.equipment, d).status
+            )
+            self._status[key] = st
         return st
+
+    def _judge(self, day: int, corrector: Corrector) -> tuple[str, Judge | None]:
+        status = self._status_on(day, corrector)
+        return status, judge_of(self._channel, corrector, status)
 
     def evaluate(
         self, page: Page, *, lines: list[str] | None = None, csv_rows: list[list[Any]] | None = None
@@ -518,7 +530,9 @@ class Evaluator:
         basis = "; ".join(self.revisions.revise(cert).notes) if cert is not None else ""
         raw = page.raw[sel] * self.raw_factor
         res = corrector.correct(raw)
-        verdicts = corrector.judge(res.value, res.U)
+        values = res.value.tolist()
+        big_us = res.U.tolist()
+        out_of_range = res.out_of_range.tolist()
         old_v = page.value[sel]
         old_u = page.U[sel]
         delta = np.abs(res.value - old_v)
@@ -534,9 +548,18 @@ class Evaluator:
         days = (times // _DAY_NS).tolist()
         k = corrector.k
         number = cert.number if cert is not None else None
+        judges: dict[int, tuple[str, Judge | None]] = {}
         for n, row in enumerate(sel.tolist()):
+            day = days[n]
+            sj = judges.get(day)
+            if sj is None:
+                sj = judges[day] = self._judge(day, corrector)
+            status, judge = sj
+            if out_of_range[n]:
+                new_c: str | None = beyond_span(corrector, judge, float(raw[n]))
+            else:
+                new_c = None if judge is None else judge(values[n], big_us[n])
             old_c = page.conformity[row]
-            new_c = verdicts[n]
             ns = int(times[n])
             if old_c != new_c or moved[n]:
                 rep.changed += 1
@@ -548,18 +571,16 @@ class Evaluator:
                     csv_rows.append(
                         [
                             ns_rfc3339(ns), rep.equipment, rep.channel, page.seq[row],
-                            float(page.raw[row]), float(old_v[n]), float(res.value[n]),
-                            float(old_u[n]), float(res.U[n]), float(ratio[n]),
+                            float(page.raw[row]), float(old_v[n]), values[n],
+                            float(old_u[n]), big_us[n], float(ratio[n]),
                             old_c or "", new_c or "", page.certificate[row] or "", number or "",
                         ]
                     )  # fmt: skip
             if lines is not None:
-                status = self._status_on(days[n])
                 stored_q = page.quality[row]
-                out_of_range = bool(res.out_of_range[n])
                 q = (
                     "uncertain"
-                    if (stored_q == "uncertain" or out_of_range or status in DOUBTFUL)
+                    if (stored_q == "uncertain" or out_of_range[n] or status in DOUBTFUL)
                     else "good"
                 )
                 lines.append(
@@ -571,9 +592,9 @@ class Evaluator:
                         unit=page.unit[row] or corrector.unit,
                         certificate=number,
                         raw=float(page.raw[row]),
-                        value=float(res.value[n]),
+                        value=values[n],
                         u=float(res.u[n]),
-                        U=float(res.U[n]),
+                        U=big_us[n],
                         k=k,
                         quality=q,
                         calibration=status,
