@@ -624,7 +624,8 @@ class Outcome:
 
 
 class Writer:
-    """Posts line protocol to the configured write endpoint, in batches."""
+    """Posts line protocol to the configured write endpoint in batches of the sink's
+    ``batch_size``; a 413 (body too large) splits the batch in halves, as the sink does."""
 
     def __init__(self, settings: InfluxSettings, http: aiohttp.ClientSession) -> None:
         self.settings = settings
@@ -632,6 +633,11 @@ class Writer:
         self.url, self.params = write_endpoint(settings)
 
     async def write(self, lines: list[str]) -> None:
+        step = self.settings.batch_size
+        for i in range(0, len(lines), step):
+            await self._post(lines[i : i + step])
+
+    async def _post(self, lines: list[str]) -> None:
         if not lines:
             return
         body = "\n".join(lines).encode()
@@ -646,6 +652,11 @@ class Writer:
             raise DatabaseError(
                 f"{self.settings.url}: cannot write: {type(exc).__name__}: {exc}"
             ) from exc
+        if status == 413 and len(lines) > 1:
+            half = len(lines) // 2
+            await self._post(lines[:half])
+            await self._post(lines[half:])
+            return
         if status // 100 != 2:
             raise DatabaseError(
                 f"{self.settings.url}: writing reading_recorrected: HTTP {status}: {text}",
