@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.model import Event, Measurement
+    from gateway.monitor import ChannelState, EquipmentState
 
 __all__ = ["format_raw", "render_table"]
 
@@ -31,7 +35,7 @@ def _c(text: str, key: str | None, colour: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
 
 
-def _value(m: Any) -> str:
+def _value(m: Measurement | None) -> str:
     from calibration.rounding import format_value
 
     if m is None:
@@ -43,7 +47,7 @@ def _value(m: Any) -> str:
     return f"{m.value:.6g}"
 
 
-def format_raw(m: Any) -> str:
+def format_raw(m: Measurement) -> str:
     """A Measurement's raw reading at its corrected value's decimal place, so the two
     compare by eye (six significant digits when it has no U, is not finite or is in
     another unit than the value)."""
@@ -56,7 +60,11 @@ def format_raw(m: Any) -> str:
 
 
 def render_table(
-    states: Mapping[str, Any], events: Iterable[Any], *, colour: bool = True, header: str = ""
+    states: Mapping[str, EquipmentState],
+    events: Iterable[Event],
+    *,
+    colour: bool = True,
+    header: str = "",
 ) -> str:
     """The whole screen as one string (the caller clears the terminal and prints it)."""
     width = shutil.get_terminal_size((120, 40)).columns
@@ -67,7 +75,7 @@ def render_table(
     ]
     for eq_id in sorted(states):
         st = states[eq_id]
-        channels = st.channels or {"—": None}
+        channels: Mapping[str, ChannelState | None] = st.channels or {"—": None}
         for name in sorted(channels):
             ch = channels[name]
             m = ch.last if ch is not None else None

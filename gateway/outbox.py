@@ -33,7 +33,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -183,7 +183,7 @@ class Outbox:
         sinks: Sequence[str] = ("mqtt", "influx"),
         site: str = "lab",
         topic_prefix: str = "calgate",
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self.settings = settings or OutboxSettings()
