@@ -45,7 +45,7 @@ from calibration.revision import Finding, Revisions, findings
 from gateway.errors import CalgateError
 from gateway.pipeline import DOUBTFUL, beyond_span, judge_of, unit_factor
 from gateway.sinks.influx import session, write_endpoint
-from gateway.wire import recorrected_line, rfc3339
+from gateway.wire import line_flags, recorrected_line, rfc3339
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -71,7 +71,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Judge = Callable[[float, float], str | None]
 COLUMNS = (
     "raw", "value", "u", "U", "k", "quality", "calibration", "certificate", "conformity",
-    "seq", "quantity", "unit",
+    "seq", "quantity", "unit", "flags",
 )  # fmt: skip
 
 
@@ -249,6 +249,8 @@ class Page:
     value: NDArray[np.float64]
     U: NDArray[np.float64]
     quality: list[str | None]
+    calibration: list[str | None]
+    flags: list[str | None]
     certificate: list[str | None]
     conformity: list[str | None]
     seq: list[int | None]
@@ -378,6 +380,8 @@ def _page(rows: list[list[Any]], index: dict[str, int]) -> Page:
         value=_floats(col("value")),
         U=_floats(col("U")),
         quality=list(col("quality")),
+        calibration=list(col("calibration")),
+        flags=list(col("flags")),
         certificate=list(col("certificate")),
         conformity=list(col("conformity")),
         seq=[None if v is None else int(v) for v in col("seq")],
@@ -577,12 +581,7 @@ class Evaluator:
                         ]
                     )  # fmt: skip
             if lines is not None:
-                stored_q = page.quality[row]
-                q = (
-                    "uncertain"
-                    if (stored_q == "uncertain" or out_of_range[n] or status in DOUBTFUL)
-                    else "good"
-                )
+                flags, q = _quality(page, row, out_of_range[n], status)
                 lines.append(
                     recorrected_line(
                         site=self.site,
@@ -597,6 +596,7 @@ class Evaluator:
                         U=big_us[n],
                         k=k,
                         quality=q,
+                        flags=flags,
                         calibration=status,
                         conformity=new_c,
                         seq=page.seq[row],
@@ -608,6 +608,21 @@ class Evaluator:
                         time_ns=ns,
                     )
                 )
+
+
+def _quality(page: Page, row: int, out_of_range: bool, status: str) -> tuple[str, str]:
+    """(flags, quality) of a re-corrected reading, as the pipeline sets them: the stored
+    flags with ``out_of_range`` as the new correction says; ``uncertain`` when out of
+    range, under a doubtful calibration status, or when the instrument said so (the
+    stored quality was uncertain for none of the other two reasons)."""
+    stored = {f for f in (page.flags[row] or "").split(",") if f}
+    explained = "out_of_range" in stored or page.calibration[row] in DOUBTFUL
+    instrument_uncertain = page.quality[row] == "uncertain" and not explained
+    stored.discard("out_of_range")
+    if out_of_range:
+        stored.add("out_of_range")
+    doubtful = out_of_range or status in DOUBTFUL or instrument_uncertain
+    return line_flags(frozenset(stored)), "uncertain" if doubtful else "good"
 
 
 # --------------------------------------------------------------------------- the run

@@ -399,6 +399,7 @@ def recorrected_line(
     U: float,
     k: float,
     quality: str,
+    flags: str,
     calibration: str,
     conformity: str | None,
     seq: int | None,
@@ -411,7 +412,8 @@ def recorrected_line(
 ) -> str:
     """A line of measurement ``reading_recorrected`` (``calgate impact --write``): the tags
     of ``reading`` plus ``certificate`` (the one the reading was re-corrected through),
-    the re-corrected fields as in ``reading``, ``seq`` the stored reading's, the stored
+    the re-corrected fields as in ``reading`` (``flags`` as :func:`line_flags` writes
+    them), ``seq`` the stored reading's, the stored
     ``value``, ``U``, ``conformity`` and ``certificate`` as ``stored_*``, and ``basis``
     (the revisions applied, empty when none); the stored reading's time."""
     tags = _reading_key(site, equipment, channel, quantity, unit).removeprefix("reading,")
@@ -425,6 +427,7 @@ def recorrected_line(
         (raw, value, u, U, k, stored_value, stored_U),
     )
     parts.append(f"quality={_str(quality)}")
+    parts.append(f"flags={_str(flags)}")
     parts.append(f"calibration={_str(calibration)}")
     if conformity is not None:
         parts.append(f"conformity={_str(conformity)}")

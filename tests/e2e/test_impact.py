@@ -297,6 +297,7 @@ def test_impact_finds_recorrects_and_rejudges_the_drifted_standards_readings(
             assert got["stored_value"] == r["value"]
             assert got["certificate"] == "PCL-2026-0906"
             assert got["calibration"] == "suspect"
+            assert (got["quality"], got["flags"]) == ("uncertain", "")  # suspect: uncertain
             assert (got["site"], got["channel"], got["unit"]) == (stored.site, "pressure", "mbar")
     assert influxd.rows(f"SELECT * FROM reading WHERE site='{stored.site}'", stored.db) == before
 
