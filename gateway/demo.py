@@ -187,7 +187,7 @@ async def run_demo(
     workdir: Path | None = None,
 ) -> int:
     from gateway.embedded_broker import EmbeddedBroker
-    from gateway.live import render_table
+    from gateway.live import event_line, render_rows, render_table
     from gateway.model import Event
     from gateway.service import Gateway, load_everything
     from simulators.lab import Lab
@@ -247,6 +247,9 @@ async def run_demo(
         gw = Gateway(config, registry, history=None if influx else work / "history.sqlite")
         recent: deque[Event] = deque(maxlen=200)  # the live table's events
         gw.results.listeners.append(recent.extend)
+        fresh: list[Event] = []  # events not printed yet (piped output)
+        gw.results.listeners.append(fresh.extend)
+        printed_head = False
         await gw.start()
         intro = [
             console,
@@ -275,11 +278,17 @@ async def run_demo(
                     await stop.wait()
             if stop.is_set():
                 break
-            table = render_table(gw.monitor.states, recent, colour=tty, header=header + "\n")
             if tty:
+                table = render_table(gw.monitor.states, recent, header=header + "\n")
                 out.write("\x1b[H\x1b[2J" + table + "\n")
-            else:
-                out.write(table.split("\n", len(intro))[-1] + "\n\n")
+            else:  # piped: plain lines, the column header once, each event once
+                head, *rows = render_rows(gw.monitor.states, colour=False, width=80)
+                if not printed_head:
+                    rows.insert(0, head)
+                    printed_head = True
+                rows += [f"event{event_line(e, 75)}" for e in fresh]
+                fresh.clear()
+                out.write("\n".join(rows) + "\n")
             out.flush()
             if t_end is not None and loop.time() >= t_end:
                 break

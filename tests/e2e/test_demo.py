@@ -54,8 +54,14 @@ async def test_demo_shows_every_instrument_corrected_with_its_status(
     assert f"store:   {store}" in out
     rows = last_table(out)
     assert set(rows) == set(INSTRUMENTS), out
+    # piped: plain lines no wider than 80 columns, the column header once (k in it)
+    heads = [x for x in out.splitlines() if x.startswith("equipment ")]
+    assert len(heads) == 1, out
+    assert "value ± U (k=2)" in heads[0]
+    for line in [*heads, *rows.values()]:
+        assert len(line) <= 80, line
     for line in rows.values():
-        assert re.search(r"\d+\.\d+ ± \d+\.?\d* \(k=2\)", line), line  # value ± U (k)
+        assert re.search(r"\d+\.\d+ ± \d+\.?\d* (g|mbar|kN) ", line), line  # value ± U
         assert "online" in line, line
     assert "untraceable" in rows["BAL-02"]  # the example registry's broken chain
     assert "due_soon" in rows["PT-102"]  # and its certificate due soon
