@@ -44,6 +44,7 @@ import numpy as np
 from calibration.revision import Finding, Revisions, findings
 from gateway.errors import CalgateError
 from gateway.pipeline import DOUBTFUL, beyond_span, judge_of, unit_factor
+from gateway.registry_watch import RegistryRevision, revision_of
 from gateway.sinks.influx import session, write_endpoint
 from gateway.wire import line_flags, recorrected_line, rfc3339
 
@@ -462,12 +463,14 @@ class Evaluator:
         *,
         site: str,
         raw_factor: float = 1.0,
+        registry_digest: str = "",
     ) -> None:
         reg = revisions.registry
         self.revisions = revisions
         self.report = ChannelReport(equipment, channel)
         self.site = site
         self.raw_factor = raw_factor
+        self.registry_digest = registry_digest
         certs = reg.certificates(equipment, channel)
         self._certs = certs
         self._bounds = np.array([day_ns(c.calibrated) for c in certs], dtype=np.int64)
@@ -605,6 +608,7 @@ class Evaluator:
                         stored_conformity=page.conformity[row],
                         stored_certificate=page.certificate[row],
                         basis=basis,
+                        registry=self.registry_digest,
                         time_ns=ns,
                     )
                 )
@@ -636,6 +640,7 @@ class Outcome:
     until_ns: int | None
     written: int = 0
     queries: int = 0
+    registry: RegistryRevision | None = None
 
 
 class Writer:
@@ -714,9 +719,10 @@ async def run(
             f"{config.path}: no [influxdb] table: no stored readings to read", config=True
         )
     revisions = Revisions(reg)
+    revision = revision_of(config.registry_dir)
     since_ns = None if since is None else time_ns(since)
     until_ns = None if until is None else time_ns(until)
-    outcome = Outcome(selection, [], since_ns, until_ns)
+    outcome = Outcome(selection, [], since_ns, until_ns, registry=revision)
     async with session(settings) as http:
         reader = InfluxReader(settings, http)
         writer = Writer(settings, http) if write else None
@@ -727,6 +733,7 @@ async def run(
                 target.channel,
                 site=config.gateway.site,
                 raw_factor=raw_factor(config, reg, target.equipment, target.channel),
+                registry_digest=revision.digest,
             )
             for a, b in target.clipped(since_ns, until_ns):
                 async for page in reader.pages(

@@ -408,14 +408,16 @@ def recorrected_line(
     stored_conformity: str | None,
     stored_certificate: str | None,
     basis: str,
+    registry: str,
     time_ns: int,
 ) -> str:
     """A line of measurement ``reading_recorrected`` (``calgate impact --write``): the tags
     of ``reading`` plus ``certificate`` (the one the reading was re-corrected through),
     the re-corrected fields as in ``reading`` (``flags`` as :func:`line_flags` writes
     them), ``seq`` the stored reading's, the stored
-    ``value``, ``U``, ``conformity`` and ``certificate`` as ``stored_*``, and ``basis``
-    (the revisions applied, empty when none); the stored reading's time."""
+    ``value``, ``U``, ``conformity`` and ``certificate`` as ``stored_*``, ``basis`` (the
+    revisions applied, empty when none) and ``registry`` (the digest of the registry it
+    was re-evaluated with, as ``registry_loaded`` gives it); the stored reading's time."""
     tags = _reading_key(site, equipment, channel, quantity, unit).removeprefix("reading,")
     if certificate:  # tags in sorted order, as InfluxDB prefers them
         tags = f"certificate={_tag(certificate)},{tags}"
@@ -436,6 +438,8 @@ def recorrected_line(
     if stored_certificate is not None:
         parts.append(f"stored_certificate={_str(stored_certificate)}")
     parts.append(f"basis={_str(basis)}")
+    if registry:
+        parts.append(f"registry={_str(registry)}")
     if seq is not None:
         parts.append(f"seq={seq}i")
     return f"{key} {','.join(parts)} {time_ns}"

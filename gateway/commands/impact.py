@@ -134,6 +134,9 @@ def _json(outcome: Any, args: argparse.Namespace) -> dict[str, Any]:
         "since": None if outcome.since_ns is None else ns_rfc3339(outcome.since_ns),
         "until": None if outcome.until_ns is None else ns_rfc3339(outcome.until_ns),
         "rule": RULE,
+        "registry": None
+        if outcome.registry is None
+        else {k: v for k, v in outcome.registry.to_json().items() if k != "files"},
         "findings": [
             {
                 "item": f.item,
@@ -198,5 +201,13 @@ def _text(outcome: Any, args: argparse.Namespace) -> list[str]:
             lines.append(
                 f"      changed from {ns_rfc3339(r.first_changed)} to {ns_rfc3339(r.last_changed or 0)}"
             )
+    if outcome.registry is not None:
+        rev = outcome.registry
+        commit = (
+            f", git commit {rev.commit[:12]}" + (" + local changes" if rev.dirty else "")
+            if rev.commit
+            else ""
+        )
+        lines.append(f"registry: {rev.root}, digest {rev.digest[:12]}{commit}")
     lines.append(f"rule: {RULE}")
     return lines

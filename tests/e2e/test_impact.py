@@ -30,6 +30,7 @@ from servers import InfluxV1, VictoriaMetrics
 
 from gateway.cli import main
 from gateway.demo import example_registry, lab_toml
+from gateway.registry_watch import revision_of
 from gateway.service import Gateway, load_everything
 from simulators.lab import Lab
 
@@ -277,6 +278,8 @@ def test_impact_finds_recorrects_and_rejudges_the_drifted_standards_readings(
     # --write: reading_recorrected holds every re-corrected reading, at the stored times,
     # with the hand-computed values; `reading` is untouched; a second run changes nothing.
     before = influxd.rows(f"SELECT * FROM reading WHERE site='{stored.site}'", stored.db)
+    digest = revision_of(stored.registry).digest
+    assert report["registry"]["digest"] == digest
     for _ in range(2):
         code, out, err = impact(
             capsys, "-c", str(stored.config), "--standard", "WS-P1", "--write", "--json"
@@ -298,6 +301,7 @@ def test_impact_finds_recorrects_and_rejudges_the_drifted_standards_readings(
             assert got["certificate"] == "PCL-2026-0906"
             assert got["calibration"] == "suspect"
             assert (got["quality"], got["flags"]) == ("uncertain", "")  # suspect: uncertain
+            assert got["registry"] == digest
             assert (got["site"], got["channel"], got["unit"]) == (stored.site, "pressure", "mbar")
     assert influxd.rows(f"SELECT * FROM reading WHERE site='{stored.site}'", stored.db) == before
 
@@ -390,3 +394,55 @@ def test_impact_bad_input_clear_errors_and_exit_codes(
     code, _, err = impact(capsys, "-c", str(vm), "--standard", "WS-P1")
     assert code == 69
     assert "does not answer InfluxQL" in err
+
+
+async def test_impact_writes_through_the_v2_write_api(
+    victoria: VictoriaMetrics, unique_name: str
+) -> None:
+    """``--write`` with ``api = "v2"`` posts to ``/api/v2/write`` (org, bucket, token), as
+    the sink does; victoria-metrics serves that API and keeps the numeric fields."""
+    from gateway.impact import Writer
+    from gateway.settings import InfluxSettings
+    from gateway.sinks.influx import session
+    from gateway.wire import recorrected_line
+
+    settings = InfluxSettings(api="v2", url=victoria.url, org="lab", bucket=unique_name)
+    t0 = 1_796_000_000_000_000_000
+    lines = [
+        recorrected_line(
+            site=unique_name,
+            equipment="PT-101",
+            channel="pressure",
+            quantity="p",
+            unit="mbar",
+            certificate="PCL-2026-0906",
+            raw=951.0 + i,
+            value=950.0 + i,
+            u=0.04,
+            U=0.08,
+            k=2.0,
+            quality="uncertain",
+            flags="",
+            calibration="suspect",
+            conformity="fail",
+            seq=i,
+            stored_value=951.0 + i,
+            stored_U=0.08,
+            stored_conformity="pass",
+            stored_certificate="PCL-2026-0906",
+            basis="b",
+            registry="d",
+            time_ns=t0 + i * 1_000_000_000,
+        )
+        for i in range(12)
+    ]
+    async with session(settings) as http:
+        await Writer(settings.model_copy(update={"batch_size": 5}), http).write(lines)
+    series = victoria.export_until(
+        f'reading_recorrected_value{{site="{unique_name}"}}',
+        lambda s: sum(len(x["values"]) for x in s) >= 12,
+    )
+    (s,) = series
+    assert s["metric"]["certificate"] == "PCL-2026-0906"
+    assert s["values"] == [950.0 + i for i in range(12)]
+    assert s["timestamps"] == [(t0 + i * 1_000_000_000) // 1_000_000 for i in range(12)]
