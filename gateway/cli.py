@@ -48,6 +48,18 @@ def configure_logging(verbose: int, *, service: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gateway.installation import shadowing
+
+    clashes = shadowing()
+    if clashes:  # another distribution's package would run in place of calgate's
+        for line in clashes:
+            print(f"calgate: {line}", file=sys.stderr)
+        print(
+            "calgate: refusing to run: install calgate into its own virtual environment "
+            "(python3 -m venv /opt/calgate; or pipx)",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, service=args.command == "run")

@@ -32,13 +32,10 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def example_registry() -> Path:
-    """``examples/registry``: from a source checkout, or installed as package data."""
-    here = Path(__file__).resolve().parent.parent / "examples" / "registry"
-    if here.is_dir():
-        return here
-    from importlib.resources import files
+    """``examples/registry``: from a source checkout, or as installed (``share/calgate``)."""
+    from gateway.installation import example_dir
 
-    return Path(str(files("examples") / "registry"))
+    return example_dir() / "registry"
 
 
 def lab_toml(
@@ -185,6 +182,7 @@ async def run_demo(
     refresh_s: float = 1.0,
     out: Any = None,
     workdir: Path | None = None,
+    registry_dir: Path | None = None,
 ) -> int:
     from gateway.embedded_broker import EmbeddedBroker
     from gateway.live import event_line, render_rows, render_table
@@ -236,7 +234,7 @@ async def run_demo(
         path.write_text(
             lab_toml(
                 lab.endpoints(),
-                registry=example_registry(),
+                registry=(registry_dir or example_registry()).resolve(),
                 state_dir=work / "state",
                 mqtt_url=f"mqtt://127.0.0.1:{broker_port}",
                 influx=influx,

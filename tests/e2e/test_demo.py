@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import require_binary, wait_for
+from labconfig import judging_registry
 
 pytestmark = pytest.mark.e2e
 
@@ -118,3 +119,17 @@ def test_sighup_stops_the_demo_with_its_servers_and_temporary_folder() -> None:
                     os.kill(pid, signal.SIGKILL)
             if config is not None:
                 shutil.rmtree(config.parent, ignore_errors=True)
+
+
+async def test_demo_runs_on_the_registry_it_is_given(tmp_path: Path) -> None:
+    """--registry DIR: the demo corrects through that registry, not the example lab's
+    (a checkout's edited copy, or a lab's own): here BAL-02 is judged although its chain
+    is broken (judge_untraceable), which the example registry does not do."""
+    root = judging_registry(tmp_path)
+    code, out = await run_demo("--embedded-broker", "--no-influxd", "--registry", str(root))
+    assert code == 0, out
+    assert f"registry {root}" in out
+    assert "pass" in last_table(out)["BAL-02"].split()
+    code, out = await run_demo("--registry", str(tmp_path / "nowhere"))
+    assert code == 64
+    assert "--registry: " in out
