@@ -18,7 +18,11 @@ restart it continues past the rows stored, the cursors and, when rows were delet
 ``next_seq`` written with the deletion.
 
 The outbox is bounded by bytes and by age: over a bound, the oldest rows go (sent or
-not), are counted, and a ``data_dropped`` Event enters the outbox. Rows acked by every
+not), are counted, and a ``data_dropped`` Event enters the outbox. While rows keep going
+(a long outage) the drops are one episode: at most one event a second, each covering the
+whole episode so far (``oldest_seq``..``newest_seq``, ``count``), so the newest event,
+the one the bound keeps, tells everything even when the earlier ones were dropped in
+turn. The episode ends when every sink has delivered its last event. Rows acked by every
 sink are deleted in the background, and the WAL is checkpointed in a worker thread, so
 the event loop never waits for an fsync.
 """
@@ -65,6 +69,7 @@ _MAX_PENDING = 200_000  # rows buffered while SQLite refuses commits (disk full.
 _RETRY_S = 1.0  # between commit attempts while SQLite refuses them
 _CHECKPOINT_BYTES = 4 * 1024 * 1024  # written since the last checkpoint: run one
 _DELETE_CHUNK = 2_000  # delivered rows deleted per step (~2-3 ms; the loop runs between)
+_DROP_REPORT_S = 1.0  # at most one data_dropped event a second while rows keep being dropped
 
 
 class Row(NamedTuple):
@@ -204,6 +209,13 @@ class Outbox:
         self._cursors_dirty = False
         self._cursors_due = 0.0  # time.monotonic() by which dirty cursors are committed
         self._dropped = 0
+        # the drop episode not yet delivered everywhere: [oldest, newest, count], the reason
+        # of its latest drop, the seq of its latest event (0: none yet), when that was added
+        self._episode: list[int] | None = None
+        self._episode_reason = ""
+        self._episode_event = 0
+        self._reported_at = -math.inf
+        self._report_handle: asyncio.TimerHandle | None = None
         self._committed = 0
         self._closed = False
         self._checkpointing = False
@@ -322,14 +334,21 @@ class Outbox:
         finally:
             self._next = seq
 
-    def _schedule_commit(self, delay_s: float) -> bool:
-        """A commit within ``delay_s`` (or sooner, if one is due sooner); False with no loop."""
+    def _event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop to schedule on, None without one."""
         loop = self._loop  # kept by run(): get_running_loop() is a getpid() call in 3.11
         if loop is None or loop.is_closed():
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                return False  # no loop: the caller commits
+                return None
+        return loop
+
+    def _schedule_commit(self, delay_s: float) -> bool:
+        """A commit within ``delay_s`` (or sooner, if one is due sooner); False with no loop."""
+        loop = self._event_loop()
+        if loop is None:
+            return False  # no loop: the caller commits
         if self._commit_failures:
             delay_s = max(delay_s, _RETRY_S)  # SQLite is failing: retry, do not hammer
         due = loop.time() + delay_s
@@ -549,9 +568,41 @@ class Outbox:
     # ------------------------------------------------------------------ bounds
 
     def _note_drop(self, oldest: int, newest: int, count: int, reason: str) -> None:
+        """Rows ``oldest``..``newest`` (``count`` of them unsent) were dropped: add them to
+        the episode and report it now, or within a second of the last report."""
+        ep, event = self._episode, self._episode_event
+        if event and oldest <= event <= newest:
+            event = self._episode_event = 0  # the last report went in turn: still open
+        if ep is not None and event and self._slowest() >= event:
+            ep = None  # every sink delivered the last report: a new episode
+        if ep is None:
+            self._episode = [oldest, newest, count]
+        else:
+            ep[0], ep[1], ep[2] = min(ep[0], oldest), max(ep[1], newest), ep[2] + count
+        self._episode_reason = reason
+        wait_s = self._reported_at + _DROP_REPORT_S - time.monotonic()
+        if wait_s <= 0:
+            self._report_drops()
+        elif self._report_handle is None:
+            loop = self._event_loop()
+            if loop is None:
+                self._report_drops()
+            else:
+                self._report_handle = loop.call_later(wait_s, self._report_drops)
+
+    def _report_drops(self) -> None:
+        """The data_dropped event of the episode so far (and its log line)."""
+        self._report_handle = None
+        ep = self._episode
+        if ep is None or self._closed:
+            return
+        oldest, newest, count = ep
+        reason = self._episode_reason
         log.warning(
             "outbox: dropped %d undelivered rows (seq %d..%d): %s", count, oldest, newest, reason
         )
+        self._reported_at = time.monotonic()
+        self._episode_event = self._next
         self._encode(
             [
                 Event(
@@ -796,6 +847,9 @@ class Outbox:
         """Commit what is buffered, persist cursors, and close the database."""
         if self._closed:
             return
+        if self._report_handle is not None:  # drops not reported yet: report them now
+            self._report_handle.cancel()
+            self._report_drops()
         self._cursors_dirty = True
         self.commit()
         self._closed = True

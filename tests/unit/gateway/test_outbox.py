@@ -291,6 +291,41 @@ def test_bound_by_bytes_drops_the_oldest_and_says_so(db: Path) -> None:
     ob.close()
 
 
+async def test_a_long_overflow_is_one_episode_whose_newest_event_tells_it_all(db: Path) -> None:
+    """Sinks away, rows added batch after batch over a small bound: each batch drops a few
+    rows. One data_dropped event a second at most, each covering the episode so far, so
+    the newest (the one the bound keeps) counts every row dropped; once every sink has
+    delivered it, the next drop starts a new episode."""
+    ob = Outbox(db, settings(max_bytes=64 * 1024, commit_rows=10), sinks=("mqtt", "influx"))
+    for i in range(0, 600, 10):
+        ob.add([meas(j) for j in range(i, i + 10)])
+        await asyncio.sleep(0.02)  # 60 batches over about 1.2 s
+    await wait_for_async(lambda: ob.stats().pending == 0, what="commits")
+    await asyncio.sleep(1.1)  # the trailing report of the episode
+    ob.commit()
+    events = _dropped_events(ob, "mqtt")
+    dropped = ob.stats().dropped
+    assert 1 <= len(events) <= 3  # before: one event per batch, most of them dropped
+    newest = events[-1]
+    assert newest["count"] == dropped
+    first_kept = min(r.seq for r in ob.fetch_nowait("influx", 100_000) if r.kind != KIND_EVENT)
+    assert (newest["oldest_seq"], newest["newest_seq"]) == (1, first_kept - 1)
+    # both sinks deliver everything: the episode is over, the next drop reports anew
+    for sink in ("mqtt", "influx"):
+        ob.rewind(sink)
+        ob.ack(sink, [r.seq for r in ob.fetch_nowait(sink, 100_000)])
+    await asyncio.sleep(1.1)
+    ob.add([meas(j) for j in range(600, 800)])
+    ob.commit()
+    await asyncio.sleep(1.1)  # its own event may have gone over the bound: the trailing report
+    ob.commit()
+    ob.rewind("mqtt")
+    again = _dropped_events(ob, "mqtt")[-1]
+    assert again["oldest_seq"] > newest["newest_seq"]
+    assert again["count"] == ob.stats().dropped - dropped
+    ob.close()
+
+
 def test_bound_by_bytes_first_removes_rows_every_sink_acked(db: Path) -> None:
     ob = Outbox(db, settings(max_bytes=64 * 1024, commit_rows=10_000), sinks=("mqtt",))
     ob.add([meas(i) for i in range(80)])
