@@ -23,7 +23,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -94,11 +94,12 @@ class IssuedCertificate:
     location: str
     conditions: str
     standards: tuple[UsedStandard, ...]
-    points: tuple[PointResult, ...]
-    conformity: InstrumentConformity | None
+    points: tuple[PointResult, ...]  # as left (= as found when not adjusted)
+    conformity: InstrumentConformity | None  # of the as-found results
     tolerance: str | None
     decision_rule: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    as_found_points: tuple[PointResult, ...] = ()  # only when adjusted
+    as_left_conformity: InstrumentConformity | None = None  # only when adjusted
 
     @property
     def unit(self) -> str:
@@ -107,9 +108,26 @@ class IssuedCertificate:
     @property
     def as_found(self) -> str | None:
         """``conforms``, ``fails``, or None when the channel has no tolerance."""
-        if self.conformity is None:
-            return None
-        return "conforms" if self.conformity.conforms else "fails"
+        return _word(self.conformity)
+
+    @property
+    def adjusted(self) -> bool:
+        return bool(self.as_found_points)
+
+    @property
+    def as_left(self) -> str | None:
+        """After an adjustment, ``conforms`` or ``fails`` as left; None otherwise."""
+        return _word(self.as_left_conformity) if self.adjusted else None
+
+    @property
+    def found_points(self) -> tuple[PointResult, ...]:
+        return self.as_found_points or self.points
+
+
+def _word(c: InstrumentConformity | None) -> str | None:
+    if c is None:
+        return None
+    return "conforms" if c.conforms else "fails"
 
 
 # -- the registry record ----------------------------------------------------------------------
@@ -118,19 +136,24 @@ class IssuedCertificate:
 def certificate_record(cert: IssuedCertificate) -> dict[str, Any]:
     """The registry's certificate fields (ARCHITECTURE.md 4.2) of ``cert``.
 
-    The item was not adjusted, so the points are both the as-found and the as-left results
-    (``as_found`` is left out: the registry then judges the points themselves). Each
-    point keeps its ν_eff as ``dof`` (omitted when infinite), so a corrector built from
-    this certificate finds its own coverage factor.
+    ``points`` are the as-left results; ``as_found`` is written only when the item was
+    adjusted (otherwise the points are both, and the registry judges them). Each point
+    keeps its ν_eff as ``dof`` (omitted when infinite), so a corrector built from this
+    certificate finds its own coverage factor.
     """
-    points = []
-    for p in cert.points:
-        row: dict[str, Any] = {"reference": p.reference, "indicated": p.indicated, "U": p.U}
-        row["k"] = p.k
-        if math.isfinite(p.dof):
-            row["dof"] = p.dof
-        points.append(row)
-    return {
+
+    def rows(pts: Sequence[PointResult]) -> list[dict[str, Any]]:
+        out = []
+        for p in pts:
+            row: dict[str, Any] = {"reference": p.reference, "indicated": p.indicated}
+            row["U"] = p.U
+            row["k"] = p.k
+            if math.isfinite(p.dof):
+                row["dof"] = p.dof
+            out.append(row)
+        return out
+
+    record: dict[str, Any] = {
         "number": cert.number,
         "item": cert.item.id,
         "channel": cert.channel.name,
@@ -143,8 +166,11 @@ def certificate_record(cert: IssuedCertificate) -> dict[str, Any]:
         "standard_certificates": {s.equipment.id: s.certificate for s in cert.standards},
         "unit": cert.unit,
         "model": "interpolate",
-        "points": points,
+        "points": rows(cert.points),
     }
+    if cert.adjusted:
+        record["as_found"] = rows(cert.as_found_points)
+    return record
 
 
 def certificate_toml(cert: IssuedCertificate) -> str:
@@ -152,11 +178,15 @@ def certificate_toml(cert: IssuedCertificate) -> str:
     import tomli_w
 
     verdict = cert.as_found or "not judged (no tolerance)"
+    if cert.adjusted:
+        left = f"adjusted, as left: {cert.as_left or 'not judged'}"
+    else:
+        left = "not adjusted (as found = as left)"
     head = [
         f"# Issued by calgate calibrate: {cert.procedure}",
         f"# Method: {cert.method} ({', '.join(cert.norms)})",
         f"# Standards: {', '.join(f'{s.equipment.id} ({s.certificate})' for s in cert.standards)}",
-        f"# As found: {verdict}; not adjusted (as found = as left). U at k from ν_eff (GUM G.4.1).",
+        f"# As found: {verdict}; {left}. U at k from ν_eff (GUM G.4.1).",
     ]
     return "\n".join(head) + "\n" + tomli_w.dumps(certificate_record(cert))
 
@@ -257,27 +287,14 @@ def certificate_html(cert: IssuedCertificate) -> str:
             f"<td class=l>{_e(s.issued_by)}</td><td class=l>{_e(s.due.isoformat())}</td></tr>"
         )
     out.append("</table>")
-    out.append("<h2>Results</h2>")
-    out.append(
-        f"<table><tr><th>Reference value / {_e(unit)}</th><th>Indication / {_e(unit)}</th>"
-        f"<th>Error / {_e(unit)}</th><th>U / {_e(unit)}</th><th>k</th><th>ν<sub>eff</sub></th>"
-        "<th class=l>Series</th>"
-        + ("<th>MPE</th><th class=l>Decision</th>" if cert.conformity else "")
-        + "</tr>"
-    )
-    verdicts = cert.conformity.points if cert.conformity else ()
-    for i, p in enumerate(cert.points):
-        dof = "∞" if math.isinf(p.dof) else f"{p.dof:g}"
-        row = (
-            f"<tr><td>{_shown(p.reference, p.U)}</td><td>{_shown(p.indicated, p.U)}</td>"
-            f"<td>{_shown(p.error, p.U)}</td><td>{round_uncertainty(p.U)}</td>"
-            f"<td>{p.k:.2f}</td><td>{dof}</td><td class=l>{_e(p.direction)}</td>"
-        )
-        if verdicts:
-            v = verdicts[i]
-            row += f"<td>±{v.mpe:g}</td><td class=l>{_e(v.decision)}</td>"
-        out.append(row + "</tr>")
-    out.append("</table>")
+    if cert.adjusted:
+        out.append("<h2>Results as found (before adjustment)</h2>")
+        out.extend(_results_table(cert.as_found_points, cert.conformity, unit))
+        out.append("<h2>Results as left (after adjustment)</h2>")
+        out.extend(_results_table(cert.points, cert.as_left_conformity, unit))
+    else:
+        out.append("<h2>Results</h2>")
+        out.extend(_results_table(cert.points, cert.conformity, unit))
     out.append(
         "<p>The error is the indication minus the reference value. The expanded uncertainty "
         "U is the standard uncertainty multiplied by the coverage factor k, which for the "
@@ -290,7 +307,7 @@ def certificate_html(cert: IssuedCertificate) -> str:
     )
     if _has_updown(cert):
         out.append(
-            "<p>Each point is the mean of the increasing and the decreasing series "
+            "<p>Each point (as left) is the mean of the increasing and the decreasing series "
             "(hysteresis: the difference of their errors):</p><table><tr>"
             f"<th>Reference / {_e(unit)}</th><th>Error ↑ / {_e(unit)}</th>"
             f"<th>Error ↓ / {_e(unit)}</th><th>Hysteresis / {_e(unit)}</th></tr>"
@@ -315,14 +332,27 @@ def certificate_html(cert: IssuedCertificate) -> str:
     if cert.conformity is None:
         out.append("<p>No tolerance is specified for this item: no conformity statement.</p>")
     else:
-        verdict = cert.as_found or ""
-        word = "conforms to" if cert.conformity.conforms else "does not conform to"
+        for when, verdict in (
+            ("As found", cert.conformity),
+            ("As left, after adjustment", cert.as_left_conformity if cert.adjusted else None),
+        ):
+            if verdict is None:
+                continue
+            word = "conforms to" if verdict.conforms else "does not conform to"
+            out.append(
+                f'<p class="{_word(verdict)}">{when}, the item {word} the specification '
+                f"{_e(cert.tolerance or '')}.</p>"
+            )
         out.append(
-            f'<p class="{verdict}">As found, the item {word} the specification '
-            f"{_e(cert.tolerance or '')}.</p><p>Decision rule: "
-            f"{_e(_RULES.get(cert.decision_rule, cert.decision_rule))}.</p>"
+            f"<p>Decision rule: {_e(_RULES.get(cert.decision_rule, cert.decision_rule))}.</p>"
         )
-    out.append("<p>The item was not adjusted: the results are as found and as left.</p>")
+    if cert.adjusted:
+        out.append(
+            "<p>The item was adjusted after the as-found measurement and measured again: "
+            "the as-left results are the calibration results.</p>"
+        )
+    else:
+        out.append("<p>The item was not adjusted: the results are as found and as left.</p>")
     out.append(
         "<footer><p>The results relate only to the item calibrated, at the time of the "
         "calibration. This certificate may not be reproduced other than in full without "
@@ -332,6 +362,32 @@ def certificate_html(cert: IssuedCertificate) -> str:
     )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _results_table(
+    points: Sequence[PointResult], conformity: InstrumentConformity | None, unit: str
+) -> list[str]:
+    out = [
+        f"<table><tr><th>Reference value / {_e(unit)}</th><th>Indication / {_e(unit)}</th>"
+        f"<th>Error / {_e(unit)}</th><th>U / {_e(unit)}</th><th>k</th><th>ν<sub>eff</sub></th>"
+        "<th class=l>Series</th>"
+        + ("<th>MPE</th><th class=l>Decision</th>" if conformity else "")
+        + "</tr>"
+    ]
+    verdicts = conformity.points if conformity else ()
+    for i, p in enumerate(points):
+        dof = "∞" if math.isinf(p.dof) else f"{p.dof:g}"
+        row = (
+            f"<tr><td>{_shown(p.reference, p.U)}</td><td>{_shown(p.indicated, p.U)}</td>"
+            f"<td>{_shown(p.error, p.U)}</td><td>{round_uncertainty(p.U)}</td>"
+            f"<td>{p.k:.2f}</td><td>{dof}</td><td class=l>{_e(p.direction)}</td>"
+        )
+        if verdicts:
+            v = verdicts[i]
+            row += f"<td>±{v.mpe:g}</td><td class=l>{_e(v.decision)}</td>"
+        out.append(row + "</tr>")
+    out.append("</table>")
+    return out
 
 
 def _has_updown(cert: IssuedCertificate) -> bool:

@@ -14,22 +14,26 @@ import-dcc``) to the same points:
 - ``measurementResults/measurementResult``: ``usedMethods`` (the guidelines),
   ``measuringEquipments`` (each standard, ``basic_referenceStandard``, citing its
   certificate by ``referralID`` with the SHA-256 of the certificate file),
-  ``influenceConditions`` (``basic_adjustment``: not adjusted, the results are as found,
-  ``basic_beforeAdjustment``), and one ``result`` whose ``data/list`` holds the reference
-  values (``basic_referenceValue``), the indications (``basic_measuredValue``) and the
-  errors of indication with their expanded uncertainties (``basic_measurementError``,
+  ``influenceConditions`` (``basic_adjustment``: whether the item was adjusted), and the
+  ``results``: one, or after an adjustment the as-found one (``basic_asFound
+  basic_beforeAdjustment``, read back as the registry's ``as_found``) and the as-left one
+  (``basic_asLeft basic_afterAdjustment``). Each ``data/list`` holds the reference values
+  (``basic_referenceValue``), the indications (``basic_measuredValue``) and the errors of
+  indication with their expanded uncertainties (``basic_measurementError``,
   ``si:expandedUncXMLList``) as D-SI ``si:realListXMLList``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from xml.etree import ElementTree as ET
 
 from calibration import units
 from calibration.certificate_out import IssuedCertificate
 from calibration.dcc import _PREFIXES, _UNITS, DCC_NS, SI_NS, dsi_unit
 from calibration.errors import CalibrationError
+from calibration.evaluation import PointResult
 from calibration.registry import Equipment
 
 __all__ = ["SCHEMA_VERSION", "certificate_dcc", "to_dsi_unit"]
@@ -129,6 +133,29 @@ def _real_list(
         _el(unc, "si:distributionXMLList", "normal")
 
 
+def _result(
+    parent: ET.Element, name: str, pts: Sequence[PointResult], unit: str, **attrs: str
+) -> None:
+    """One ``dcc:result``: reference values, indications, errors with U and k, ν_eff."""
+    res = _el(parent, "dcc:result", **attrs)
+    _text(res, "dcc:name", name)
+    data_list = _el(_el(res, "dcc:data"), "dcc:list")
+    q = _el(data_list, "dcc:quantity", refType="basic_referenceValue")
+    _text(q, "dcc:name", "Reference value")
+    _real_list(q, [p.reference for p in pts], unit, None, None)
+    q = _el(data_list, "dcc:quantity", refType="basic_measuredValue")
+    _text(q, "dcc:name", "Indication")
+    _real_list(q, [p.indicated for p in pts], unit, None, None)
+    q = _el(data_list, "dcc:quantity", refType="basic_measurementError")
+    _text(q, "dcc:name", "Error of indication")
+    _real_list(q, [p.error for p in pts], unit, [p.U for p in pts], [p.k for p in pts])
+    dofs = [p.dof for p in pts]
+    if all(math.isfinite(d) for d in dofs):
+        q = _el(data_list, "dcc:quantity", refType="basic_effectiveDegreesOfFreedom")
+        _text(q, "dcc:name", "Effective degrees of freedom")
+        _real_list(q, dofs, "\\one", None, None)
+
+
 _DCC_CONFORMITY = {
     "pass": "pass",
     "conditional_pass": "conditionalPass",
@@ -182,16 +209,22 @@ def certificate_dcc(cert: IssuedCertificate) -> str:
     _contact(adm, "dcc:customer", cert.customer, lab.city, lab.country)
 
     statements = _el(adm, "dcc:statements")
-    if cert.conformity is not None:
-        st = _el(statements, "dcc:statement", refType="basic_conformity")
+    phases = [("As found", "basic_conformity", cert.conformity)]
+    if cert.adjusted:
+        phases.append(
+            ("As left", "basic_conformity basic_afterAdjustment", cert.as_left_conformity)
+        )
+    for when, ref_type, verdict in phases:
+        if verdict is None:
+            continue
+        st = _el(statements, "dcc:statement", refType=ref_type)
         _text(
             st,
             "dcc:declaration",
-            f"As found, {'conforms to' if cert.conformity.conforms else 'does not conform to'} "
+            f"{when}, {'conforms to' if verdict.conforms else 'does not conform to'} "
             f"{cert.tolerance}; decision rule: {cert.decision_rule} (ILAC G8:09/2019).",
         )
-        worst = cert.conformity.worst
-        _el(st, "dcc:conformity", _DCC_CONFORMITY.get(worst, "fail"))
+        _el(st, "dcc:conformity", _DCC_CONFORMITY.get(verdict.worst, "fail"))
     st = _el(statements, "dcc:statement", refType="basic_recalibration")
     _text(st, "dcc:declaration", "Recalibration is due by this date.")
     _el(st, "dcc:date", cert.due.isoformat())
@@ -219,33 +252,42 @@ def certificate_dcc(cert: IssuedCertificate) -> str:
         _maker_model_ids(me, se, manufacturer_required=False)
 
     conditions = _el(mr, "dcc:influenceConditions")
-    ic = _el(
-        conditions, "dcc:influenceCondition", refType="basic_adjustment basic_beforeAdjustment"
-    )
-    _text(ic, "dcc:name", "Adjustment")
-    _text(
-        ic,
-        "dcc:description",
-        "The item was not adjusted: the results are as found (before adjustment) and as left.",
-    )
+    if cert.adjusted:
+        ic = _el(conditions, "dcc:influenceCondition", refType="basic_adjustment")
+        _text(ic, "dcc:name", "Adjustment")
+        _text(
+            ic,
+            "dcc:description",
+            "The item was adjusted after the as-found measurement and measured again as left.",
+        )
+    else:
+        ic = _el(
+            conditions, "dcc:influenceCondition", refType="basic_adjustment basic_beforeAdjustment"
+        )
+        _text(ic, "dcc:name", "Adjustment")
+        _text(
+            ic,
+            "dcc:description",
+            "The item was not adjusted: the results are as found (before adjustment) and as left.",
+        )
 
-    res = _el(_el(mr, "dcc:results"), "dcc:result")
-    _text(res, "dcc:name", "Errors of indication")
-    data_list = _el(_el(res, "dcc:data"), "dcc:list")
-    pts = cert.points
-    q = _el(data_list, "dcc:quantity", refType="basic_referenceValue")
-    _text(q, "dcc:name", "Reference value")
-    _real_list(q, [p.reference for p in pts], unit, None, None)
-    q = _el(data_list, "dcc:quantity", refType="basic_measuredValue")
-    _text(q, "dcc:name", "Indication")
-    _real_list(q, [p.indicated for p in pts], unit, None, None)
-    q = _el(data_list, "dcc:quantity", refType="basic_measurementError")
-    _text(q, "dcc:name", "Error of indication")
-    _real_list(q, [p.error for p in pts], unit, [p.U for p in pts], [p.k for p in pts])
-    dofs = [p.dof for p in pts]
-    if all(math.isfinite(d) for d in dofs):
-        q = _el(data_list, "dcc:quantity", refType="basic_effectiveDegreesOfFreedom")
-        _text(q, "dcc:name", "Effective degrees of freedom")
-        _real_list(q, dofs, "\\one", None, None)
+    results_el = _el(mr, "dcc:results")
+    if cert.adjusted:
+        _result(
+            results_el,
+            "Errors of indication as found (before adjustment)",
+            cert.as_found_points,
+            unit,
+            refType="basic_asFound basic_beforeAdjustment",
+        )
+        _result(
+            results_el,
+            "Errors of indication as left (after adjustment)",
+            cert.points,
+            unit,
+            refType="basic_asLeft basic_afterAdjustment",
+        )
+    else:
+        _result(results_el, "Errors of indication", cert.points, unit)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from calibration.certificate_out import IssuedCertificate, Laboratory, UsedStandard
-from calibration.conformity import instrument_conformity
+from calibration.conformity import InstrumentConformity, instrument_conformity
 from calibration.dcc import add_months
 from calibration.evaluation import PointResult, Series, evaluate_point, slope_per_s
 from calibration.registry import describe_tolerance, utc_date
@@ -75,7 +75,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Operator = Callable[[str], Awaitable[None]]
+# Shows the operator a message and returns what they typed (Enter: an empty string).
+Operator = Callable[[str], Awaitable[str]]
 
 DEFAULT_INTERVAL_MONTHS = 12
 
@@ -145,6 +146,7 @@ class Procedure(_Model):
     interval_s: float = Field(default=0.5, gt=0)
     stable: Stable
     timeout_s: float = Field(default=120.0, gt=0)
+    adjust: Literal["never", "ask"] = "never"
     number_prefix: str = Field(default="CAL", pattern=r"^[A-Za-z0-9_.-]+$")
     calibration_interval_months: int = Field(default=DEFAULT_INTERVAL_MONTHS, ge=1)
     laboratory: LabSpec | None = None
@@ -446,7 +448,9 @@ class _Runner:
                 self.drivers[e.id] = make_driver(e, plan.registry, self.buses)
         self.active: dict[str, Dut] = {d.equipment.id: d for d in plan.duts}
         self.failures: list[DutFailure] = []
-        self.collected = {d.equipment.id: _Collected() for d in plan.duts}
+        self.phase = "as_found"
+        self.collected: dict[str, dict[str, _Collected]] = {"as_found": {}, "as_left": {}}
+        self.adjusted: set[str] = set()
 
     def fail(self, dut: Dut, message: str) -> None:
         log.warning("%s: %s", dut.equipment.id, message)
@@ -587,7 +591,7 @@ class _Runner:
                 duts = await self._poll_duts()
             t = time.monotonic()
             for dut_id, indicated in duts:
-                c = self.collected[dut_id]
+                c = self.collected[self.phase].setdefault(dut_id, _Collected())
                 c.reference.setdefault(key, []).append(ref)
                 c.reference_raw.setdefault(key, []).append(raw)
                 c.indicated.setdefault(key, []).append(indicated)
@@ -605,21 +609,55 @@ class _Runner:
             if gen is not None:
                 stack.push_async_callback(self._vent, gen)
                 await gen.set_output(True)
-            for step in plan.steps:
-                log.info("%s", step.label(plan.unit))
-                if gen is not None:
-                    await gen.set_setpoint(step.value)
-                elif step.load is not None:
-                    duts = ", ".join(self.active)
-                    std = f" ({step.load.standard})" if step.load.standard else ""
-                    what = (
-                        f"place {step.value:g} {plan.unit}{std}"
-                        if step.value
-                        else "empty the pan (no load)"
-                    )
-                    await self.operator(f"{what} on {duts} ({step.direction}), then press Enter")
-                await self.wait_stable(step)
-                await self.take_readings(step)
+            await self.sequence(gen)
+            if plan.procedure.adjust == "ask":
+                await self.adjust_and_repeat(gen)
+
+    async def sequence(self, gen: Any) -> None:
+        """Every step of the plan, for the DUTs active now, into ``self.phase``."""
+        plan = self.plan
+        for step in plan.steps:
+            log.info("%s: %s", self.phase.replace("_", " "), step.label(plan.unit))
+            if gen is not None:
+                await gen.set_setpoint(step.value)
+            elif step.load is not None:
+                duts = ", ".join(self.active)
+                std = f" ({step.load.standard})" if step.load.standard else ""
+                what = (
+                    f"place {step.value:g} {plan.unit}{std}"
+                    if step.value
+                    else "empty the pan (no load)"
+                )
+                await self.operator(f"{what} on {duts} ({step.direction}), then press Enter")
+            await self.wait_stable(step)
+            await self.take_readings(step)
+
+    async def adjust_and_repeat(self, gen: Any) -> None:
+        """METROLOGY. As found first; a DUT that fails may be adjusted by the operator and
+        is then measured again, as left (the flow of documenting calibrators: both results
+        on one certificate, ISO/IEC 17025 7.8.4.1 c)."""
+        failing = []
+        for dut in list(self.active.values()):
+            points = _points(self.plan, dut, self.collected["as_found"][dut.equipment.id])
+            verdict = _conformity(dut, points)
+            if verdict is not None and not verdict.conforms:
+                failing.append(dut)
+        for dut in failing:
+            answer = await self.operator(
+                f"{dut.equipment.id} fails as found: adjust it now and press Enter to measure "
+                "it again as left (type 'no' to leave it as found)"
+            )
+            if answer.strip().lower() not in ("no", "n", "skip"):
+                self.adjusted.add(dut.equipment.id)
+        if not self.adjusted:
+            return
+        others = {k: v for k, v in self.active.items() if k not in self.adjusted}
+        self.active = {k: v for k, v in self.active.items() if k in self.adjusted}
+        self.phase = "as_left"
+        try:
+            await self.sequence(gen)
+        finally:
+            self.active.update(others)
 
     async def _vent(self, gen: Any) -> None:
         from drivers.errors import DriverError
@@ -653,6 +691,58 @@ def _number(plan: Plan, dut: Dut, at: datetime, taken: set[str]) -> str:
     return number
 
 
+def _points(plan: Plan, dut: Dut, c: _Collected) -> list[PointResult]:
+    """One DUT's calibration points from what one phase collected."""
+    points: list[PointResult] = []
+    for i in sorted({s.index for s in plan.steps}):
+        keys = [k for k in ((i, "up"), (i, "down")) if k in c.reference]
+        series = [
+            Series(
+                direction=k[1],
+                reference=tuple(c.reference[k]),
+                indicated=tuple(c.indicated[k]),
+                t_s=tuple(c.t_s[k]),
+            )
+            for k in keys
+        ]
+        raws = [x for k in keys for x in c.reference_raw[k]]
+        mean_raw = math.fsum(raws) / len(raws)
+        step = next(s for s in plan.steps if s.index == i)
+        if step.load is None:
+            assert plan.reference_corrector is not None
+            assert plan.reference is not None
+            comps = plan.reference_corrector.components(mean_raw)
+            label = plan.reference.id
+        elif step.load.standard is not None:
+            comps = plan.load_correctors[step.load.standard].components(mean_raw)
+            label = step.load.standard
+        else:
+            comps, label = [], "empty pan"
+        points.append(
+            evaluate_point(
+                series,
+                reference_components=comps,
+                dut_resolution=dut.channel.resolution,
+                reference_label=label,
+            )
+        )
+    return points
+
+
+def _conformity(dut: Dut, points: Sequence[PointResult]) -> InstrumentConformity | None:
+    tol = dut.channel.tolerance
+    if tol is None:
+        return None
+    return instrument_conformity(
+        indicated=[p.indicated for p in points],
+        reference=[p.reference for p in points],
+        U=[p.U for p in points],
+        tolerance=tol,
+        rule=dut.channel.decision_rule,
+        unit=dut.channel.unit,
+    )
+
+
 def evaluate(
     plan: Plan, runner: _Runner, begin: datetime, end: datetime
 ) -> list[IssuedCertificate]:
@@ -660,59 +750,19 @@ def evaluate(
     proc = plan.procedure
     lab = proc.laboratory or LabSpec(name="calgate calibration laboratory")
     method, norms = BALANCE_METHOD if proc.balance else PRESSURE_METHOD
-    indices = sorted({s.index for s in plan.steps})
     out = []
     taken: set[str] = set()
     for dut in plan.duts:
-        if dut.equipment.id not in runner.active:
+        eq_id = dut.equipment.id
+        if eq_id not in runner.active:
             continue
-        c = runner.collected[dut.equipment.id]
-        points: list[PointResult] = []
-        for i in indices:
-            keys = [k for k in ((i, "up"), (i, "down")) if k in c.reference]
-            series = [
-                Series(
-                    direction=k[1],
-                    reference=tuple(c.reference[k]),
-                    indicated=tuple(c.indicated[k]),
-                    t_s=tuple(c.t_s[k]),
-                )
-                for k in keys
-            ]
-            raws = [x for k in keys for x in c.reference_raw[k]]
-            mean_raw = math.fsum(raws) / len(raws)
-            step = next(s for s in plan.steps if s.index == i)
-            if step.load is None:
-                assert plan.reference_corrector is not None
-                assert plan.reference is not None
-                comps = plan.reference_corrector.components(mean_raw)
-                label = plan.reference.id
-            elif step.load.standard is not None:
-                comps = plan.load_correctors[step.load.standard].components(mean_raw)
-                label = step.load.standard
-            else:
-                comps, label = [], "empty pan"
-            points.append(
-                evaluate_point(
-                    series,
-                    reference_components=comps,
-                    dut_resolution=dut.channel.resolution,
-                    reference_label=label,
-                )
-            )
-        tol = dut.channel.tolerance
-        conformity = (
-            None
-            if tol is None
-            else instrument_conformity(
-                indicated=[p.indicated for p in points],
-                reference=[p.reference for p in points],
-                U=[p.U for p in points],
-                tolerance=tol,
-                rule=dut.channel.decision_rule,
-                unit=dut.channel.unit,
-            )
+        found = _points(plan, dut, runner.collected["as_found"][eq_id])
+        left = (
+            _points(plan, dut, runner.collected["as_left"][eq_id])
+            if eq_id in runner.adjusted
+            else None
         )
+        tol = dut.channel.tolerance
         day = utc_date(end)
         months = dut.equipment.calibration_interval_months or proc.calibration_interval_months
         out.append(
@@ -734,8 +784,10 @@ def evaluate(
                 location=proc.location,
                 conditions=proc.conditions,
                 standards=plan.standards,
-                points=tuple(points),
-                conformity=conformity,
+                points=tuple(left if left is not None else found),
+                conformity=_conformity(dut, found),
+                as_found_points=tuple(found) if left is not None else (),
+                as_left_conformity=_conformity(dut, left) if left is not None else None,
                 tolerance=None if tol is None else describe_tolerance(tol),
                 decision_rule=dut.channel.decision_rule,
             )

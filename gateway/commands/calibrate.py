@@ -46,11 +46,12 @@ def _errors(lines: list[str]) -> int:
     return EX_CONFIG
 
 
-async def _prompt(message: str) -> None:
+async def _prompt(message: str) -> str:
     print(f">>> {message}", flush=True)
-    line = await asyncio.to_thread(sys.stdin.readline)
+    line: str = await asyncio.to_thread(sys.stdin.readline)
     if not line:
         raise EOFError("no operator: standard input is closed")
+    return line
 
 
 def _point_json(p: Any) -> dict[str, Any]:
@@ -145,7 +146,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                         "number": cert.number,
                         "files": [str(f) for f in files],
                         "as_found": cert.as_found,
+                        "as_left": cert.as_left,
                         "points": [_point_json(p) for p in cert.points],
+                        "as_found_points": [_point_json(p) for p in cert.as_found_points],
                     }
                 ),
                 flush=True,
@@ -170,8 +173,10 @@ def _print_summary(cert: IssuedCertificate, files: list[Path]) -> None:
     from calibration.rounding import round_result, round_uncertainty
 
     unit = cert.unit
+    left = f", adjusted, as left: {cert.as_left or 'not judged'}" if cert.adjusted else ""
     print(
-        f"{cert.item.id} {cert.channel.name}: certificate {cert.number}, as found: {cert.as_found or 'not judged'}"
+        f"{cert.item.id} {cert.channel.name}: certificate {cert.number}, "
+        f"as found: {cert.as_found or 'not judged'}{left}"
     )
     for p in cert.points:
         ref, _ = round_result(p.reference, p.U)

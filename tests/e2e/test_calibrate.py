@@ -17,6 +17,10 @@ import pytest
 from labconfig import EXAMPLE_REGISTRY
 
 from calibration import Registry, dcc
+from calibration.certificate_out import certificate_html, certificate_toml
+from calibration.dcc_out import certificate_dcc
+from gateway.calibration_run import load_procedure, plan_run, run_calibration
+from gateway.config import load_config
 from gateway.demo import lab_toml
 from simulators.faults import Fault
 from simulators.lab import Lab
@@ -24,7 +28,9 @@ from simulators.mt_sics import MtSicsSim
 
 pytestmark = pytest.mark.e2e
 
-# Quick runs: three setpoints up and down, five readings each.
+# Quick runs: a few setpoints up and down, five readings each, and a manifold that slews
+# 5 bar/s (the simulator's default is 200 mbar/s, as a real controller's).
+FAST_SLEW = 5000.0
 FAST = """
 readings = 5
 interval_s = 0.1
@@ -36,7 +42,12 @@ laboratory = {{ name = "Test Lab, pressure", accreditation = "DAkkS D-K-00000-00
 
 
 def pressure_procedure(
-    path: Path, setpoints: Sequence[float], *, max_std: float = 0.06, timeout_s: float = 30.0
+    path: Path,
+    setpoints: Sequence[float],
+    *,
+    max_std: float = 0.06,
+    timeout_s: float = 30.0,
+    extra: str = "",
 ) -> Path:
     path.write_text(
         "[procedure]\n"
@@ -44,7 +55,7 @@ def pressure_procedure(
         'generator = "PC-01"\nreference = "PC-01"\nreference_channel = "pressure"\n'
         'duts = [{ id = "PT-101", channel = "pressure" }, { id = "PT-102" }]\n'
         f"setpoints = [{', '.join(str(s) for s in setpoints)}]\n"
-        'cycles = "up-down"\n' + FAST.format(max_std=max_std, timeout_s=timeout_s)
+        'cycles = "up-down"\n' + FAST.format(max_std=max_std, timeout_s=timeout_s) + extra
     )
     return path
 
@@ -89,6 +100,7 @@ async def test_pressure_run_recovers_each_transmitters_error_and_issues_usable_c
     out = tmp_path / "out"
     setpoints = [300.0, 1000.0, 1700.0]
     async with Lab(fixed_ports=False, opcua=False, seed=3) as lab:
+        lab.manifold.slew_per_s = FAST_SLEW
         config = config_for(lab.endpoints(), tmp_path, registry)
         proc = pressure_procedure(tmp_path / "proc.toml", setpoints)
         code, stdout, err = await calgate(
@@ -163,12 +175,64 @@ async def test_pressure_run_recovers_each_transmitters_error_and_issues_usable_c
     assert json.loads(text)["certificate"] == rows["PT-101"]["number"]
 
 
+async def test_a_dut_failing_as_found_is_adjusted_and_measured_again_as_left(
+    tmp_path: Path,
+) -> None:
+    registry = registry_copy(tmp_path)
+    async with Lab(fixed_ports=False, opcua=False, seed=8) as lab:
+        lab.manifold.slew_per_s = FAST_SLEW
+        pt102 = lab.transmitters.devices[int(lab.endpoints()["PT-102"]["unit"])]
+        pt102.offset = 9.0  # beyond PT-102's EN 837 class 0.25 of 2500 mbar: ±6.25 mbar
+        config = load_config(config_for(lab.endpoints(), tmp_path, registry))
+        procedure = load_procedure(
+            pressure_procedure(tmp_path / "p.toml", [400.0, 1600.0], extra='adjust = "ask"\n')
+        )
+        plan = plan_run(config, Registry.load(registry), procedure)
+        prompts: list[str] = []
+
+        async def technician(message: str) -> str:
+            prompts.append(message)
+            pt102.offset = 0.2  # trims the transmitter's zero
+            return "\n"
+
+        outcome = await run_calibration(plan, operator=technician)
+    assert len(prompts) == 1
+    assert prompts[0].startswith("PT-102 fails as found: adjust it now")
+    assert outcome.failures == ()
+    certs = {c.item.id: c for c in outcome.certificates}
+    assert not certs["PT-101"].adjusted
+    assert certs["PT-101"].as_left is None
+    c = certs["PT-102"]
+    assert (c.adjusted, c.as_found, c.as_left) == (True, "fails", "conforms")
+    assert len(c.as_found_points) == len(c.points) == 2
+    for p in c.as_found_points:
+        assert abs(p.error - 9.0) <= p.U, p
+    for p in c.points:
+        assert abs(p.error - 0.2) <= p.U, p
+    # The registry takes both results and judges the item by its as-found ones.
+    (registry / "certificates" / f"{c.number}.toml").write_text(certificate_toml(c))
+    reg = Registry.load(registry)
+    stored = reg.certificate(c.number)
+    assert stored is not None
+    assert [q.indicated for q in stored.as_found] == [p.indicated for p in c.as_found_points]
+    assert [q.indicated for q in stored.points] == [p.indicated for p in c.points]
+    assert reg.conforms(stored) is False
+    # The DCC carries both: the as-found result reads back as as_found.
+    doc = dcc.read(certificate_dcc(c).encode())
+    assert [q.reference for q in doc.as_found] == [p.reference for p in c.as_found_points]
+    assert [q.reference for q in doc.points] == [p.reference for p in c.points]
+    html = certificate_html(c)
+    assert "Results as found (before adjustment)" in html
+    assert "As left, after adjustment, the item conforms to" in html
+
+
 async def test_a_point_that_never_settles_ends_the_run_without_certificates(
     tmp_path: Path,
 ) -> None:
     registry = registry_copy(tmp_path)
     out = tmp_path / "out"
     async with Lab(fixed_ports=False, opcua=False, seed=4) as lab:
+        lab.manifold.slew_per_s = FAST_SLEW
         config = config_for(lab.endpoints(), tmp_path, registry)
         # The manifold's noise (0.02 mbar) never lets the spread fall below 1 µbar.
         proc = pressure_procedure(tmp_path / "p.toml", [500.0, 900.0], max_std=1e-6, timeout_s=2.0)
@@ -186,6 +250,7 @@ async def test_a_dut_that_goes_offline_mid_run_gets_no_certificate(tmp_path: Pat
     registry = registry_copy(tmp_path)
     out = tmp_path / "out"
     async with Lab(fixed_ports=False, opcua=False, seed=5) as lab:
+        lab.manifold.slew_per_s = FAST_SLEW
         config = config_for(lab.endpoints(), tmp_path, registry)
         proc = pressure_procedure(tmp_path / "p.toml", [400.0, 800.0])
         task = asyncio.create_task(
@@ -212,6 +277,7 @@ async def test_an_untraceable_reference_is_refused_before_anything_moves(tmp_pat
     (registry / "certificates" / "NIM-LP-2025-0417.xml").unlink()  # REF-P1's NMI certificate
     out = tmp_path / "out"
     async with Lab(fixed_ports=False, opcua=False, seed=6) as lab:
+        lab.manifold.slew_per_s = FAST_SLEW
         config = config_for(lab.endpoints(), tmp_path, registry)
         setpoint = lab.manifold.setpoint
         proc = pressure_procedure(tmp_path / "p.toml", [400.0, 800.0])
