@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.wire import finite, json_safe, rfc3339
+from gateway.wire import event_payload, finite, json_safe, rfc3339
 
 if TYPE_CHECKING:
     from calibration import Channel, Registry
@@ -131,19 +131,11 @@ def board(
 
 
 def event_json(n: int, e: Event) -> dict[str, Any]:
-    """An event as the console lists it; ``n`` counts the events the console has seen."""
-    out: dict[str, Any] = {
-        "n": n,
-        "ts": rfc3339(e.t_wall),
-        "type": e.type,
-        "severity": e.severity,
-        "equipment": e.equipment,
-        "channel": e.channel,
-        "message": e.message,
-    }
-    for key, value in e.detail.items():
-        out.setdefault(key, json_safe(value))
-    return out
+    """An event as the console lists it: its MQTT payload (:func:`gateway.wire.event_payload`)
+    with ``n``, the count of events the console has seen, in place of ``seq``."""
+    payload = json_safe(event_payload(e, 0))
+    del payload["seq"]
+    return {"n": n, **payload}
 
 
 def due_json(entries: Iterable[DueEntry], on: date) -> dict[str, Any]:
