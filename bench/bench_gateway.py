@@ -10,7 +10,9 @@ MQTT delivery. Prints one JSON line.
 
     python bench/bench_gateway.py --devices 100 --period-ms 100 --seconds 30
 
-``--registers K`` gives every transmitter a block of K live int16 registers (the
+``--sse-clients N`` keeps N lab-console pages connected to the gateway's ``/api/stream``
+(server-sent events) during the run, as N browsers on a wall screen would, and reports
+the updates each received. ``--registers K`` gives every transmitter a block of K live int16 registers (the
 simulator's ``block_registers``) read as K channels in one request (block reads);
 ``--profile`` samples the gateway with py-spy during the measured window and prints its
 top functions to stderr. The gateway's ``/metrics`` is scraped before and after the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -191,6 +194,45 @@ class Counter:
         self.client.disconnect()
 
 
+class ConsolePages:
+    """N connections to the console's event stream, each counting the updates it reads
+    (what a browser's EventSource does, without a browser's own CPU in the figures)."""
+
+    MARK = b"\nevent: update\n"
+
+    def __init__(self, port: int, n: int) -> None:
+        self.updates = [0] * n
+        self.socks: list[socket.socket] = []
+        for i in range(n):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Accept: text/event-stream\r\n\r\n")  # fmt: skip
+            self.socks.append(sock)
+            threading.Thread(target=self._read, args=(i, sock), daemon=True).start()
+
+    def _read(self, i: int, sock: socket.socket) -> None:
+        tail = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            data = tail + chunk
+            self.updates[i] += data.count(self.MARK)
+            tail = data[-(len(self.MARK) - 1) :]
+
+    def counts(self) -> list[int]:
+        return list(self.updates)
+
+    def close(self) -> None:
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
 def wait_until(check: object, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -276,6 +318,8 @@ def main() -> int:
                     help="an [outbox] setting, e.g. tail_rows=5000 (repeatable)")  # fmt: skip
     ap.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
                     help="[gateway] event_loop")  # fmt: skip
+    ap.add_argument("--sse-clients", type=int, default=0, metavar="N",
+                    help="N lab-console pages following /api/stream during the run")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -350,6 +394,7 @@ def main() -> int:
             print((work / "gateway.log").read_text()[-3000:], file=sys.stderr)
             return 1
         startup_s = time.monotonic() - started
+        pages = ConsolePages(http_port, args.sse_clients) if args.sse_clients else None
         time.sleep(args.warmup)  # a benchmark's warm-up, not a readiness wait
         if gw.poll() is not None:
             print((work / "gateway.log").read_text()[-3000:], file=sys.stderr)
@@ -365,6 +410,7 @@ def main() -> int:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         (u0, s0), t0 = cpu_split(gw.pid), time.monotonic()
+        pushed0 = pages.counts() if pages else []
         with counter.lock:
             counter.measuring = True
         time.sleep(args.seconds)
@@ -372,7 +418,10 @@ def main() -> int:
             counter.measuring = False
             n, lat = counter.count, sorted(counter.latencies)
         (u1, s1), t1 = cpu_split(gw.pid), time.monotonic()
+        pushed = [b - a for a, b in zip(pushed0, pages.counts(), strict=True)] if pages else []
         m1 = scrape(http_port)
+        if pages is not None:
+            pages.close()
         rss = peak_rss_mb(gw.pid)
         counter.stop()
         elapsed = t1 - t0
@@ -401,6 +450,8 @@ def main() -> int:
             "missed_deadlines": delta("calgate_missed_deadlines_total"),
             "poll_errors": delta("calgate_poll_errors_total"),
             "startup_s": round(startup_s, 1),
+            "sse_clients": args.sse_clients,
+            "sse_updates_per_client_per_s": [round(c / elapsed, 2) for c in pushed],
             "profiled": bool(args.profile),
         }
         print(json.dumps(result), flush=True)

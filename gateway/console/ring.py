@@ -2,10 +2,13 @@
 
 The poll path is not touched: :meth:`Recorder.sample` runs on the console's own timer
 (every ``sample_s``) and copies each channel's latest Measurement — the one the monitor
-already keeps (``ChannelState.last``) — into that channel's ring when it is a new one.
-A channel polled faster than ``sample_s`` is thus plotted at ``sample_s``; one polled
-slower shows every reading. Each ring is three preallocated ``array('d')`` (time, value,
-U), so memory is fixed: ``window_s / max(sample_s, interval_s)`` samples per channel.
+already keeps (``ChannelState.last``) — into that channel's ring when it is a new one
+(another acquisition time) and at least ~``step_s`` (1 s) after the last one kept; the
+ring keeps numbers, never the Measurement.
+A channel polled faster than once a second is thus plotted about once a second; one
+polled slower shows every reading. Each ring is three preallocated ``array('d')`` (time,
+value, U), so memory is fixed: ``window_s / max(step_s, interval_s)`` samples per
+channel (24 bytes each: 7 KiB per channel for 5 minutes).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ Sample = tuple[float, float, float]  # (epoch seconds, value, U); NaN where ther
 class Ring:
     """A fixed-size ring of (t, value, U) samples, oldest overwritten first."""
 
-    __slots__ = ("_U", "_i", "_n", "_t", "_v", "capacity", "last", "written")
+    __slots__ = ("_U", "_i", "_n", "_t", "_v", "capacity", "last_mono", "written")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -39,7 +42,7 @@ class Ring:
         self._i = 0  # the next slot written
         self._n = 0  # samples held
         self.written = 0  # samples ever appended
-        self.last: object | None = None  # the Measurement last copied in
+        self.last_mono = -math.inf  # acquisition (monotonic) of the last Measurement copied in
 
     def __len__(self) -> int:
         return self._n
@@ -82,9 +85,13 @@ def _sample_of(m: Measurement) -> Sample:
 class Recorder:
     """The rings of every channel, filled from the monitor's states by :meth:`sample`."""
 
-    def __init__(self, *, window_s: float, sample_s: float) -> None:
+    def __init__(self, *, window_s: float, sample_s: float, step_s: float = 1.0) -> None:
         self.window_s = window_s
         self.sample_s = sample_s
+        self.step_s = max(step_s, sample_s)
+        # a new acquisition this much after the last one kept is kept: each reading of
+        # an instrument polled every step_s or slower, about one per step_s of a faster one
+        self._min_gap_s = 0.75 * self.step_s
         self.rings: dict[tuple[str, str], Ring] = {}
         self._interval_s: dict[str, float] = {}
 
@@ -95,13 +102,14 @@ class Recorder:
             del self.rings[key]
 
     def _capacity(self, equipment: str) -> int:
-        step = max(self.sample_s, self._interval_s.get(equipment, self.sample_s))
+        step = max(self.step_s, self._interval_s.get(equipment, self.step_s))
         return max(2, math.ceil(self.window_s / step) + 1)
 
     def sample(self, states: Mapping[str, EquipmentState]) -> int:
         """Copy every channel's latest Measurement in, when new; returns how many were."""
         added = 0
         rings = self.rings
+        gap = self._min_gap_s
         for eq_id, st in states.items():
             for name, ch in st.channels.items():
                 m = ch.last
@@ -110,9 +118,10 @@ class Recorder:
                 ring = rings.get((eq_id, name))
                 if ring is None:
                     ring = rings[(eq_id, name)] = Ring(self._capacity(eq_id))
-                elif ring.last is m:
-                    continue
-                ring.last = m
+                t_mono = m.reading.t_mono
+                if t_mono - ring.last_mono < gap:
+                    continue  # the one copied last time, or too soon after it
+                ring.last_mono = t_mono
                 ring.append(*_sample_of(m))
                 added += 1
         return added

@@ -168,6 +168,25 @@ async def test_a_person_sees_the_lab_live(tmp_path: Path, browser: Any) -> None:
             )
             assert "critical" in events
             await until(browser, lambda d: "offline" in row_texts(d)["BAL-01"], "BAL-01 offline")
+
+            # the events filtered by type, then by equipment
+            def choose(d: Any, select: str, value: str) -> bool:
+                from selenium.webdriver.common.by import By
+                from selenium.webdriver.support.ui import Select
+
+                Select(d.find_element(By.ID, select)).select_by_value(value)
+                return True
+
+            await asyncio.to_thread(choose, browser, "filter-type", "equipment_offline")
+            only = await asyncio.to_thread(text_of, browser, "#events")
+            assert "BAL-01 does not answer" in only
+            assert "calibration untraceable" not in only
+            await asyncio.to_thread(choose, browser, "filter-type", "")
+            await asyncio.to_thread(choose, browser, "filter-equipment", "BAL-02")
+            only = await asyncio.to_thread(text_of, browser, "#events")
+            assert "calibration untraceable" in only
+            assert "BAL-01" not in only
+            await asyncio.to_thread(choose, browser, "filter-equipment", "")
             shot = tmp_path / "console.png"
             await asyncio.to_thread(screenshot, browser, shot)
             assert shot.stat().st_size > 10_000

@@ -85,8 +85,9 @@ class Source:
     def poll(self, equipment: str, raw: float, *, t: datetime | None = None) -> list[Event]:
         """One poll's reading through the pipeline and the monitor, as the gateway does."""
         ch = self.registry.require(equipment).channel_names[0]
+        t = t or self.now
         r = Reading(equipment=equipment, channel=ch, raw=raw, unit=UNITS[equipment],
-                    t_wall=t or self.now, t_mono=0.0, flags=frozenset({"stable"}))  # fmt: skip
+                    t_wall=t, t_mono=t.timestamp(), flags=frozenset({"stable"}))  # fmt: skip
         events = self.monitor.answered(equipment)
         ms = self.pipeline.process([r])
         return events + self.monitor.measurements(ms, lambda e, c: _limits(self.registry, e, c))

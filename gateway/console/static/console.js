@@ -173,6 +173,11 @@ function chainNode(n) {
 }
 
 async function showDetail() {
+  state.loadingDetail = true;
+  try { await detail(); } finally { state.loadingDetail = false; }
+}
+
+async function detail() {
   const id = state.selected;
   state.chainFor = id;
   document.getElementById("detail-title").textContent = `${id}: traceability chain and live plot`;
@@ -280,11 +285,14 @@ function addEvents(list) {
 function applyUpdate(doc) {
   applyBoard(doc);
   addEvents(doc.events);
+  let missing = false;
   for (const [key, pts] of Object.entries(doc.points)) {
     mergePoints(key, pts, false);
     const p = state.plots[key];
     if (p) p.plot.setData(plotData(key, p.limits));
+    else if (key.startsWith(`${state.selected}/`)) missing = true;
   }
+  if (missing && !state.loadingDetail) showDetail();  // its first samples: now it has a plot
   const live = document.getElementById("live");
   live.dataset.state = "live";
   live.textContent = `live · updated ${hms(doc.now)}`;

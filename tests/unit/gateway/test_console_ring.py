@@ -44,9 +44,9 @@ def test_recorder_copies_each_new_measurement_once_sized_by_interval() -> None:
                          lambda e, c: None)  # fmt: skip
         assert rec.sample(mon.states) == 2
         assert rec.sample(mon.states) == 0  # the same ones: nothing new
-    assert rec.rings[("FAST", "p")].capacity == 21  # 10 s at the 0.5 s sampling
+    assert rec.rings[("FAST", "p")].capacity == 11  # 10 s at one sample a second
     assert rec.rings[("SLOW", "p")].capacity == 6  # 10 s at its 2 s polls
-    assert [s[1] for s in rec.series("FAST", "p")] == [float(i) for i in range(9, 30)]
+    assert [s[1] for s in rec.series("FAST", "p")] == [float(i) for i in range(19, 30)]
     mon.measurements([measurement("FAST", math.nan, t + 31, None)], lambda e, c: None)
     rec.sample(mon.states)
     last = rec.series("FAST", "p")[-1]
@@ -55,3 +55,16 @@ def test_recorder_copies_each_new_measurement_once_sized_by_interval() -> None:
     rec.set_intervals({"FAST": 0.1})  # SLOW left the config
     assert rec.series("SLOW", "p") == []
     assert list(rec) == [("FAST", "p")]
+
+
+def test_a_fast_channel_is_kept_about_once_a_second() -> None:
+    mon = Monitor()
+    rec = Recorder(window_s=60.0, sample_s=0.5)
+    rec.set_intervals({"FAST": 0.1})
+    t = 1_800_000_000.0
+    for i in range(100):  # 10 s of 10 Hz polls, the console's timer every 0.5 s
+        mon.measurements([measurement("FAST", float(i), t + i / 10)], lambda e, c: None)
+        if i % 5 == 0:
+            rec.sample(mon.states)
+    times = [s[0] - t for s in rec.series("FAST", "p")]
+    assert times == pytest.approx([float(k) for k in range(10)])
