@@ -413,6 +413,7 @@ class ChannelReport:
     certificates_stored: set[str] = field(default_factory=set)
     certificates_now: set[str] = field(default_factory=set)
     written: int = 0
+    polled: bool = True  # by the gateway of this config (else nothing of it is stored)
 
     def to_json(self) -> dict[str, Any]:
         def t(ns: int | None) -> str | None:
@@ -434,6 +435,7 @@ class ChannelReport:
             "certificates_stored": sorted(self.certificates_stored),
             "certificates_now": sorted(self.certificates_now),
             "written": self.written,
+            "polled": self.polled,
         }
 
 
@@ -720,6 +722,7 @@ async def run(
         )
     revisions = Revisions(reg)
     revision = revision_of(config.registry_dir)
+    polled = {e.id for e in config.equipment}
     since_ns = None if since is None else time_ns(since)
     until_ns = None if until is None else time_ns(until)
     outcome = Outcome(selection, [], since_ns, until_ns, registry=revision)
@@ -735,7 +738,8 @@ async def run(
                 raw_factor=raw_factor(config, reg, target.equipment, target.channel),
                 registry_digest=revision.digest,
             )
-            for a, b in target.clipped(since_ns, until_ns):
+            ev.report.polled = target.equipment in polled
+            for a, b in target.clipped(since_ns, until_ns) if ev.report.polled else ():
                 async for page in reader.pages(
                     config.gateway.site, target.equipment, target.channel, a, b, page_size
                 ):

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from calibration import Registry
     from gateway.outbox import Outbox
+    from gateway.registry_watch import RegistryRevision
     from gateway.scheduler import Supervisor
     from gateway.sinks.base import Sink
     from gateway.sinks.history import HistorySink
@@ -158,6 +159,7 @@ class Gateway:
         self._frozen = False  # gc.freeze()d after start (serve_forever)
         self._started_at = datetime.now(UTC)
         self.started = False
+        self.registry_revision: RegistryRevision | None = None  # the registry applied
 
     @property
     def registry(self) -> Registry | None:
@@ -196,6 +198,7 @@ class Gateway:
         self._spawn(self.outbox.run(), "outbox")
         await self._start_sinks()
         self._register_scrape_hooks()
+        self._registry_loaded(reload=False)
         if cfg.http.enabled:
             from gateway.console import Console
             from gateway.status import StatusServer
@@ -407,7 +410,17 @@ class Gateway:
             "site": self.config.gateway.site,
             "equipment": sorted(e.id for e in self.config.equipment),
             "started": rfc3339(self._started_at),
+            "registry": self._registry_summary(files=False),
         }
+
+    def _registry_summary(self, *, files: bool) -> dict[str, Any] | None:
+        rev = self.registry_revision
+        if rev is None:
+            return None
+        out = rev.to_json()
+        if not files:
+            out.pop("files")
+        return out
 
     def status(self) -> dict[str, Any]:
         """``GET /status``: the gateway, every equipment's state, the outbox and sinks."""
@@ -418,6 +431,7 @@ class Gateway:
                 "id": self.config.gateway.id,
                 "site": self.config.gateway.site,
                 "event_loop": eventloop.name(asyncio.get_running_loop()),
+                "registry": self._registry_summary(files=True),
             },
             "equipment": {k: self.monitor.state(k).summary() for k in sorted(self._equipment)},
         }
@@ -471,6 +485,7 @@ class Gateway:
                 return
             for line in registry.problems:  # entries of equipment not polled: left out
                 log.warning("reload: registry entry left out: %s", line)
+            old_registry = self.registry
             self.pipeline.swap_registry(registry)
             new = {e.id: e for e in config.equipment}
             for eq_id, (_, entry, _) in list(self._equipment.items()):
@@ -481,6 +496,7 @@ class Gateway:
             for name in _needs_restart(self.config, config):
                 log.warning("reload: %s changed; it applies at the next restart", name)
             self.config = _replace_equipment(self.config, config)
+            self._registry_loaded(reload=True, old=old_registry)
             for eq_id, entry in new.items():
                 if eq_id not in self._equipment:
                     self._start_equipment(entry)
@@ -491,6 +507,28 @@ class Gateway:
             if self._frozen:  # the old config and registry go; the new ones are frozen
                 self._freeze_heap(collect=True)
             sdnotify.ready()
+
+    def _registry_loaded(self, *, reload: bool, old: Registry | None = None) -> None:
+        """``registry_loaded`` with the registry's digests (and git commit), and after a
+        reload the events its changes owe the readings already made, once
+        (:mod:`gateway.registry_watch`)."""
+        from gateway.config import configured_channels
+        from gateway.registry_watch import changes, loaded_event, revision_of
+
+        reg = self.registry
+        if reg is None:
+            return
+        at = self.clock()
+        self.registry_revision = rev = revision_of(self.config.registry_dir)
+        events = [loaded_event(rev, at, reload=reload)]
+        if old is not None:
+            polled = []
+            for entry in self.config.equipment:
+                eq = reg.equipment(entry.id)
+                names = set(eq.channel_names) if eq is not None else set()
+                polled += [(entry.id, ch) for ch, _ in configured_channels(entry, names)]
+            events += changes(old, reg, polled, config=self.config.path, at=at)
+        self.results.emit(events)
 
     def _forget_equipment(self, eq_id: str) -> None:
         """An equipment left the config: its state, metric series and retained status go."""

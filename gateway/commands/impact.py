@@ -183,6 +183,9 @@ def _text(outcome: Any, args: argparse.Namespace) -> list[str]:
             for a, b in t.windows
         )
         lines.append(f"  {t.equipment}/{t.channel}  ({', '.join(t.certificates)}: {wins})")
+        if not r.polled:
+            lines.append("      not polled by this gateway: no readings of it are stored")
+            continue
         if r.readings == 0:
             lines.append("      no stored readings in the window")
             continue

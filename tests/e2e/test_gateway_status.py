@@ -26,6 +26,7 @@ from servers import InfluxV1, Mosquitto
 
 from calibration import Registry
 from gateway.demo import example_registry, lab_toml
+from gateway.registry_watch import revision_of
 from simulators.lab import Lab
 
 pytestmark = pytest.mark.e2e
@@ -144,10 +145,12 @@ async def test_http_status_metrics_and_systemd_notify(
 
                 now = datetime.now(UTC)
                 st = status()
+                applied = revision_of(example_registry())  # the registry it applied
                 assert st["gateway"] == {
                     "id": "edge-status",
                     "site": f"status-{unique_name[-8:]}",
                     "event_loop": "uvloop",  # the default of [gateway] event_loop
+                    "registry": applied.to_json(),
                 }
                 assert set(st["equipment"]) == EQUIPMENT
                 for eq_id, eq in st["equipment"].items():

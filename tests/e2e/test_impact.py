@@ -240,6 +240,7 @@ def test_impact_finds_recorrects_and_rejudges_the_drifted_standards_readings(
     # Everything calibrated with WS-P1 while in doubt, and WS-P1 itself (not polled).
     assert set(channels) == {"WS-P1", *PRESSURE}
     assert channels["WS-P1"]["readings"] == 0
+    assert channels["WS-P1"]["polled"] is False
     # Exactly the stored readings of each window (PT-101's certificate from 2026-09-06,
     # PC-01's from 2026-09-05, PT-102's from 2025-12-01): the old PT-101 rows are out.
     since = {"PT-101": date(2026, 9, 6), "PC-01": date(2026, 9, 5), "PT-102": date(2025, 12, 1)}
@@ -368,7 +369,7 @@ def test_impact_bad_input_clear_errors_and_exit_codes(
         capsys, "-c", cfg, "--standard", "WS-P1", "--since", "2020-01-01", "--until", "2020-02-01"
     )
     assert code == 0
-    assert out.count("no stored readings in the window") == 4
+    assert out.count("no stored readings in the window") == 3
     # The database unreachable: 69, as `calgate run` for an unavailable resource.
     dead = stored.config.with_name("dead.toml")
     dead.write_text(
