@@ -1,4 +1,4 @@
-"""The ``calgate`` command line (ARCHITECTURE.md 4.1)."""
+"""The ``calgate`` command line (docs/interfaces.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import commands
+from gateway.installation import docs_dir
 
 __all__ = ["EX_CONFIG", "EX_USAGE", "build_parser", "configure_logging", "main"]
 
@@ -23,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="calgate",
         description="Edge gateway for metrology labs: traceable, corrected measurements "
         "with GUM uncertainty, over MQTT and into InfluxDB.",
+        epilog=f"Reference (registry format, MQTT/InfluxDB/HTTP contracts, simulators): "
+        f"{docs_dir() / 'README.md'}",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -7,8 +7,9 @@ environment or earlier on ``sys.path``, would be imported in its place and fail 
 strange ways far from the cause. :func:`shadowing` names every such clash, and the CLI
 refuses to run while there is one (install calgate into its own virtual environment).
 
-The example lab is data, not an import package: ``examples/`` of a source checkout, or
-``{prefix}/share/calgate/examples`` of an installed wheel.
+The example lab and the reference are data, not import packages: ``examples/`` and
+``docs/`` of a source checkout, or ``{prefix}/share/calgate/examples`` and ``…/docs`` of
+an installed wheel.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import importlib.util
 import sysconfig
 from pathlib import Path
 
-__all__ = ["PACKAGES", "example_dir", "shadowing"]
+__all__ = ["PACKAGES", "docs_dir", "example_dir", "shadowing"]
 
 PACKAGES = ("gateway", "drivers", "calibration", "simulators")
 _HOME = Path(__file__).resolve().parent.parent  # where gateway/ is, and its siblings
@@ -55,14 +56,25 @@ def shadowing() -> list[str]:
 
 def example_dir() -> Path:
     """The example lab: the checkout's ``examples/``, else the installed copy."""
-    here = _HOME / "examples"
-    if (here / "registry").is_dir():
+    return _data("examples", "calgate-lab.toml")
+
+
+def docs_dir() -> Path:
+    """The reference (``docs/``): the checkout's, else the installed copy."""
+    return _data("docs", "README.md")
+
+
+def _data(folder: str, marker: str) -> Path:
+    """``folder`` of the checkout, else of ``share/calgate`` where the wheel put it
+    (found through the distribution's file list: the prefix of a venv, ``--user``...)."""
+    here = _HOME / folder
+    if (here / marker).is_file():
         return here
     try:
         dist = importlib.metadata.distribution(_DIST)
     except importlib.metadata.PackageNotFoundError:
         dist = None
     for f in (dist.files or []) if dist is not None else []:
-        if f.as_posix().endswith("share/calgate/examples/calgate-lab.toml"):
+        if f.as_posix().endswith(f"share/calgate/{folder}/{marker}"):
             return Path(str(dist.locate_file(f))).resolve().parent  # type: ignore[union-attr]
-    return Path(sysconfig.get_path("data")) / "share" / "calgate" / "examples"
+    return Path(sysconfig.get_path("data")) / "share" / "calgate" / folder

@@ -4,7 +4,7 @@ Prints the corrected value with u, U and k (rounded for display per GUM 7.2.6 / 
 P14: U to two significant digits, the value to the same decimal place), the calibration
 status with its reasons, the certificate and its chain to the NMI, the conformity against
 the channel's limits, and the uncertainty budget naming each certificate of the chain.
-``--json`` prints the MQTT Measurement payload (ARCHITECTURE.md 4.3, full precision,
+``--json`` prints the MQTT Measurement payload (docs/interfaces.md, full precision,
 ``seq`` 0) plus ``chain`` (certificate numbers, item → NMI).
 """
 

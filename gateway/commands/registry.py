@@ -2,7 +2,7 @@
 
 ``check`` loads a registry directory and lists every problem (exit 78), else prints each
 item's calibration status today. ``chain`` prints an item's traceability tree at a time,
-each link with its status and reasons (``--json``: the tree of ARCHITECTURE.md 4.1).
+each link with its status and reasons (``--json``: the tree of docs/interfaces.md).
 ``trace`` is the reverse trace of a standard. ``import-dcc`` reads a PTB Digital
 Calibration Certificate, resolves its item and standards against the registry, copies it
 into ``certificates/`` and checks the whole registry again.
@@ -21,6 +21,7 @@ from typing import Any
 from calibration import ChainNode, Registry, RegistryError
 from calibration.errors import CalibrationError
 from gateway.cli import EX_CONFIG, EX_USAGE
+from gateway.installation import docs_dir
 
 __all__ = ["load_or_report", "parse_at", "register"]
 
@@ -311,7 +312,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "registry",
         help="check a calibration registry, print traceability chains, import DCCs",
-        description="The calibration registry: equipment and certificates (ARCHITECTURE.md 4.2).",
+        description="The calibration registry: equipment and certificates. The file format, "
+        f"every field and the rules: {docs_dir() / 'registry.md'}",
     )
     sub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
 

@@ -36,12 +36,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return whl
 
 
-def test_the_wheel_installs_four_packages_and_the_example_lab_as_data(wheel: Path) -> None:
+def test_the_wheel_installs_four_packages_and_the_example_lab_and_docs_as_data(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].startswith("calgate-")}
     assert top == {"gateway", "drivers", "calibration", "simulators"}  # no "examples"
     data = {n.split(".data/data/", 1)[1] for n in names if ".data/data/" in n}
-    for f in (ROOT / "examples").rglob("*"):
+    for f in [*(ROOT / "examples").rglob("*"), *(ROOT / "docs").rglob("*")]:
         if f.is_file():
             assert f"share/calgate/{f.relative_to(ROOT).as_posix()}" in data, f
 

@@ -1,0 +1,57 @@
+"""docs/ is the user's reference: it names every registry field, command, metric and
+payload field the code has, and the CLI points to it (not to files outside the repo)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from records import meas
+
+from calibration.conformity import OimlR76, Tolerance
+from calibration.registry import Certificate, Channel, Equipment, Point
+from gateway.cli import build_parser
+from gateway.installation import docs_dir
+from gateway.metrics import Metrics
+from gateway.wire import measurement_payload
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+
+
+@pytest.mark.parametrize("model", [Equipment, Channel, Certificate, Point, Tolerance, OimlR76])
+def test_the_registry_page_names_every_field(model: type) -> None:
+    text = (DOCS / "registry.md").read_text()
+    fields = {
+        (f.alias or name)
+        for name, f in model.model_fields.items()  # type: ignore[attr-defined]
+        if not f.exclude
+    }
+    assert {f for f in fields if f"`{f}`" not in text and f"{{ {f} =" not in text} == set()
+
+
+def test_the_interfaces_page_names_every_command_metric_and_payload_field() -> None:
+    text = (DOCS / "interfaces.md").read_text()
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    for command in sub.choices:  # type: ignore[union-attr]
+        assert f"calgate {command}" in text, command
+    for name in Metrics().names():
+        assert f"`{name}" in text, name
+    for field in measurement_payload(meas(0), 1):
+        assert f"`{field}`" in text, field
+
+
+def test_the_help_points_to_the_reference_in_the_repository() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "--help"], capture_output=True, text=True, check=True
+    )
+    assert str(docs_dir() / "README.md") in done.stdout.replace("\n", "")
+    assert docs_dir() == DOCS
+    for path in ROOT.glob("gateway/**/*.py"):
+        text = path.read_text()
+        assert "help=" not in text or "ARCHITECTURE.md" not in text, path
+    assert "ARCHITECTURE.md" not in (ROOT / "README.md").read_text()
+    assert "METROLOGY.md" not in (ROOT / "README.md").read_text()
