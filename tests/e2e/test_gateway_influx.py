@@ -8,6 +8,7 @@ channel, quantity, unit), the fields and the time (the acquisition time, the MQT
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,12 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import wait_for_async
-from labconfig import judging_registry
+from labconfig import committed_seq, judging_registry
 from mqttsub import Subscriber
+from rude_http import RudePeer
 from servers import InfluxV1, Mosquitto, VictoriaMetrics
 
 from calibration import Registry
-from gateway.demo import lab_toml
+from gateway.demo import example_registry, lab_toml
 from gateway.service import Gateway, load_everything
 from simulators.lab import Lab
 
@@ -267,3 +269,64 @@ async def test_v2_api_on_victoria_metrics_gets_every_numeric_field(
             "site": site, "equipment": e["equipment"], "type": e["type"], "severity": e["severity"],
         }  # fmt: skip
         assert ts_ms == ns(e["ts"]) // 1_000_000
+
+
+async def test_an_influxdb_that_misbehaves_holds_back_neither_mqtt_nor_polling(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The database answers late, resets mid-body, answers 500 and resets mid-reply, 16
+    times in a row: MQTT gets every seq meanwhile, the instruments keep being read, and
+    when the database behaves every row reaches it (at least once)."""
+    script = ["slow", "reset_body", "500", "reset_reply"] * 4
+    async with (
+        RudePeer(script, slow_s=0.5) as peer,
+        Lab(fixed_ports=False, opcua=False, seed=12) as lab,
+    ):
+        path = tmp_path / "calgate.toml"
+        text = lab_toml(
+            lab.endpoints(),
+            registry=example_registry(),
+            state_dir=tmp_path / "state",
+            mqtt_url=mosquitto.url,
+            interval_s=0.05,
+            site="rude-x",
+            gateway_id="edge-r",
+            influx={"api": "v1", "url": peer.url, "database": "calgate"},
+            only={"PT-101", "PT-102", "PC-01"},
+        )
+        tuning = (
+            "flush_interval_s = 0.1\ntimeout_s = 0.3\nbackoff_min_s = 0.05\nbackoff_max_s = 0.2\n"
+        )
+        path.write_text(text.replace('database = "calgate"\n', f'database = "calgate"\n{tuning}'))
+        config, reg = load_everything(path)
+        with Subscriber(mosquitto.port, "calgate/rude-x/#") as sub:
+            gw = Gateway(config, reg)
+            await gw.start()
+            try:
+                await wait_for_async(lambda: not peer.script, timeout_s=60, what="16 bad answers")
+                during = Counter(m["equipment"] for m in sub.json("/reading"))
+                assert gw.influx is not None
+                assert gw.influx.failures >= len(script)
+                outbox = gw.outbox
+                assert outbox is not None
+                target = outbox.committed_seq
+                await wait_for_async(
+                    lambda: outbox.cursor("influx") >= target,
+                    timeout_s=30,
+                    what="the database catching up",
+                )
+            finally:
+                await gw.stop()
+            last = committed_seq(tmp_path / "state")
+            await wait_for_async(
+                lambda: (
+                    {m["seq"] for m in sub.json("/reading") + sub.json("/event")}
+                    >= set(range(1, last + 1))
+                ),
+                timeout_s=10,
+                what="every seq on MQTT",
+            )
+    assert set(during) == {"PT-101", "PT-102", "PC-01"}
+    assert min(during.values()) >= 10  # read all along, while the database misbehaved
+    assert not [m for m in sub.json("/event") if m["type"] == "equipment_offline"]
+    assert set(peer.written) == set(range(1, last + 1))

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from certs import make_certs
 from helpers import free_port, running_sink, wait_for_async
+from rude_http import RudePeer
 from servers import InfluxV1, VictoriaMetrics
 
 from drivers.base import Reading
@@ -412,6 +413,28 @@ async def test_400_rejects_the_batch_and_says_so(peer: Peer, outbox: Outbox, api
     assert ev["status"] == 400
     assert "unable to parse" in ev["body"]
     assert (ev["count"], ev["first_seq"], ev["last_seq"]) == (4, 1, 4)
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+@pytest.mark.parametrize(
+    "script", [["slow"], ["reset_body"], ["reset_reply"], ["slow", "reset_body", "reset_reply"]]
+)
+async def test_a_slow_or_resetting_server_is_retried_until_every_row_is_written(
+    outbox: Outbox, api: str, script: list[str]
+) -> None:
+    """A reply later than timeout_s, a reset while the body is read, a reset halfway
+    through the status line: each a failed write, retried on a new connection, and every
+    row written (a slow server that wrote before the client gave up writes it twice:
+    at least once, the same points, which InfluxDB keeps once)."""
+    async with RudePeer(script, slow_s=0.6) as peer:
+        sink = InfluxSink(settings_for(api, peer.url, timeout_s=0.3), outbox)
+        async with running_sink(sink):
+            outbox.add([meas(i) for i in range(50)])
+            await wait_for_async(lambda: outbox.cursor("influx") == 50, what="all written")
+        assert set(peer.written) == set(range(1, 51))
+        assert sink.failures == len(script)
+        assert sink.rejected == 0
+        assert peer.connections == len(script) + 1
 
 
 @contextlib.contextmanager

@@ -378,6 +378,59 @@ async def test_tls_refuses_an_unknown_ca(tls_broker: Mosquitto, outbox: Outbox) 
     assert outbox.cursor("mqtt") == 0
 
 
+async def test_tls_with_another_ca_is_refused_and_nothing_goes_in_clear(
+    tls_broker: Mosquitto, outbox: Outbox, tmp_path: Path
+) -> None:
+    """A CA file of another CA: every connect fails certificate verification and the
+    broker never sees a client; no row is acked."""
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    wrong_ca = make_certs(other)[0]
+    sink = make_sink(tls_broker.url, outbox, ca_file=wrong_ca)
+    async with running_sink(sink):
+        outbox.add([meas(0)])
+        await wait_for_async(lambda: sink.failures >= 2, what="refused connects")
+        assert not sink.connected
+        assert "certificate verify failed" in (sink.last_error or "").lower()
+    assert outbox.cursor("mqtt") == 0
+    assert "New client connected" not in tls_broker.log_tail(1_000_000)
+
+
+async def test_an_mqtts_url_never_falls_back_to_plain_mqtt(outbox: Outbox, tmp_path: Path) -> None:
+    """A peer on an mqtts:// URL that does not speak TLS (a wrong port, a downgrade): the
+    sink sends a TLS ClientHello and never a plaintext CONNECT with its credentials."""
+    received = bytearray()
+
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            received.extend(await reader.read(4096))
+            # plaintext CONNACKs, as a broker would send: not a TLS record
+            writer.write(b"\x20\x02\x00\x00" * 4)
+            await writer.drain()
+            received.extend(await reader.read(4096))
+        writer.close()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    sink = make_sink(
+        f"mqtts://127.0.0.1:{port}", outbox, username="edge", password_file=str(secret)
+    )
+    try:
+        async with running_sink(sink):
+            outbox.add([meas(0)])
+            await wait_for_async(lambda: sink.failures >= 2, what="failed connects")
+            assert not sink.connected
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received[:1] == b"\x16"  # a TLS handshake record
+    assert b"MQTT" not in received
+    assert b"s3cret" not in received
+    assert outbox.cursor("mqtt") == 0
+
+
 async def test_a_dead_influxdb_does_not_hold_back_mqtt(
     mosquitto: Mosquitto, tmp_path: Path, subscribe: Any
 ) -> None:
