@@ -447,3 +447,47 @@ async def test_impact_writes_through_the_v2_write_api(
     assert s["metric"]["certificate"] == "PCL-2026-0906"
     assert s["values"] == [950.0 + i for i in range(12)]
     assert s["timestamps"] == [(t0 + i * 1_000_000_000) // 1_000_000 for i in range(12)]
+
+
+def test_impact_applies_a_superseding_certificate_entered_late(
+    stored: Stored, influxd: InfluxV1, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recalibration of PT-101 dated yesterday, recorded after today's readings were
+    corrected through PCL-2026-0906: ``--certificate`` on it re-corrects them through it."""
+    src = _cert(stored.registry, "PCL-2026-0906")
+    yesterday = stored.today - timedelta(days=1)
+    points = ",\n".join(
+        f"  {{ reference = {p['reference']}, indicated = {p['indicated'] + 0.1:.4f}, "
+        f"U = {p['U']}, k = {p['k']} }}"
+        for p in src["points"]
+    )
+    (stored.registry / "certificates" / "PCL-LATE.toml").write_text(
+        f'number = "PCL-LATE"\nitem = "PT-101"\nchannel = "pressure"\nissued_by = "NMI"\n'
+        f"nmi = true\ncalibrated = {yesterday.isoformat()}\n"
+        f"due = {(yesterday + timedelta(days=700)).isoformat()}\n"
+        f'unit = "kPa"\npoints = [\n{points}\n]\n'
+    )
+    code, out, err = impact(
+        capsys, "-c", str(stored.config), "--certificate", "PCL-LATE", "--json", "--write"
+    )
+    assert code == 0, err
+    (ch,) = json.loads(out)["channels"]
+    rows = stored_rows(influxd, stored, "PT-101", yesterday)
+    assert ch["readings"] == len(rows) > 0
+    assert ch["certificates_stored"] == ["PCL-2026-0906"]
+    assert ch["certificates_now"] == ["PCL-LATE"]
+    ind, ref, _ = _arrays(_cert(stored.registry, "PCL-LATE")["points"], 10.0)
+    rec = {
+        int(r["seq"]): r  # type: ignore[call-overload]
+        for r in influxd.rows(
+            "SELECT * FROM reading_recorrected WHERE certificate='PCL-LATE' GROUP BY *", stored.db
+        )
+    }
+    assert len(rec) == len(rows)
+    for r in rows:
+        got = rec[int(r["seq"])]
+        want = r["raw"] - np.interp(r["raw"], ind, ind - ref)  # 1 mbar lower than stored
+        assert got["value"] == pytest.approx(want, abs=1e-9)
+        assert got["value"] == pytest.approx(r["value"] - 1.0, abs=1e-6)
+        assert got["stored_certificate"] == "PCL-2026-0906"
+        assert got["basis"] == ""

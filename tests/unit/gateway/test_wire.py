@@ -218,3 +218,34 @@ def test_fast_encoder_matches_the_model_for_any_measurement(
     assert fields[2] == str(
         (t_wall - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
     )
+
+
+def test_recorrected_line_keeps_the_reading_tags_and_adds_the_certificate() -> None:
+    from gateway.wire import recorrected_line
+
+    line = recorrected_line(
+        site="lab a", equipment="PT-101", channel="pressure", quantity="absolute pressure",
+        unit="mbar", certificate="PCL 2026,0906", raw=951.0, value=949.5, u=0.04, U=0.08,
+        k=2.0, quality="uncertain", flags="", calibration="suspect", conformity="fail", seq=7,
+        stored_value=951.0, stored_U=0.08, stored_conformity="pass",
+        stored_certificate="PCL 2026,0906", basis='WS-P1 "as found"', registry="ab12",
+        time_ns=1_796_000_000_123_456_789,
+    )  # fmt: skip
+    key, fields, ts = (
+        line.rsplit(" ", 2)[0].split(" ", 1)[0],
+        line.split(" ", 1)[1],
+        line.rsplit(" ", 1)[1],
+    )
+    assert line.startswith(
+        r"reading_recorrected,certificate=PCL\ 2026\,0906,channel=pressure,equipment=PT-101,"
+        r"quantity=absolute\ pressure,site=lab\ a,unit=mbar "
+    )
+    assert key.startswith("reading_recorrected,")
+    assert ts == "1796000000123456789"
+    for part in (
+        "raw=951.0", "value=949.5", "u=0.04", "U=0.08", "k=2.0", "stored_value=951.0",
+        "stored_U=0.08", 'quality="uncertain"', 'flags=""', 'calibration="suspect"',
+        'conformity="fail"', 'stored_conformity="pass"', 'stored_certificate="PCL 2026,0906"',
+        r'basis="WS-P1 \"as found\""', 'registry="ab12"', "seq=7i",
+    ):  # fmt: skip
+        assert part in fields, part
