@@ -7,7 +7,6 @@ Every problem is collected and reported at once as ``file: path.to.field: messag
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 import types
@@ -136,6 +135,8 @@ def _errors(
 
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    import difflib  # only for a config with an error: a running gateway does not keep it
+
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
 
