@@ -231,17 +231,13 @@ def test_recorrected_line_keeps_the_reading_tags_and_adds_the_certificate() -> N
         stored_certificate="PCL 2026,0906", basis='WS-P1 "as found"', registry="ab12",
         time_ns=1_796_000_000_123_456_789,
     )  # fmt: skip
-    key, fields, ts = (
-        line.rsplit(" ", 2)[0].split(" ", 1)[0],
-        line.split(" ", 1)[1],
-        line.rsplit(" ", 1)[1],
-    )
     assert line.startswith(
         r"reading_recorrected,certificate=PCL\ 2026\,0906,channel=pressure,equipment=PT-101,"
         r"quantity=absolute\ pressure,site=lab\ a,unit=mbar "
     )
-    assert key.startswith("reading_recorrected,")
+    head, ts = line.rsplit(" ", 1)
     assert ts == "1796000000123456789"
+    fields = head.split("unit=mbar ", 1)[1]
     for part in (
         "raw=951.0", "value=949.5", "u=0.04", "U=0.08", "k=2.0", "stored_value=951.0",
         "stored_U=0.08", 'quality="uncertain"', 'flags=""', 'calibration="suspect"',
