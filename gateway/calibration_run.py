@@ -583,9 +583,9 @@ class _Runner:
         for _ in range(proc.readings):
             t0 = time.monotonic()
             if step.load is None:
-                ref_task = asyncio.ensure_future(self._poll_reference(step))
-                duts = await self._poll_duts()
-                ref, raw, _ = await ref_task
+                (ref, raw, _), duts = await asyncio.gather(
+                    self._poll_reference(step), self._poll_duts()
+                )
             else:
                 ref, raw, _ = await self.reference_value(step)
                 duts = await self._poll_duts()
