@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -418,19 +419,54 @@ def recorrected_line(
     ``value``, ``U``, ``conformity`` and ``certificate`` as ``stored_*``, ``basis`` (the
     revisions applied, empty when none) and ``registry`` (the digest of the registry it
     was re-evaluated with, as ``registry_loaded`` gives it); the stored reading's time."""
-    tags = _reading_key(site, equipment, channel, quantity, unit).removeprefix("reading,")
-    if certificate:  # tags in sorted order, as InfluxDB prefers them
-        tags = f"certificate={_tag(certificate)},{tags}"
-    key = f"reading_recorrected,{tags}"
+    key = _recorrected_key(site, equipment, channel, quantity, unit, certificate)
+    tail = _recorrected_tail(
+        quality, flags, calibration, conformity, stored_conformity, stored_certificate,
+        basis, registry,
+    )  # fmt: skip
     parts: list[str] = []
     _float_fields(
         parts,
         ("raw", "value", "u", "U", "k", "stored_value", "stored_U"),
         (raw, value, u, U, k, stored_value, stored_U),
     )
-    parts.append(f"quality={_str(quality)}")
-    parts.append(f"flags={_str(flags)}")
-    parts.append(f"calibration={_str(calibration)}")
+    parts.append(tail)
+    if seq is not None:
+        parts.append(f"seq={seq}i")
+    return f"{key} {','.join(parts)} {time_ns}"
+
+
+# The tags and the text fields repeat from one re-corrected reading to the next (one
+# channel, one certificate, one status a day): each is written once and kept.
+
+
+@lru_cache(maxsize=1024)
+def _recorrected_key(
+    site: str,
+    equipment: str,
+    channel: str,
+    quantity: str | None,
+    unit: str,
+    certificate: str | None,
+) -> str:
+    tags = _reading_key(site, equipment, channel, quantity, unit).removeprefix("reading,")
+    if certificate:  # tags in sorted order, as InfluxDB prefers them
+        tags = f"certificate={_tag(certificate)},{tags}"
+    return f"reading_recorrected,{tags}"
+
+
+@lru_cache(maxsize=4096)
+def _recorrected_tail(
+    quality: str,
+    flags: str,
+    calibration: str,
+    conformity: str | None,
+    stored_conformity: str | None,
+    stored_certificate: str | None,
+    basis: str,
+    registry: str,
+) -> str:
+    parts = [f"quality={_str(quality)}", f"flags={_str(flags)}", f"calibration={_str(calibration)}"]
     if conformity is not None:
         parts.append(f"conformity={_str(conformity)}")
     if stored_conformity is not None:
@@ -440,6 +476,4 @@ def recorrected_line(
     parts.append(f"basis={_str(basis)}")
     if registry:
         parts.append(f"registry={_str(registry)}")
-    if seq is not None:
-        parts.append(f"seq={seq}i")
-    return f"{key} {','.join(parts)} {time_ns}"
+    return ",".join(parts)
