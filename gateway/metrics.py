@@ -576,8 +576,14 @@ class Metrics(MetricsRegistry):
             self.sink_errors.labels(s.name).value = float(s.failures)
 
     def observe_failure(self, equipment: str, kind: str) -> None:
-        """One failed poll of this kind (connect, timeout, frame, device, ...)."""
+        """One failed poll of this kind (connect, timeout, frame, device, ...): the
+        equipment is down until a poll succeeds (an instrument that answers every poll
+        with an exception gives no data either)."""
         self.polls.inc(equipment)
         self.poll_errors.inc(equipment, kind)
-        if kind in ("connect", "timeout"):
-            self.equipment_up.set(equipment, value=0.0)
+        self.equipment_up.set(equipment, value=0.0)
+
+    def declare_equipment(self, equipment: str) -> None:
+        """An equipment starts: its ``calgate_equipment_up`` series exists from now (0
+        until a poll succeeds), so an alert on ``up == 0`` fires for one that never did."""
+        self.equipment_up.labels(equipment)

@@ -78,9 +78,8 @@ class PollResults:
         if kind in ("connect", "timeout"):
             events = self.monitor.offline(equipment, error)
         elif isinstance(error, DeviceError):
-            events = self.monitor.online(equipment) + self.monitor.device_error(
-                equipment, error, error.code
-            )
+            # It answers, but with an error: not "online" (that takes a good reading)
+            events = self.monitor.device_error(equipment, error, error.code)
         else:
             assert isinstance(error, FrameError | DriverError)
             self.monitor.frame_error(equipment, error)

@@ -336,6 +336,7 @@ class Gateway:
             ticker=self._ticker,
         )
         self.monitor.state(entry.id)
+        self.metrics.declare_equipment(entry.id)
         task = asyncio.create_task(sup.run(), name=f"equipment:{entry.id}")
         task.add_done_callback(self._equipment_done)
         self._equipment[entry.id] = (task, entry, sup)

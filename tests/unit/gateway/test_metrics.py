@@ -129,11 +129,14 @@ def test_observe_poll_and_failure_helpers() -> None:
     m = Metrics()
     m.observe_poll("PT-101", 0.002, [("pressure", "good"), ("temperature", "uncertain")])
     assert m.equipment_up.value("PT-101") == 1.0
-    m.observe_failure("PT-101", "frame")
-    assert m.equipment_up.value("PT-101") == 1.0  # a garbled frame: the device still answers
-    m.observe_failure("PT-101", "connect")
-    assert m.equipment_up.value("PT-101") == 0.0
-    assert m.polls.value("PT-101") == 3
+    # every failed poll is down (the help says "last poll succeeded"): a garbled frame
+    # or a device error gives no data, and an instrument that answers only with
+    # exceptions must trip an up == 0 alert
+    for kind in ("frame", "device", "connect"):
+        m.observe_poll("PT-101", 0.002)
+        m.observe_failure("PT-101", kind)
+        assert m.equipment_up.value("PT-101") == 0.0, kind
+    assert m.polls.value("PT-101") == 7
     assert m.readings.value("PT-101", "temperature", "uncertain") == 1
     assert m.poll_errors.value("PT-101", "connect") == 1
 
@@ -265,3 +268,13 @@ def test_every_calibration_status_of_the_contract_has_its_series() -> None:
     m.set_calibration("PT-101", "suspect")
     got = {k[1]: v.get() for k, v in m.calibration_status.series().items() if k[0] == "PT-101"}
     assert got == {s: float(s == "suspect") for s in contract}
+
+
+def test_the_up_series_exists_from_the_start() -> None:
+    m = Metrics()
+    m.declare_equipment("PT-101")
+    samples, _ = parse(m.render())
+    assert samples[("calgate_equipment_up", frozenset({("equipment", "PT-101")}))] == 0.0
+    m.observe_poll("PT-101", 0.002)
+    m.declare_equipment("PT-101")  # a restart of its poll task keeps what it shows
+    assert m.equipment_up.value("PT-101") == 1.0
