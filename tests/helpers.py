@@ -15,7 +15,14 @@ import pytest
 
 from simulators.net import free_port  # the tests' servers take their ports from it
 
-__all__ = ["free_port", "require_binary", "wait_for", "wait_for_async", "wait_port"]
+__all__ = [
+    "LoopbackServer",
+    "free_port",
+    "require_binary",
+    "wait_for",
+    "wait_for_async",
+    "wait_port",
+]
 
 
 def require_binary(name: str, *candidates: str) -> str:
@@ -91,3 +98,40 @@ async def running_sink(sink: Any) -> AsyncIterator[asyncio.Task[None]]:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class LoopbackServer:
+    """A scripted asyncio server on a free loopback port, as an async context manager:
+    subclasses make it in :meth:`_serve_on` and name their URL scheme; tasks started
+    with :meth:`later` are cancelled on the way out."""
+
+    scheme = "tcp"
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def _serve_on(self, host: str) -> asyncio.Server:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Any:
+        self._server = await self._serve_on("127.0.0.1")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"{self.scheme}://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def later(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)

@@ -140,6 +140,20 @@ def committed_seq(state: Path) -> int:
         con.close()
 
 
+async def every_seq_arrives(sub: Subscriber, last: int, *, timeout_s: float = 10.0) -> bool:
+    """Wait until ``sub`` has every seq 1..``last``; whether it got them (the caller's
+    assertion names the missing ones)."""
+    from helpers import wait_for_async
+
+    try:
+        await wait_for_async(
+            lambda: sub.seqs() >= set(range(1, last + 1)), timeout_s=timeout_s, what="every seq"
+        )
+    except TimeoutError:
+        return False
+    return True
+
+
 def http_get(url: str) -> tuple[int, str]:
     """The status code and body of a GET (an error status is an answer, not an exception)."""
     try:

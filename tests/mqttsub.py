@@ -57,6 +57,10 @@ class Subscriber:
             msgs = list(self.messages)
         return [json.loads(p) for t, p, _ in msgs if t.endswith(suffix) and p]
 
+    def seqs(self) -> set[int]:
+        """The seqs of every Measurement and Event received (statuses carry none)."""
+        return {m["seq"] for m in self.json("/reading") + self.json("/event")}
+
     def topics(self) -> list[str]:
         with self._lock:
             return [t for t, _, _ in self.messages]

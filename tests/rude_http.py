@@ -6,10 +6,12 @@ import asyncio
 import socket
 import struct
 
+from helpers import LoopbackServer
+
 __all__ = ["RudePeer"]
 
 
-class RudePeer:
+class RudePeer(LoopbackServer):
     """A raw TCP server for the write endpoints that misbehaves on the first requests, by
     ``script`` (one entry per connection): ``slow`` answers 204 after ``slow_s``;
     ``reset_body`` resets the connection halfway through reading the request body;
@@ -17,26 +19,17 @@ class RudePeer:
     connections get 204s (keep-alive). ``written`` holds the seqs of the requests
     answered 2xx."""
 
+    scheme = "http"
+
     def __init__(self, script: list[str], slow_s: float = 1.0) -> None:
         self.script = list(script)
         self.slow_s = slow_s
         self.written: list[int] = []
         self.connections = 0
-        self._server: asyncio.Server | None = None
+        super().__init__()
 
-    async def __aenter__(self) -> RudePeer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+    async def _serve_on(self, host: str) -> asyncio.Server:
+        return await asyncio.start_server(self._serve, host, 0)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import wait_for_async
-from labconfig import committed_seq, judging_registry
+from labconfig import committed_seq, every_seq_arrives, judging_registry
 from mqttsub import Subscriber
 from rude_http import RudePeer
 from servers import InfluxV1, Mosquitto, VictoriaMetrics
@@ -318,14 +318,7 @@ async def test_an_influxdb_that_misbehaves_holds_back_neither_mqtt_nor_polling(
             finally:
                 await gw.stop()
             last = committed_seq(tmp_path / "state")
-            await wait_for_async(
-                lambda: (
-                    {m["seq"] for m in sub.json("/reading") + sub.json("/event")}
-                    >= set(range(1, last + 1))
-                ),
-                timeout_s=10,
-                what="every seq on MQTT",
-            )
+            assert await every_seq_arrives(sub, last)
     assert set(during) == {"PT-101", "PT-102", "PC-01"}
     assert min(during.values()) >= 10  # read all along, while the database misbehaved
     assert not [m for m in sub.json("/event") if m["type"] == "equipment_offline"]

@@ -7,13 +7,12 @@ least once: the outbox commits before sending, sinks resume at their cursors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from pathlib import Path
 
 import pytest
 from helpers import free_port, wait_for_async
-from labconfig import committed_seq, http_get, start_calgate_run
+from labconfig import committed_seq, every_seq_arrives, http_get, start_calgate_run
 from mqttsub import Subscriber
 from servers import InfluxV1, Mosquitto
 
@@ -111,15 +110,7 @@ async def test_broker_and_database_outages_and_sigkill_lose_nothing_committed(
                     await asyncio.wait_for(gw.wait(), 30)
             assert gw.returncode == 0, log.read_text()[-3000:]
             last = committed_seq(state)
-            with contextlib.suppress(TimeoutError):
-                await wait_for_async(
-                    lambda: (
-                        {m["seq"] for m in sub.json("/reading") + sub.json("/event")}
-                        >= set(range(1, last + 1))
-                    ),
-                    timeout_s=10,
-                    what="every seq on MQTT",
-                )
+            await every_seq_arrives(sub, last)
     expected = set(range(1, last + 1))
     mqtt_seqs = [m["seq"] for m in sub.json("/reading") + sub.json("/event")]
     missing = sorted(expected - set(mqtt_seqs))
@@ -185,14 +176,11 @@ async def test_both_sinks_down_with_a_small_outbox_drop_the_oldest_and_say_so(
                     await asyncio.wait_for(gw.wait(), 30)
             assert gw.returncode == 0, log.read_text()[-3000:]
             last = committed_seq(tmp_path / "state")
-            with contextlib.suppress(TimeoutError):
-                await wait_for_async(
-                    lambda: max((m.get("seq", 0) for m in sub.json()), default=0) >= last,
-                    timeout_s=10,
-                    what="the last seq on MQTT",
-                )
+            await wait_for_async(
+                lambda: max(sub.seqs(), default=0) >= last, timeout_s=10, what="the last seq"
+            )
     expected = set(range(1, last + 1))
-    on_mqtt = {m["seq"] for m in sub.json("/reading") + sub.json("/event")}
+    on_mqtt = sub.seqs()
     in_influx = set(influx_seqs(own_influxd))
     drops = [m for m in sub.json("/event") if m["type"] == "data_dropped"]
     lost = (expected - on_mqtt) | (expected - in_influx)

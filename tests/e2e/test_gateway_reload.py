@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import free_port, wait_for_async
-from labconfig import committed_seq, http_get, start_calgate_run
+from labconfig import committed_seq, every_seq_arrives, http_get, start_calgate_run
 from mqttsub import Subscriber
 from servers import Mosquitto
 
@@ -227,12 +227,7 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                     await asyncio.wait_for(gw.wait(), 30)
             assert gw.returncode == 0, log.read_text()[-3000:]
             last = committed_seq(state)
-
-            def every_seq() -> bool:
-                got = {m["seq"] for m in sub.json("/reading") + sub.json("/event")}
-                return got >= set(range(1, last + 1))
-
-            await wait_for_async(every_seq, timeout_s=10, what="every seq on MQTT")
+            assert await every_seq_arrives(sub, last)
 
         # The removed equipment's retained status is gone; the others' stay.
         with Subscriber(mosquitto.port, f"{base}/+/status") as late:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from helpers import wait_for_async
+from helpers import LoopbackServer, wait_for_async
 
 from drivers.errors import DeviceTimeout, DriverError, FrameError
 from drivers.modbus import ModbusConfig, ModbusDriver
@@ -57,38 +57,18 @@ class ModbusPeer(asyncio.Protocol):
             self.server.behave(self.transport, tid, honest)
 
 
-class HostileModbus:
+class HostileModbus(LoopbackServer):
     """A Modbus TCP server on a free loopback port; ``behave(transport, tid, honest)``
     sends whatever it likes for each request (by default the honest reply)."""
 
     def __init__(self) -> None:
         self.behave: Callable[[asyncio.Transport, int, bytes], None] = honest
         self.connections = 0
-        self._server: asyncio.Server | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        super().__init__()
 
-    async def __aenter__(self) -> HostileModbus:
+    async def _serve_on(self, host: str) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: ModbusPeer(self), "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"tcp://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    def later(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        return await loop.create_server(lambda: ModbusPeer(self), host, 0)
 
 
 def honest(transport: asyncio.Transport, tid: int, frame: bytes) -> None:
@@ -307,10 +287,16 @@ async def test_a_balance_babbling_on_a_pty_costs_no_memory() -> None:
     tty.setraw(slave)
     stop = threading.Event()
 
+    os.set_blocking(master, False)  # a full pty (the driver paused reading) must not block
+
     def babble() -> None:
-        with contextlib.suppress(OSError):
-            while not stop.is_set():
+        while not stop.is_set():
+            try:
                 os.write(master, BABBLE[:4096])
+            except BlockingIOError:
+                stop.wait(0.01)
+            except OSError:
+                return
 
     writer = threading.Thread(target=babble, daemon=True)
     writer.start()
