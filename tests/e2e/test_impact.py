@@ -254,6 +254,11 @@ def test_impact_finds_recorrects_and_rejudges_the_drifted_standards_readings(
     )
     assert all_pt101[0]["count"] == channels["PT-101"]["readings"] + 7
 
+    # Without --standard or --certificate: every finding of the registry (this one).
+    code, out_all, err = impact(capsys, "-c", str(stored.config), "--json")
+    assert code == 0, err
+    assert json.loads(out_all)["channels"] == report["channels"]
+
     # PT-101: the decisions, counted here from the stored rows and the hand computation.
     rows = stored_rows(influxd, stored, "PT-101", since["PT-101"])
     raw = np.array([r["raw"] for r in rows], dtype=float)
