@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drivers.base import Reading
 from drivers.errors import DeviceError, DriverError, FrameError
@@ -114,10 +114,26 @@ class PollResults:
             return
         self._published[equipment] = st.version
         if self.mqtt is not None:
-            payload = st.summary()
-            payload.pop("channels", None)
-            payload["ts"] = rfc3339(datetime.now(UTC))
-            self.mqtt.publish_status(equipment, payload)
+            self.mqtt.publish_status(equipment, self._status_payload(equipment))
+
+    def publish_stopped(self, equipment: Iterable[str]) -> None:
+        """A clean stop: each retained status says ``offline`` (nobody polls it now),
+        not the last connection state, which would stay "online" for ever."""
+        if self.mqtt is None:
+            return
+        for eq_id in equipment:
+            payload = self._status_payload(eq_id)
+            payload["connection"] = "offline"
+            payload["last_error"] = "gateway stopped"
+            self.mqtt.publish_status(eq_id, payload)
+
+    def _status_payload(self, equipment: str) -> dict[str, Any]:
+        payload = self.monitor.state(equipment).summary()
+        payload.pop("channels", None)
+        if self.mqtt is not None:  # whose it is: the gateway's status (and will) says if it runs
+            payload["gateway"] = self.mqtt.gateway_id
+        payload["ts"] = rfc3339(datetime.now(UTC))
+        return payload
 
     def calibration(self, equipment: Iterable[str], at: datetime) -> None:
         """Re-evaluate the calibration status of ``equipment`` at ``at`` (a due date may

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import signal
 import time
@@ -197,6 +198,7 @@ class Gateway:
         self.results.outbox = self.outbox
         self._spawn(self.outbox.run(), "outbox")
         await self._start_sinks()
+        self._clear_retained_of_removed()
         self._register_scrape_hooks()
         self._registry_loaded(reload=False)
         if cfg.http.enabled:
@@ -259,8 +261,10 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop polling, commit what was read, let the sinks flush, close everything."""
-        for eq_id in list(self._equipment):
+        polled = list(self._equipment)
+        for eq_id in polled:
             await self._stop_equipment(eq_id)
+        self.results.publish_stopped(polled)  # before the MQTT sink says the gateway is offline
         if self.outbox is not None:
             self.outbox.commit()
         # Sinks flush what is committed (bounded), in parallel; the MQTT sink says offline.
@@ -497,6 +501,7 @@ class Gateway:
             for name in _needs_restart(self.config, config):
                 log.warning("reload: %s changed; it applies at the next restart", name)
             self.config = _replace_equipment(self.config, config)
+            self._clear_retained_of_removed()  # removed ones were cleared above; remembers
             self._registry_loaded(reload=True, old=old_registry)
             for eq_id, entry in new.items():
                 if eq_id not in self._equipment:
@@ -530,6 +535,24 @@ class Gateway:
                 polled += [(entry.id, ch) for ch, _ in configured_channels(entry, names)]
             events += changes(old, reg, polled, config=self.config.path, at=at)
         self.results.emit(events)
+
+    def _clear_retained_of_removed(self) -> None:
+        """The retained statuses of equipment a previous run published and this config no
+        longer has are deleted (they would say "online" for ever); the ids this config
+        publishes are remembered in the state directory for the next start."""
+        path = self.config.state_dir / "retained-status.json"
+        ids = sorted(e.id for e in self.config.equipment)
+        try:
+            before = set(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            before = set()
+        if self.mqtt is not None:
+            for eq_id in sorted(before - set(ids)):
+                log.info("%s: no longer configured; its retained status is deleted", eq_id)
+                self.mqtt.clear_status(eq_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ids), encoding="utf-8")
+        tmp.replace(path)
 
     def _forget_equipment(self, eq_id: str) -> None:
         """An equipment left the config: its state, metric series and retained status go."""

@@ -61,6 +61,18 @@ class Subscriber:
         """The seqs of every Measurement and Event received (statuses carry none)."""
         return {m["seq"] for m in self.json("/reading") + self.json("/event")}
 
+    def barrier(self, topic: str, timeout_s: float = 10.0) -> None:
+        """Publish a marker on ``topic`` (which this subscription must match) and wait for
+        it: the broker delivers in order, so everything it had for us (the retained
+        messages sent on subscribing) has arrived. No fixed sleep for an absence."""
+        marker = f"barrier-{time.monotonic_ns()}".encode()
+        self._client.publish(topic, marker, qos=1)
+        self.wait_for(
+            lambda s: any(p == marker for _, p, _ in list(s.messages)),
+            timeout_s=timeout_s,
+            what=f"the barrier on {topic}",
+        )
+
     def topics(self) -> list[str]:
         with self._lock:
             return [t for t, _, _ in self.messages]

@@ -248,11 +248,10 @@ class MqttSink(Sink):
         self._set_status(f"{self.status_base}{equipment}/status", dumps(dict(payload)).encode())
 
     def clear_status(self, equipment: str) -> None:
-        """Delete the retained status of an equipment that is no longer configured."""
-        topic = f"{self.status_base}{equipment}/status"
-        self._status.pop(topic, None)
-        if self.connected and self._client is not None:
-            self._publish_retained(topic, b"")
+        """Delete the retained status of an equipment that is no longer configured (an
+        empty retained message; sent again after a reconnect, so a deletion asked for
+        while the broker is away is not lost)."""
+        self._set_status(f"{self.status_base}{equipment}/status", b"")
 
     def publish_gateway_status(self, payload: Mapping[str, Any]) -> None:
         """Retained ``{prefix}/{site}/gateway/{gateway_id}/status`` while online

@@ -91,3 +91,41 @@ async def test_an_instrument_that_answers_only_with_exceptions_is_not_online(
             assert types.count("device_error") == 1
         finally:
             await gw.stop()
+
+
+async def test_retained_statuses_go_offline_on_stop_and_removed_equipment_is_cleared(
+    tmp_path: Path, mosquitto: Mosquitto, sim: ModbusTransmitterSim, unique_name: str
+) -> None:
+    """A clean stop leaves every equipment's retained status offline (it said online);
+    PT-102 taken out of the config loses its retained status at the next start (it
+    stayed for ever)."""
+    site = f"r-{unique_name[-8:]}"
+    both = (transmitter("PT-101", sim.port, 0), transmitter("PT-102", sim.port, 0))
+    for equipment in (both, both[:1]):
+        path = config(tmp_path, site, mosquitto.url, f"127.0.0.1:{free_port()}", *equipment)
+        cfg, reg = load_everything(path)
+        gw = Gateway(cfg, reg)
+        await gw.start()
+        try:
+            await wait_for_async(
+                lambda gw=gw: gw.metrics.equipment_up.value("PT-101") == 1.0,
+                what="PT-101 read",
+            )
+        finally:
+            await gw.stop()
+        # what a dashboard that connects now is told (retained messages only)
+        with Subscriber(mosquitto.port, f"calgate/{site}/#") as late:
+            await asyncio.to_thread(late.barrier, f"calgate/{site}/test/barrier")
+            statuses = {
+                t.split("/")[2]: json.loads(p)
+                for t, p, _ in late.messages
+                if p and t.endswith("/status")
+            }
+        assert statuses["PT-101"]["connection"] == "offline"
+        assert statuses["PT-101"]["last_error"] == "gateway stopped"
+        assert statuses["PT-101"]["gateway"] == "edge-health"
+        if equipment == both:
+            assert statuses["PT-102"]["connection"] == "offline"
+        else:
+            assert "PT-102" not in statuses, statuses
+        assert statuses["gateway"]["state"] == "offline"
