@@ -20,6 +20,7 @@ import json
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine
 
     from calibration import Registry
+    from gateway.model import Event
     from gateway.outbox import Outbox
     from gateway.registry_watch import RegistryRevision
     from gateway.scheduler import Supervisor
@@ -159,6 +161,10 @@ class Gateway:
         self._beat = time.monotonic()
         self._frozen = False  # gc.freeze()d after start (serve_forever)
         self._started_at = datetime.now(UTC)
+        self._started_mono = time.monotonic()
+        # the last events, for /status (the MQTT and InfluxDB sinks have them all)
+        self.recent_events: deque[Event] = deque(maxlen=20)
+        self.results.listeners.append(self.recent_events.extend)
         self.started = False
         self.registry_revision: RegistryRevision | None = None  # the registry applied
 
@@ -184,6 +190,7 @@ class Gateway:
 
         cfg = self.config
         self._started_at = datetime.now(UTC)
+        self._started_mono = time.monotonic()
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -406,7 +413,36 @@ class Gateway:
         dead = [k for k, (t, _, sup) in self._equipment.items() if t.done() or sup.stalled()]
         if dead:
             problems.append(f"poll tasks ended or hung: {', '.join(dead)}")
+        problems += self._sink_problems() + self._equipment_problems()
         return (not problems, problems)
+
+    def _sink_problems(self) -> list[str]:
+        """A sink disconnected, or behind, for longer than ``health_max_sink_lag_s``."""
+        limit = self.config.http.health_max_sink_lag_s
+        lag = self.outbox.stats().lag_s if self.outbox is not None else {}
+        out = []
+        for sink in self.sinks():
+            down = sink.down_for_s()
+            behind = lag.get(sink.name, 0.0)
+            if down > limit:
+                why = sink.last_error or "connecting"
+                out.append(f"sink {sink.name}: not connected for {down:.0f} s ({why})")
+            elif behind > limit:
+                out.append(f"sink {sink.name}: {behind:.0f} s behind (over {limit:g} s)")
+        return out
+
+    def _equipment_problems(self) -> list[str]:
+        """At least ``health_max_down_fraction`` of the polled equipment gives no readings
+        (its last poll failed; one not polled yet is not counted)."""
+        polled = list(self._equipment)
+        down = sorted(
+            eq
+            for eq in polled
+            if self.metrics.equipment_up.value(eq) == 0.0 and self.monitor.state(eq).errors
+        )
+        if polled and down and len(down) >= self.config.http.health_max_down_fraction * len(polled):
+            return [f"{len(down)} of {len(polled)} equipment give no readings: {', '.join(down)}"]
+        return []
 
     def gateway_status(self) -> dict[str, Any]:
         return {
@@ -431,14 +467,22 @@ class Gateway:
         """``GET /status``: the gateway, every equipment's state, the outbox and sinks."""
         from gateway import eventloop
 
+        healthy, reasons = self.health()
         out: dict[str, Any] = {
             "gateway": {
                 "id": self.config.gateway.id,
                 "site": self.config.gateway.site,
+                "version": _version(),
+                "started": rfc3339(self._started_at),
+                "uptime_s": round(time.monotonic() - self._started_mono, 3),
+                "healthy": healthy,
+                "problems": reasons,
                 "event_loop": eventloop.name(asyncio.get_running_loop()),
                 "registry": self._registry_summary(files=True),
             },
             "equipment": {k: self.monitor.state(k).summary() for k in sorted(self._equipment)},
+            "sinks": self._sinks_status(),
+            "events": [_event_json(e) for e in self.recent_events],
         }
         if self.outbox is not None:
             s = self.outbox.stats()
@@ -449,6 +493,21 @@ class Gateway:
         if self.history is not None:
             out["history"] = self.history.summary()
         return out
+
+    def _sinks_status(self) -> dict[str, Any]:
+        stats = self.outbox.stats() if self.outbox is not None else None
+        return {
+            s.name: {
+                "connected": s.connected,
+                "down_s": round(s.down_for_s(), 3),
+                "lag_s": stats.lag_s.get(s.name) if stats is not None else None,
+                "depth": stats.depth.get(s.name) if stats is not None else None,
+                "delivered": s.delivered,
+                "failures": s.failures,
+                "last_error": s.last_error,
+            }
+            for s in self.sinks()
+        }
 
     def _register_scrape_hooks(self) -> None:
         def delivery() -> None:
@@ -558,6 +617,25 @@ class Gateway:
         """An equipment left the config: its state, metric series and retained status go."""
         self.results.forget(eq_id)
         log.info("%s: removed from the config; no longer polled", eq_id)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("calgate")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _event_json(e: Event) -> dict[str, Any]:
+    """An event as /status lists it: its MQTT payload without the seq (events reach the
+    listeners with their content, not their outbox row)."""
+    from gateway.wire import json_safe
+
+    payload: dict[str, Any] = json_safe(e.payload(0))
+    payload.pop("seq", None)
+    return payload
 
 
 def _replace_equipment(old: Config, new: Config) -> Config:

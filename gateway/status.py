@@ -28,7 +28,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from gateway.errors import CalgateError
 from gateway.metrics import CONTENT_TYPE, MetricsRegistry
@@ -104,6 +112,10 @@ class HttpSettings(BaseModel):
 
     listen: str = "127.0.0.1:8470"
     enabled: bool = True
+    # /healthz is 503 when a sink has been disconnected, or is behind, for longer than
+    # this, or when at least this fraction of the polled equipment gives no readings
+    health_max_sink_lag_s: float = Field(default=10.0, gt=0)
+    health_max_down_fraction: float = Field(default=0.5, gt=0, le=1)
     token_env: str | None = None
     token_file: str | None = None
     token_credential: str | None = None

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 
 from gateway.backoff import backoff_delay
@@ -55,7 +56,9 @@ class Sink(abc.ABC):
         self.backoff_max_s = backoff_max_s
         self.flush_timeout_s = flush_timeout_s
         self._rand = rand
-        self.connected = False
+        self._connected = False
+        #: time.monotonic() since when it is not connected (None while connected)
+        self.down_since: float | None = time.monotonic()
         self.attempt = 0  # consecutive failures
         self.failures = 0  # total failures (a metric)
         self.connects = 0
@@ -97,6 +100,22 @@ class Sink(abc.ABC):
     async def collect(self, rows: list[Row]) -> list[Row]:
         """Add to a fetched batch before delivery (InfluxDB waits to fill its batch)."""
         return rows
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        if value:
+            self.down_since = None
+        elif self.down_since is None:
+            self.down_since = time.monotonic()
+        self._connected = value
+
+    def down_for_s(self) -> float:
+        """How long it has not been connected (0 while connected)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
 
     # ------------------------------------------------------------ the loop
 

@@ -5,6 +5,7 @@ MQTT does not outlive the gateway's stop or the equipment's removal."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,12 +31,16 @@ def transmitter(eq_id: str, port: int, address: int) -> str:
     )
 
 
-def config(tmp_path: Path, site: str, mqtt: str, http: str, *equipment: str) -> Path:
+def config(
+    tmp_path: Path, site: str, mqtt: str, http: str, *equipment: str, extra_http: str = ""
+) -> Path:
     path = tmp_path / "calgate.toml"
     path.write_text(
         f'[gateway]\nid = "edge-health"\nsite = "{site}"\nregistry = "{EXAMPLE_REGISTRY}"\n'
         f'state_dir = "{tmp_path / "state"}"\nstatus_interval_s = 1.0\n'
-        f'[mqtt]\nurl = "{mqtt}"\n[http]\nlisten = "{http}"\n' + "".join(equipment)
+        f'[mqtt]\nurl = "{mqtt}"\nbackoff_max_s = 0.5\n[http]\nlisten = "{http}"\n'
+        + extra_http
+        + "".join(equipment)
     )
     return path
 
@@ -129,3 +134,51 @@ async def test_retained_statuses_go_offline_on_stop_and_removed_equipment_is_cle
         else:
             assert "PT-102" not in statuses, statuses
         assert statuses["gateway"]["state"] == "offline"
+
+
+async def test_healthz_and_status_reflect_sinks_and_instruments(
+    tmp_path: Path, sim: ModbusTransmitterSim
+) -> None:
+    """MQTT refused and half the instruments failing: /healthz is 503 naming both (it said
+    ok); /status shows the sink's connectivity, uptime, version and the recent events."""
+    listen = f"127.0.0.1:{free_port()}"
+    refused = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    path = config(
+        tmp_path, "h", refused, listen,
+        transmitter("PT-101", sim.port, 0), transmitter("PT-102", sim.port, 20),
+        extra_http="health_max_sink_lag_s = 0.5\nhealth_max_down_fraction = 0.5\n",
+    )  # fmt: skip
+    cfg, reg = load_everything(path)
+    gw = Gateway(cfg, reg)
+    await gw.start()
+    try:
+
+        async def health() -> tuple[int, dict[str, object]]:
+            code, body = await asyncio.to_thread(http_get, f"http://{listen}/healthz")
+            return code, json.loads(body)
+
+        async def both_reported() -> bool:
+            code, body = await health()
+            reasons = " | ".join(map(str, body.get("reasons", [])))  # type: ignore[call-overload]
+            return code == 503 and "sink mqtt: not connected" in reasons and "PT-102" in reasons
+
+        await wait_for_async(both_reported, timeout_s=20, what="an unhealthy /healthz")
+        _, body = await health()
+        reasons = body["reasons"]
+        assert "1 of 2 equipment give no readings: PT-102" in " | ".join(map(str, reasons))  # type: ignore[call-overload]
+        _, text = await asyncio.to_thread(http_get, f"http://{listen}/status")
+        status = json.loads(text)
+        g = status["gateway"]
+        assert g["version"] == importlib.metadata.version("calgate")
+        assert g["uptime_s"] > 0
+        assert g["started"].endswith("Z")
+        assert g["healthy"] is False
+        mqtt = status["sinks"]["mqtt"]
+        assert mqtt["connected"] is False
+        assert mqtt["down_s"] > 0.5
+        assert "refused" in (mqtt["last_error"] or "").lower()
+        assert any(
+            e["type"] == "device_error" and e["equipment"] == "PT-102" for e in status["events"]
+        )
+    finally:
+        await gw.stop()

@@ -10,6 +10,7 @@ imply, also after an instrument is unplugged. A broken config exits 78 listing e
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import re
 import signal
@@ -146,12 +147,20 @@ async def test_http_status_metrics_and_systemd_notify(
                 now = datetime.now(UTC)
                 st = status()
                 applied = revision_of(example_registry())  # the registry it applied
+                started, uptime = st["gateway"].pop("started"), st["gateway"].pop("uptime_s")
+                assert started.endswith("Z")
+                assert uptime > 0
                 assert st["gateway"] == {
                     "id": "edge-status",
                     "site": f"status-{unique_name[-8:]}",
+                    "version": importlib.metadata.version("calgate"),
+                    "healthy": True,
+                    "problems": [],
                     "event_loop": "uvloop",  # the default of [gateway] event_loop
                     "registry": applied.to_json(),
                 }
+                assert st["sinks"]["mqtt"]["connected"] is True
+                assert st["sinks"]["influx"]["connected"] is True
                 assert set(st["equipment"]) == EQUIPMENT
                 for eq_id, eq in st["equipment"].items():
                     cal = registry.state(eq_id, now)

@@ -277,6 +277,7 @@ def test_http_settings_defaults_frozen_and_strict() -> None:
     assert json.loads(s.model_dump_json()) == {
         "listen": "127.0.0.1:8470", "enabled": True,
         "token_env": None, "token_file": None, "token_credential": None,
+        "health_max_sink_lag_s": 10.0, "health_max_down_fraction": 0.5,
     }  # fmt: skip
 
 
