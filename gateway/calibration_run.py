@@ -7,7 +7,8 @@ standard is traceable and in force, then for each point of the sequence:
    to place the load (balances: no generator);
 2. waits until the stability criterion holds over a sliding window of ``window_s``:
    standard deviation ≤ ``max_std`` and |slope| ≤ ``max_slope_per_s`` of the reference
-   (pressure) or of every DUT's indication (balances, whose reference is a weight);
+   (pressure) or of every DUT's indication (balances, whose reference is a weight), and
+   the window's mean within ``setpoint_tolerance`` of the setpoint (or nominal load);
    ``timeout_s`` without that ends the run;
 3. takes ``readings`` simultaneous readings of the reference and every DUT (one gather
    per reading, ``interval_s`` apart); the reference value is its corrected reading, the
@@ -146,6 +147,9 @@ class Procedure(_Model):
     interval_s: float = Field(default=0.5, gt=0)
     stable: Stable
     timeout_s: float = Field(default=120.0, gt=0)
+    # how far the stable reference (a balance: its indication) may be from the setpoint or
+    # nominal load: default 1 % of the largest
+    setpoint_tolerance: float | None = Field(default=None, gt=0)
     adjust: Literal["never", "ask"] = "never"
     number_prefix: str = Field(default="CAL", pattern=r"^[A-Za-z0-9_.-]+$")
     calibration_interval_months: int = Field(default=DEFAULT_INTERVAL_MONTHS, ge=1)
@@ -243,6 +247,7 @@ class Plan:
     duts: tuple[Dut, ...]
     steps: tuple[Step, ...]
     unit: str
+    setpoint_tolerance: float = math.inf
 
 
 def _entry(config: Config, eq_id: str, what: str) -> EquipmentEntry:
@@ -389,6 +394,15 @@ def plan_run(
         duts=tuple(duts),
         steps=tuple(steps),
         unit=unit,
+        setpoint_tolerance=(
+            procedure.setpoint_tolerance
+            if procedure.setpoint_tolerance is not None
+            else 0.01
+            * max(
+                (abs(v) for v in (*procedure.setpoints, *(ld.nominal for ld in procedure.loads))),
+                default=0.0,
+            )
+        ),
     )
 
 
@@ -516,6 +530,7 @@ class _Runner:
         crit = proc.stable
         deadline = time.monotonic() + proc.timeout_s
         windows: dict[str, deque[tuple[float, float]]] = {}
+        what = "nominal load" if proc.balance else "setpoint"
         last = ""
         while True:
             t0 = time.monotonic()
@@ -545,12 +560,25 @@ class _Runner:
                 std = statistics.stdev(vs)
                 slope = slope_per_s(ts, vs)
                 ok = std <= crit.max_std and abs(slope) <= crit.max_slope_per_s
-                verdicts.append(ok)
+                unit = self.plan.unit
                 if not ok:
                     last = (
-                        f"{key}: std {std:.3g} {self.plan.unit} (max {crit.max_std:g}), "
-                        f"slope {slope:.3g} {self.plan.unit}/s (max {crit.max_slope_per_s:g})"
+                        f"{key}: std {std:.3g} {unit} (max {crit.max_std:g}), "
+                        f"slope {slope:.3g} {unit}/s (max {crit.max_slope_per_s:g})"
                     )
+                else:
+                    # Stable is not enough: a controller that lost or never took the
+                    # setpoint (or cannot reach it: a leak) holds another pressure steadily,
+                    # and a balance whose load was not placed shows the last one.
+                    off = statistics.fmean(vs) - step.value
+                    tol = self.plan.setpoint_tolerance
+                    if abs(off) > tol:
+                        ok = False
+                        last = (
+                            f"{key}: stable at {statistics.fmean(vs):.6g} {unit}, "
+                            f"{off:+.3g} {unit} from the {what} (max ±{tol:g})"
+                        )
+                verdicts.append(ok)
             if verdicts and all(verdicts):
                 return
             if not self.active:

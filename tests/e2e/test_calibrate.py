@@ -246,6 +246,18 @@ async def test_a_point_that_never_settles_ends_the_run_without_certificates(
     )
 
 
+async def test_a_controller_that_holds_another_pressure_ends_the_run(tmp_path: Path) -> None:
+    registry = registry_copy(tmp_path)
+    async with Lab(fixed_ports=False, opcua=False, seed=9) as lab:
+        lab.manifold.slew_per_s = 0.0  # a leak: the pressure stays where it is, steadily
+        config = config_for(lab.endpoints(), tmp_path, registry)
+        proc = pressure_procedure(tmp_path / "p.toml", [500.0, 900.0], timeout_s=2.0)
+        code, _, err = await calgate("calibrate", "-c", str(config), str(proc))
+    assert code == 1
+    assert "setpoint 500 mbar (up) did not settle within 2 s" in err, err
+    assert "from the setpoint (max ±9)" in err  # 1 % of the largest setpoint
+
+
 async def test_a_dut_that_goes_offline_mid_run_gets_no_certificate(tmp_path: Path) -> None:
     registry = registry_copy(tmp_path)
     out = tmp_path / "out"
@@ -316,11 +328,14 @@ async def send_line(port: int, line: str) -> str:
         await writer.wait_closed()
 
 
-async def test_balance_run_with_loads_placed_through_the_simulators_control_command(
-    tmp_path: Path,
-) -> None:
+async def balance_run(
+    tmp_path: Path, *, place: bool, timeout_s: float = 20.0
+) -> tuple[int, list[str], str, list[float]]:
+    """``calgate calibrate`` of BAL-01 (a simulated MT-SICS balance) with loads 0, 100 and
+    200 g; at each prompt the "operator" places the load over the simulator's control
+    command (when ``place``) and presses Enter. Returns exit code, stdout lines, stderr and
+    the masses placed."""
     registry = registry_copy(tmp_path)
-    out = tmp_path / "out"
     async with MtSicsSim(port=0, pty=False, seed=7) as sim:
         port = int(sim.endpoints()["tcp"].rsplit(":", 1)[1])
         config = tmp_path / "calgate.toml"
@@ -336,32 +351,38 @@ async def test_balance_run_with_loads_placed_through_the_simulators_control_comm
             ' { nominal = 200.0, standard = "WS-E2" }]\n'
             "readings = 4\ninterval_s = 0.1\n"
             "stable = { window_s = 0.5, max_std = 0.01, max_slope_per_s = 0.02 }\n"
-            "timeout_s = 20.0\n"
+            f"timeout_s = {timeout_s}\n"
         )
         run = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "calibrate", "-c", str(config), str(proc),
-            "--out", str(out), "--json",
+            "--out", str(tmp_path / "out"), "--json",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert run.stdout is not None
         assert run.stdin is not None
+        assert run.stderr is not None
         placed: list[float] = []
         lines: list[str] = []
-        while True:
-            line = (await asyncio.wait_for(run.stdout.readline(), 60)).decode()
-            if not line:
-                break
+        while line := (await asyncio.wait_for(run.stdout.readline(), 60)).decode():
             lines.append(line)
             if line.startswith(">>> "):  # the operator's prompt: place the load, press Enter
                 mass = 0.0 if "empty the pan" in line else float(line.split()[2])
-                assert await send_line(port, f"SIMLOAD {mass}") == "SIMLOAD A"
-                placed.append(mass)
+                if place:
+                    assert await send_line(port, f"SIMLOAD {mass}") == "SIMLOAD A"
+                    placed.append(mass)
                 run.stdin.write(b"\n")
                 await run.stdin.drain()
-        assert run.stderr is not None
         err = (await run.stderr.read()).decode()
-        assert await asyncio.wait_for(run.wait(), 10) == 0, err
+        code = await asyncio.wait_for(run.wait(), 10)
+    return code, lines, err, placed
+
+
+async def test_balance_run_with_loads_placed_through_the_simulators_control_command(
+    tmp_path: Path,
+) -> None:
+    code, lines, err, placed = await balance_run(tmp_path, place=True)
+    assert code == 0, err
     assert placed == [0.0, 100.0, 200.0]
     row = json_lines("".join(lines))["BAL-01"]
     reg = Registry.load(EXAMPLE_REGISTRY)
@@ -373,6 +394,14 @@ async def test_balance_run_with_loads_placed_through_the_simulators_control_comm
         assert p["reference"] == pytest.approx(ref, abs=1e-9)
         assert abs(p["error"]) <= p["U"]
         assert p["U"] >= 0.01 / (2 * 3**0.5) * 1.9  # at least the resolution's share
-    toml = (out / f"{row['number']}.toml").read_text()
+    toml = (tmp_path / "out" / f"{row['number']}.toml").read_text()
     assert 'standards = [\n    "WS-E2",\n]' in toml
     assert row["as_found"] == "conforms"
+
+
+async def test_a_load_that_was_not_placed_ends_the_run(tmp_path: Path) -> None:
+    code, _, err, _ = await balance_run(tmp_path, place=False, timeout_s=1.5)
+    assert code == 1
+    assert "load 100 g (up) did not settle within 1.5 s" in err, err
+    assert "BAL-01: stable at 0 g, -100 g from the nominal load (max ±2)" in err
+    assert not (tmp_path / "out").exists()
