@@ -7,7 +7,7 @@ const WORDS = {
   suspect: "? suspect", none: "– no certificate",
   online: "● online", offline: "○ offline", unknown: "… no answer yet",
   pass: "✔ pass", fail: "✖ fail", conditional_pass: "◐ conditional pass",
-  conditional_fail: "◑ conditional fail",
+  conditional_fail: "◑ conditional fail", indeterminate: "? indeterminate",
   good: "good", uncertain: "◐ uncertain", bad: "✖ bad",
   info: "info", warning: "⚠ warning", critical: "✖ critical",
 };
@@ -228,17 +228,32 @@ function plotData(key, limits) {
   return [s.t, lo, hi, s.v, ...limitValues(limits).map(([, v]) => s.t.map(() => v))];
 }
 
+function yRange(key) {
+  const s = state.series[key];
+  let lo = Infinity, hi = -Infinity, u = 0;
+  s.v.forEach((v, i) => {
+    if (v === null) return;
+    const U = s.U[i] || 0;
+    lo = Math.min(lo, v - U); hi = Math.max(hi, v + U); u = Math.max(u, U);
+  });
+  if (lo > hi) return [0, 1];
+  const pad = Math.max((hi - lo) * 0.15, u, Math.abs(hi) * 1e-6, 1e-9);
+  return [lo - pad, hi + pad];
+}
+
 function makePlot(key, ch, doc, parent) {
   const box = el("div", { class: "plot", "data-channel": ch.name });
+  const lims = limitValues(doc.limits).map(([label, v]) => `${label} ${v}`).join(", ");
   box.append(el("h3", { text: `${ch.name} (${doc.unit || ch.unit || ""}): corrected value with its ± U band` +
-    (limitValues(doc.limits).length ? " and limits" : "") + ` — last ${Math.round(doc.window_s / 60)} min` }));
+    ` — last ${Math.round(doc.window_s / 60)} min` + (lims ? ` · ${lims} (dashed, when in view)` : "") }));
   parent.append(box);
   const width = Math.max(320, parent.clientWidth - 10);
   const axis = { stroke: "#9aa7b4", grid: { stroke: "#2c343d" }, ticks: { stroke: "#2c343d" } };
   const line = (label, stroke, width, dash) => ({ label, stroke, width, dash, points: { show: false } });
   const opts = {
     width, height: 220,
-    scales: { x: { time: true } },
+    // the view follows the values and their U; a limit is drawn when it comes near them
+    scales: { x: { time: true }, y: { range: () => yRange(key) } },
     axes: [axis, { ...axis, size: 70 }],
     series: [
       {},
