@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections import deque
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,7 @@ async def run_demo(
     from gateway.live import event_line, render_rows, render_table
     from gateway.model import Event
     from gateway.service import Gateway, load_everything
+    from gateway.sinks.history import HistorySink
     from simulators.lab import Lab
 
     out = out or sys.stdout
@@ -242,7 +244,8 @@ async def run_demo(
             )
         )
         config, registry = load_everything(path)
-        gw = Gateway(config, registry, history=None if influx else work / "history.sqlite")
+        history = {} if influx else {"history": partial(HistorySink, path=work / "history.sqlite")}
+        gw = Gateway(config, registry, extra_sinks=history)
         recent: deque[Event] = deque(maxlen=200)  # the live table's events
         gw.results.listeners.append(recent.extend)
         fresh: list[Event] = []  # events not printed yet (piped output)

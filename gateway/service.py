@@ -21,7 +21,7 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from gateway.registry_watch import RegistryRevision
     from gateway.scheduler import Supervisor
     from gateway.sinks.base import Sink
-    from gateway.sinks.history import HistorySink
     from gateway.sinks.influx import InfluxSink
     from gateway.sinks.mqtt import MqttSink
     from gateway.status import StatusServer
@@ -125,11 +124,13 @@ class Gateway:
         config: Config,
         registry: Registry | None,
         *,
-        history: Path | None = None,
+        extra_sinks: Mapping[str, Callable[[Outbox], Sink]] | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        """``clock`` (aware UTC) dates calibration statuses, corrections and events;
-        the default is the system clock (tests move it over due dates)."""
+        """``extra_sinks``: more sinks besides the configured ones, each made from the
+        outbox and reading its own cursor, by the sink's name (the demo's local history).
+        ``clock`` (aware UTC) dates calibration statuses, corrections and events; the
+        default is the system clock (tests move it over due dates)."""
         from gateway.metrics import Metrics
         from gateway.monitor import Monitor
         from gateway.pipeline import Pipeline
@@ -147,8 +148,8 @@ class Gateway:
         self.outbox: Outbox | None = None
         self.mqtt: MqttSink | None = None
         self.influx: InfluxSink | None = None
-        self.history_path = history  # a local SQLite history (the demo's, when no InfluxDB)
-        self.history: HistorySink | None = None
+        self._extra_factories = dict(extra_sinks or {})
+        self.extra_sinks: list[Sink] = []
         self.status_server: StatusServer | None = None
         self._equipment: dict[str, tuple[asyncio.Task[None], EquipmentEntry, Supervisor]] = {}
         self._service_tasks: list[asyncio.Task[Any]] = []
@@ -181,8 +182,7 @@ class Gateway:
             names.append("mqtt")
         if self.config.influxdb is not None:
             names.append("influx")
-        if self.history_path is not None:
-            names.append("history")
+        names.extend(self._extra_factories)
         return names
 
     async def start(self) -> None:
@@ -256,15 +256,12 @@ class Gateway:
             from gateway.sinks.influx import InfluxSink
 
             self.influx = InfluxSink(cfg.influxdb, self.outbox)
-        if self.history_path is not None:
-            from gateway.sinks.history import HistorySink
-
-            self.history = HistorySink(self.outbox, self.history_path)
+        self.extra_sinks = [make(self.outbox) for make in self._extra_factories.values()]
         for sink in self.sinks():
             self._sink_tasks.append(asyncio.create_task(sink.run(), name=f"sink:{sink.name}"))
 
     def sinks(self) -> list[Sink]:
-        return [s for s in (self.mqtt, self.influx, self.history) if s is not None]
+        return [s for s in (self.mqtt, self.influx) if s is not None] + self.extra_sinks
 
     async def stop(self) -> None:
         """Stop polling, commit what was read, let the sinks flush, close everything."""
@@ -490,8 +487,10 @@ class Gateway:
                 "depth": s.depth, "lag_s": s.lag_s, "dropped": s.dropped,
                 "committed": s.committed, "bytes": s.rows_bytes,
             }  # fmt: skip
-        if self.history is not None:
-            out["history"] = self.history.summary()
+        for sink in self.extra_sinks:
+            summary = sink.summary()
+            if summary is not None:
+                out[sink.name] = summary
         return out
 
     def _sinks_status(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from gateway.backoff import backoff_delay
 from gateway.errors import SinkError
@@ -96,6 +97,10 @@ class Sink(abc.ABC):
     def drained(self) -> bool:
         """Everything committed is acked (the stop flush is done)."""
         return self.outbox.depth(self.name) == 0
+
+    def summary(self) -> dict[str, Any] | None:
+        """What ``GET /status`` shows of this sink under its name (None: nothing)."""
+        return None
 
     async def collect(self, rows: list[Row]) -> list[Row]:
         """Add to a fetched batch before delivery (InfluxDB waits to fill its batch)."""
