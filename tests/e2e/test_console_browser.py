@@ -198,3 +198,35 @@ async def test_a_person_sees_the_lab_live(tmp_path: Path, browser: Any) -> None:
             assert not errors, errors  # no script error, nothing missing
         finally:
             await gw.stop()
+
+
+async def test_with_a_token_the_browser_asks_once_and_the_page_stays_live(
+    tmp_path: Path, browser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off loopback the console needs the token: a wall screen's browser gives it as basic
+    auth once (here in the URL, as a kiosk would), and the page and its stream work."""
+    import asyncio
+
+    monkeypatch.setenv("CALGATE_TEST_CONSOLE_TOKEN", "wall-screen-token")
+    http = f"127.0.0.1:{free_port()}"
+    async with Lab(fixed_ports=False, opcua=False, seed=12) as lab:
+        path = lab_config(lab, tmp_path, http=http, interval_s=0.2, only=["PT-101", "PT-102"])
+        text = path.read_text().replace(
+            f'listen = "{http}"', f'listen = "{http}"\ntoken_env = "CALGATE_TEST_CONSOLE_TOKEN"'
+        )
+        path.write_text(text)
+        config, registry = load_everything(path)
+        gw = Gateway(config, registry)
+        await gw.start()
+        try:
+            await asyncio.to_thread(browser.get, f"http://{http}/")
+            page = await asyncio.to_thread(lambda: browser.page_source)
+            assert "calgate lab console" not in page  # 401: no token, no console
+            await asyncio.to_thread(browser.get, f"http://anyone:wall-screen-token@{http}/")
+            await until(browser, lambda d: all("online" in t for t in row_texts(d).values())
+                        and len(row_texts(d)) == 2, "both rows online")  # fmt: skip
+            live = await until(browser, lambda d: (t := text_of(d, "#live")).startswith("live")
+                               and t, "the stream to deliver")  # fmt: skip
+            assert "updated" in live
+        finally:
+            await gw.stop()

@@ -489,3 +489,17 @@ def test_check_config_says_who_may_read_the_console(
     out = capsys.readouterr().out
     assert "http: 0.0.0.0:8470 (not loopback): every request but /healthz needs the token" in out
     assert "environment variable CALGATE_TEST_HTTP_TOKEN" in out
+
+
+async def test_a_page_that_falls_behind_is_told_to_resync(
+    served: tuple[Source, Console, str],
+) -> None:
+    _, console, url = served
+    async with aiohttp.ClientSession() as http:
+        resp = await http.get(f"{url}/api/stream")
+        await read_sse(resp, lambda ev, _: ev == "hello")
+        console._publish()  # two updates before the page's writer runs again:
+        console._publish()  # it gets the latest, after a resync, not a queue of both
+        got = await asyncio.wait_for(read_sse(resp, lambda ev, _: ev in ("resync", "update")), 5)
+        assert got == {}  # resync's data
+        resp.close()
