@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import shutil
 import tomllib
 from collections import Counter
@@ -383,6 +384,12 @@ def test_impact_bad_input_clear_errors_and_exit_codes(
     code, _, err = impact(capsys, "-c", str(dead), "--standard", "WS-P1")
     assert code == 69
     assert "cannot query" in err
+    # No [influxdb] table: nothing stored to read, the config's fault, 78.
+    bare = stored.config.with_name("bare.toml")
+    bare.write_text(re.sub(r"\[influxdb\]\n(.+\n)*", "", stored.config.read_text()))
+    code, _, err = impact(capsys, "-c", str(bare), "--standard", "WS-P1")
+    assert code == 78
+    assert "no [influxdb] table" in err
     # A database the config names that does not exist: the config's fault, 78.
     nodb = stored.config.with_name("nodb.toml")
     nodb.write_text(stored.config.read_text().replace(stored.db, "no_such_database"))

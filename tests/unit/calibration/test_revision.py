@@ -131,3 +131,48 @@ def test_a_certificate_without_a_drifted_standard_is_unchanged(reg: Registry) ->
     assert not rev.revise(n1).changed
     assert not rev.revise(w2).changed
     assert rev.revise(w2).certificate is w2
+
+
+def test_a_drift_two_levels_up_reaches_the_instrument(tmp_path: Path) -> None:
+    """REF (the NMI-calibrated reference) is found out of tolerance: WS, calibrated with
+    it in that period, is revised, and so is BAL, calibrated with WS."""
+    reg = _write(
+        tmp_path,
+        {
+            "equipment/REF.toml": _eq("REF", "reference_standard", "tolerance = { mpe = 0.005 }"),
+            "equipment/WS.toml": _eq("WS", "working_standard"),
+            "equipment/BAL.toml": _eq("BAL", "instrument"),
+            "certificates/N1.toml": _cert(
+                "N1", "REF", "2026-01-01", "", _pt(0, 0, 0.0002) + _pt(200, 200, 0.0002), nmi=True
+            ),
+            "certificates/N2.toml": _cert(
+                "N2",
+                "REF",
+                "2026-09-01",
+                "",
+                _pt(0, 0, 0.0002) + _pt(200, 200, 0.0002),
+                found=_pt(0, 0, 0.0002) + _pt(200, 200.02, 0.0002),
+                nmi=True,
+            ),
+            "certificates/W1.toml": _cert(
+                "W1", "WS", "2026-02-01", '"REF"', _pt(0, 0, 0.001) + _pt(100, 100.0, 0.002)
+            ),
+            "certificates/B1.toml": _cert(
+                "B1", "BAL", "2026-03-01", '"WS"', _pt(0, 0.0, 0.01) + _pt(100, 100.0, 0.02)
+            ),
+        },
+    )
+    rev = Revisions(reg)
+    b1 = reg.certificate("B1")
+    w1 = reg.certificate("W1")
+    assert b1 is not None
+    assert w1 is not None
+    # REF as found reads 0.02 g high at 200 g: 0.01 g at 100 g. WS's 100 g reference
+    # (read off REF at 100) was 100 − 0.01; WS's corrected 100 is then 99.99 too, and
+    # BAL's 100 g reference (read off WS) moves by the same −0.01 g.
+    (w100,) = [p for p in rev.revise(w1).certificate.points if p.indicated == 100.0]
+    assert w100.reference == pytest.approx(100.0 - 0.02 * 100.0 / 200.02, abs=1e-9)
+    (b100,) = [p for p in rev.revise(b1).certificate.points if p.indicated == 100.0]
+    assert b100.reference == pytest.approx(w100.reference, abs=1e-9)
+    assert "standard WS (W1" in rev.revise(b1).notes[0]
+    assert "standard REF (N1" in rev.revise(b1).notes[0]
