@@ -149,7 +149,8 @@ def _correct(args: argparse.Namespace) -> int:
     print(f"  raw            {raw:g} {unit}")
     if m.U is not None and m.U > 0:
         v, Ur = round_result(m.value, m.U)
-        print(f"  corrected      {v} {unit} ± {Ur} {unit}  (k = {m.k:g})")
+        doubt = "  ! not valid here: see quality" if "out_of_range" in m.flags else ""
+        print(f"  corrected      {v} {unit} ± {Ur} {unit}  (k = {m.k:g}){doubt}")
         print(f"                 full precision: value {m.value!r}, u {m.u!r}, U {m.U!r}")
     else:
         print(f"  corrected      {m.value:g} {unit}  (no uncertainty)")

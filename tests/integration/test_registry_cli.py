@@ -355,6 +355,8 @@ def test_an_out_of_range_value_is_marked_and_not_judged(
     assert high < 500.0
     code, out, _ = run(capsys, "correct", str(EXAMPLES), "BAL-01", "weight", "500", "--at", AT)
     assert code == 0
+    corrected = next(x for x in out.splitlines() if x.startswith("  corrected"))
+    assert corrected.endswith("(k = 2)  ! not valid here: see quality")
     assert f"  quality        uncertain  (outside the calibrated span {low:g} to {high:g} g:" in out
     assert (
         "  conformity     indeterminate  (no decision on this value: outside the calibrated" in out
