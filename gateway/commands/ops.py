@@ -119,20 +119,22 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _optional_registry(path: Path) -> Registry | None:
-    """The registry when it loads; probe works without one (value = raw, calibration none)."""
-    from calibration import Registry, RegistryError
+    """The registry's sound entries (broken files are left out, as ``run`` does, with a
+    note); probe works without one (value = raw, calibration none)."""
+    from calibration import Registry
 
-    if not path.exists():
+    if not path.is_dir():
         print(f"note: no registry at {path}: values are raw, calibration none", file=sys.stderr)
         return None
-    try:
-        return Registry.load(path)
-    except RegistryError as exc:
+    registry = Registry.load(path, sound_only=True)
+    if registry.problems:
+        left_out = ", ".join(sorted(registry.unsound))
         print(
-            f"note: registry {path} does not load ({len(exc.errors)} error(s)); values are raw",
+            f"note: registry {path}: {len(registry.problems)} error(s) (calgate registry check "
+            f"{path}); left out, values raw: {left_out}",
             file=sys.stderr,
         )
-        return None
+    return registry
 
 
 async def _probe(entries: list[EquipmentEntry], registry: Registry | None, *, as_json: bool) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,3 +73,28 @@ async def test_probe_reports_a_dead_instrument_and_still_reads_the_others(tmp_pa
     by_eq = {r["equipment"]: r for r in rows}
     assert "error" in by_eq["BAL-01"]
     assert by_eq["PT-101"]["quality"] == "good"
+
+
+async def test_probe_corrects_through_the_sound_part_of_a_broken_registry(
+    tmp_path: Path,
+) -> None:
+    """A broken certificate of WS-F1 (a standard, not probed): PT-101 is still corrected
+    through its certificate (it gave raw values for every instrument), and the note
+    names what was left out."""
+    root = tmp_path / "registry"
+    shutil.copytree(EXAMPLE_REGISTRY, root)
+    cert = root / "certificates" / "MCS-2026-0611.toml"
+    cert.write_text(cert.read_text().replace('standards = ["REF-W1"]', 'standards = ["NOPE"]'))
+    async with Lab(fixed_ports=False, opcua=False, seed=4) as lab:
+        config = lab_config(lab, tmp_path, only={"PT-101"}, registry=root)
+        code, rows, err = await probe(config, "PT-101")
+    assert code == 0, err
+    assert "left out, values raw: WS-F1" in err
+    (row,) = rows
+    assert (
+        row["certificate"]
+        == Registry.load(EXAMPLE_REGISTRY)
+        .corrector("PT-101", "pressure", datetime.now(UTC))
+        .certificate
+    )
+    assert row["value"] != row["raw"]
