@@ -256,7 +256,8 @@ async def run_demo(
             console,
             f"calgate demo: {len(config.equipment)} simulated instruments, registry {config.registry_dir}",
             f"  MQTT ({broker_kind}):  mosquitto_sub -h 127.0.0.1 -p {broker_port} -t 'calgate/#' -v",
-            f"  status:  curl http://{http}/status   metrics: curl http://{http}/metrics",
+            f"  status:  curl http://{http}/status",
+            f"  metrics: curl http://{http}/metrics",
             f"  store:   {store}",
         ]
         if influx:
