@@ -38,6 +38,7 @@ __all__ = [
     "equipment_where",
     "format_loc",
     "load_config",
+    "never_calibrated",
 ]
 
 # Keys of an [[equipment]] table that belong to the gateway, not to the driver.
@@ -56,6 +57,9 @@ class GatewaySettings(BaseModel):
     backoff_max_s: float = Field(default=30.0, gt=0)
     # the service's event loop (gateway/eventloop.py); read at start, not on reload
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # refuse to start while a polled channel has no certificate in force (calgate run
+    # --strict); by default such a channel is published with calibration "none"
+    require_calibration: bool = False
 
 
 class _TopLevel(BaseModel):
@@ -91,6 +95,9 @@ class Config:
     http: HttpSettings
     outbox: OutboxSettings
     equipment: tuple[EquipmentEntry, ...] = field(default_factory=tuple)
+    # what the cross-check with the registry found that does not stop the service (a
+    # channel without a certificate in force), as ``file: path: message``
+    warnings: tuple[str, ...] = ()
 
     @property
     def registry_dir(self) -> Path:
@@ -325,13 +332,18 @@ def check_against_registry(
     *,
     at: datetime | None = None,
     skip: Iterable[str] = (),
+    strict: bool = False,
+    warnings: list[str] | None = None,
 ) -> list[str]:
     """Cross-check the config with a loaded registry; return every problem found.
 
-    Each configured equipment id must be in the registry; each channel the gateway will
-    publish must be a registry channel of that equipment, and calibrated (a certificate in
-    force now) unless listed in the table's ``uncalibrated``. Equipment in ``skip``
-    (its registry files are broken, reported with their own errors) is not checked.
+    Each configured equipment id must be in the registry and each channel the gateway
+    will publish a registry channel of that equipment. A channel without a certificate in
+    force now is published with calibration ``none``: unless the table lists it in
+    ``uncalibrated`` (a channel that is never calibrated), it goes to ``warnings``, or is
+    a problem when ``strict`` (``calgate run --strict``, ``require_calibration``).
+    Equipment in ``skip`` (its registry files are broken, reported with their own errors)
+    is not checked.
     """
     from datetime import UTC, datetime
 
@@ -361,14 +373,29 @@ def check_against_registry(
                 )
                 continue
             if "*" in entry.uncalibrated or name in entry.uncalibrated:
+                continue  # never calibrated: published as "none", no word about it
+            if registry.corrector(entry.id, name, at).certificate is not None:
                 continue
-            corrector = registry.corrector(entry.id, name, at)
-            if corrector.certificate is None:
-                problems.append(
-                    f"{fname}: {where}{cwhere}: channel {name!r} of {entry.id} has no "
-                    "certificate in force; calibrate it or list it in `uncalibrated`"
+            where_ = f"{fname}: {where}{cwhere}: channel {name!r} of {entry.id} has no certificate in force"
+            if strict:
+                problems.append(f"{where_} (calibration required); calibrate it")
+            elif warnings is not None:
+                warnings.append(
+                    f'{where_}: published with calibration "none" (quality uncertain); '
+                    "calibrate it, or list it in `uncalibrated` if it is never calibrated"
                 )
     return problems
+
+
+def never_calibrated(entry: EquipmentEntry, registry: Registry | None) -> bool:
+    """Whether every channel ``entry`` publishes is listed in its ``uncalibrated`` (a door
+    contact): its calibration ``none`` is expected, not news."""
+    if "*" in entry.uncalibrated:
+        return True
+    eq = registry.equipment(entry.id) if registry is not None else None
+    names = {ch.name for ch in eq.channels} if eq is not None else set()
+    published = {name for name, _ in configured_channels(entry, names)}
+    return bool(entry.uncalibrated) and published <= entry.uncalibrated
 
 
 def configured_channels(

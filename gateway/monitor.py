@@ -28,6 +28,7 @@ __all__ = ["EquipmentState", "Monitor"]
 _OUT = frozenset({"fail", "conditional_fail"})
 
 CALIBRATION_EVENTS: dict[str, tuple[str, Severity]] = {
+    "none": ("calibration_missing", "warning"),
     "due_soon": ("calibration_due_soon", "warning"),
     "expired": ("calibration_expired", "critical"),
     "untraceable": ("traceability_broken", "critical"),
@@ -62,6 +63,7 @@ class EquipmentState:
     polls: int = 0
     errors: int = 0
     oot_version: int = 0  # bumped on every out-of/back-in-tolerance transition
+    calibration_checked: bool = False  # the registry was asked (``calibration`` is not a default)
     # bumped on every change of what the retained status shows (connection, calibration,
     # tolerance): the gateway re-publishes the status when it moved, not after every poll
     version: int = 0
@@ -259,6 +261,7 @@ class Monitor:
         """Update from a registry CalibrationState; an event when the status changes."""
         st = self.state(equipment)
         old = st.calibration
+        first, st.calibration_checked = not st.calibration_checked, True
         shown = (st.calibration, st.certificate, st.due, st.chain, st.reasons, st.conforms)
         st.calibration = cal_state.status
         st.certificate = cal_state.certificate
@@ -269,7 +272,7 @@ class Monitor:
         if shown != (st.calibration, st.certificate, st.due, st.chain, st.reasons, st.conforms):
             st.version += 1
         new = cal_state.status
-        if new == old or new not in CALIBRATION_EVENTS:
+        if (new == old and not first) or new not in CALIBRATION_EVENTS:
             return []
         etype, severity = CALIBRATION_EVENTS[new]
         reasons = "; ".join(cal_state.reasons) or new

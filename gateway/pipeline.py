@@ -3,6 +3,11 @@
 The registry snapshot is immutable; the pipeline keeps one :class:`ChannelPlan` per
 equipment channel (its Corrector, unit factor and calibration state), built when first
 needed and rebuilt when the UTC date changes or a new snapshot is swapped in.
+
+A registry channel without a certificate in force (calibration ``none``) is published
+as read: the raw value, in the channel's unit, with no uncertainty, quality
+``uncertain``, flag ``uncalibrated``, and no conformity decision (``indeterminate``
+when the channel has limits).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from calibration.conformity import INDETERMINATE
+from calibration.conformity import INDETERMINATE, withheld
 from drivers.base import Quality, Reading
 from gateway.model import Measurement
 
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 # Calibration states under which a corrected value cannot be trusted as "good".
 DOUBTFUL: frozenset[str] = frozenset({"expired", "untraceable", "suspect"})
 _OUT_OF_RANGE = frozenset({"out_of_range"})
+_UNCALIBRATED = frozenset({"uncalibrated"})
 _isfinite = math.isfinite
 _channel = attrgetter("channel")
 
@@ -63,6 +69,8 @@ class ChannelPlan:
     # judge(value, U) when the corrector judges conformity: calibration.conformity.decider
     # of its limits and rule (Corrector.judge_one's decision, the rule settled once)
     judge: Callable[[float, float], str | None] | None = None
+    # a registry channel without a certificate in force: published as read (corrector None)
+    uncalibrated: bool = False
 
 
 def judge_of(
@@ -72,7 +80,7 @@ def judge_of(
     the channel has no limits. Under an untraceable chain every value is ``indeterminate``
     (a decision on it is not a decision) unless the channel sets ``judge_untraceable``.
     A value outside the calibrated span is judged by :func:`beyond_span`."""
-    from calibration.conformity import decider, withheld
+    from calibration.conformity import decider
 
     if status == "untraceable" and not channel.judge_untraceable:
         return withheld()
@@ -137,8 +145,14 @@ class Pipeline:
         if reg is None or ch is None:
             return ChannelPlan(equipment, channel, None, None, None, "none", None, at.date())
         corrector = reg.corrector(equipment, channel, at)
+        if corrector.certificate is None:
+            judge = withheld() if corrector.limits is not None else None
+            return ChannelPlan(
+                equipment, channel, None, ch.unit, ch.quantity, "none", None, at.date(),
+                judge, uncalibrated=True,
+            )  # fmt: skip
         state = reg.state(equipment, at)
-        status: CalStatus = "none" if corrector.certificate is None else state.status
+        status: CalStatus = state.status
         return ChannelPlan(
             equipment,
             channel,
@@ -200,9 +214,17 @@ class Pipeline:
         corrector = plan.corrector
         quality: Quality = r.quality
         if corrector is None or "unit_mismatch" in flags:
+            conformity = None
+            if plan.uncalibrated:  # as read: no U, no decision
+                flags = flags | _UNCALIBRATED
+                if quality == "good":
+                    quality = "uncertain"
+                if plan.judge is not None and quality != "bad":
+                    conformity = plan.judge(raw, math.nan)
             return Measurement.make(
                 r, raw, unit, None, None, None, quality, flags,
-                "none" if corrector is None else plan.calibration, None, None, plan.quantity,
+                "none" if corrector is None else plan.calibration, None, conformity,
+                plan.quantity,
             )  # fmt: skip
         calibration = plan.calibration
         if quality == "bad" or not _isfinite(raw):

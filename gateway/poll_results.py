@@ -12,7 +12,7 @@ The calibration watch goes through the same path (:meth:`PollResults.calibration
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -135,9 +135,12 @@ class PollResults:
         payload["ts"] = rfc3339(datetime.now(UTC))
         return payload
 
-    def calibration(self, equipment: Iterable[str], at: datetime) -> None:
+    def calibration(
+        self, equipment: Iterable[str], at: datetime, *, quiet: Collection[str] = ()
+    ) -> None:
         """Re-evaluate the calibration status of ``equipment`` at ``at`` (a due date may
-        have passed, a new certificate been loaded)."""
+        have passed, a new certificate been loaded). Equipment in ``quiet`` is never
+        calibrated (listed ``uncalibrated``): no ``calibration_missing`` for it."""
         reg = self.pipeline.registry
         if reg is None:
             return
@@ -146,7 +149,10 @@ class PollResults:
             if reg.equipment(eq_id) is None:
                 continue
             state = reg.state(eq_id, at)
-            events += self.monitor.calibration(eq_id, state)
+            news = self.monitor.calibration(eq_id, state)
+            if eq_id in quiet:
+                news = [e for e in news if e.type != "calibration_missing"]
+            events += news
             days = (state.due - at.date()).days if state.due else None
             self.metrics.set_calibration(eq_id, state.status, days)
             self.publish_status(eq_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -34,6 +35,7 @@ from gateway.config import (
     check_against_registry,
     check_paths,
     load_config,
+    never_calibrated,
 )
 from gateway.errors import ConfigError
 from gateway.wire import rfc3339
@@ -60,11 +62,13 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def load_everything(path: Path | str) -> tuple[Config, Registry]:
+def load_everything(path: Path | str, *, strict: bool = False) -> tuple[Config, Registry]:
     """Config and registry, cross-checked; ConfigError lists every problem of all three.
 
     A registry whose broken files belong only to equipment that is not configured loads
-    without them (``registry.problems`` lists them, as warnings)."""
+    without them (``registry.problems`` lists them, as warnings). A polled channel without
+    a certificate in force is in ``config.warnings`` (published with calibration
+    ``none``), or an error when ``strict`` or ``[gateway] require_calibration``."""
     from calibration import Registry
 
     errors: list[str] = []
@@ -84,12 +88,21 @@ def load_everything(path: Path | str) -> tuple[Config, Registry]:
         polled = {e.id for e in config.equipment}
         if "*" in registry.unsound or polled & registry.unsound:
             errors.extend(f"{config.registry_dir}/{e}" for e in registry.problems)
+    warnings: list[str] = []
     if registry is not None:
-        errors.extend(check_against_registry(config, registry, skip=registry.unsound))
+        errors.extend(
+            check_against_registry(
+                config,
+                registry,
+                skip=registry.unsound,
+                strict=strict or config.gateway.require_calibration,
+                warnings=warnings,
+            )
+        )
     if errors:
         _fail(errors)
     assert registry is not None  # else an error says why
-    return config, registry
+    return dataclasses.replace(config, warnings=tuple(warnings)), registry
 
 
 def _fail(errors: list[str]) -> NoReturn:
@@ -126,17 +139,21 @@ class Gateway:
         *,
         extra_sinks: Mapping[str, Callable[[Outbox], Sink]] | None = None,
         clock: Callable[[], datetime] | None = None,
+        strict: bool = False,
     ) -> None:
         """``extra_sinks``: more sinks besides the configured ones, each made from the
         outbox and reading its own cursor, by the sink's name (the demo's local history).
         ``clock`` (aware UTC) dates calibration statuses, corrections and events; the
-        default is the system clock (tests move it over due dates)."""
+        default is the system clock (tests move it over due dates). ``strict``
+        (``calgate run --strict``): a reload is refused while a polled channel has no
+        certificate in force, as the start was."""
         from gateway.metrics import Metrics
         from gateway.monitor import Monitor
         from gateway.pipeline import Pipeline
         from gateway.poll_results import PollResults
 
         self.config = config
+        self.strict = strict
         self.clock: Callable[[], datetime] = clock or _utcnow
         self.buses = Buses()
         # the pipeline's own default clock: it then checks the date against time.time()
@@ -371,7 +388,12 @@ class Gateway:
 
     def check_calibration(self, at: datetime | None = None) -> None:
         """Re-evaluate every equipment's calibration status (the date may have passed)."""
-        self.results.calibration(list(self._equipment), at or self.clock())
+        quiet = {
+            eq_id
+            for eq_id, (_, entry, _) in self._equipment.items()
+            if never_calibrated(entry, self.registry)
+        }
+        self.results.calibration(list(self._equipment), at or self.clock(), quiet=quiet)
 
     async def _calibration_watch(self) -> None:
         while True:  # the interval as configured now (a reload may change it)
@@ -540,7 +562,7 @@ class Gateway:
         async with self._reload_lock:
             sdnotify.reloading()
             try:
-                config, registry = load_everything(self.config.path)
+                config, registry = load_everything(self.config.path, strict=self.strict)
             except ConfigError as exc:
                 for line in exc.errors:
                     log.error("reload refused: %s", line)
@@ -548,6 +570,8 @@ class Gateway:
                 return
             for line in registry.problems:  # entries of equipment not polled: left out
                 log.warning("reload: registry entry left out: %s", line)
+            for line in config.warnings:
+                log.warning("reload: %s", line)
             old_registry = self.registry
             self.pipeline.swap_registry(registry)
             new = {e.id: e for e in config.equipment}

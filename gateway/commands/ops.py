@@ -25,12 +25,18 @@ EX_UNAVAILABLE = 69  # sysexits.h: a resource (the HTTP port...) is unavailable;
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    strict = (
+        "refuse a polled channel without a certificate in force (as [gateway] "
+        'require_calibration = true); by default it is published with calibration "none"'
+    )
     p = sub.add_parser("run", help="run the gateway service (systemd runs this)")
     p.add_argument("-c", "--config", type=Path, required=True, help="calgate.toml")
+    p.add_argument("--strict", action="store_true", help=strict)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-config", help="validate config and registry; list every error")
     p.add_argument("-c", "--config", type=Path, required=True, help="calgate.toml")
+    p.add_argument("--strict", action="store_true", help=strict)
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("probe", help="poll each equipment once and print its measurements")
@@ -51,7 +57,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.service import load_everything
 
     try:
-        config, registry = load_everything(args.config)
+        config, registry = load_everything(args.config, strict=args.strict)
     except ConfigError as exc:
         return _print_errors(exc.errors)
     n_ch = sum(len(e.driver.model_dump().get("channels") or [None]) for e in config.equipment)
@@ -65,7 +71,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _print_registry_problems(config: Config, registry: Registry) -> None:
-    """Broken registry entries of equipment that is not polled: warnings, not errors."""
+    """Broken registry entries of equipment that is not polled, and polled channels
+    without a certificate in force: warnings, not errors."""
+    for line in config.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     if not registry.problems:
         return
     left_out = ", ".join(sorted(registry.unsound))
@@ -81,11 +90,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.service import Gateway, load_everything
 
     try:
-        config, registry = load_everything(args.config)
+        config, registry = load_everything(args.config, strict=args.strict)
     except ConfigError as exc:
         return _print_errors(exc.errors)
     _print_registry_problems(config, registry)
-    gateway = Gateway(config, registry)
+    gateway = Gateway(config, registry, strict=args.strict)
     try:
         eventloop.run(gateway.serve_forever(), config.gateway.event_loop)
     except ConfigError as exc:

@@ -160,3 +160,25 @@ def test_an_untraceable_value_is_not_judged_unless_the_lab_says_so(
     assert (one.conformity, many[0].conformity) == (expected, expected)
     # 300 g: beyond the calibrated span (to 220 g), and its edge is beyond the 210 g limit
     assert many[1].conformity == ("fail" if judge_untraceable else "indeterminate")
+
+
+def test_a_channel_without_a_certificate_is_published_as_read(tmp_path: Path) -> None:
+    """PT-101 with its certificate removed: the raw value (in the channel's unit), no
+    uncertainty, quality uncertain, flag uncalibrated, calibration none, no decision
+    against its limits (indeterminate); a bad reading stays bad; one reading or several."""
+    root = tmp_path / "registry"
+    shutil.copytree(REGISTRY, root)
+    (root / "certificates" / "PCL-2026-0906.toml").unlink()
+    pipeline = Pipeline(Registry.load(root), clock=lambda: T0)
+    one = pipeline.process([reading(101.325, unit="kPa")])
+    several = pipeline.process([reading(1000.3), reading(1200.0), reading(math.nan, quality="bad")])
+    for m in [*one, *several]:
+        assert (m.u, m.U, m.k, m.certificate, m.calibration) == (None, None, None, None, "none")
+        assert "uncalibrated" in m.flags
+    assert (one[0].value, one[0].unit) == (pytest.approx(1013.25), "mbar")
+    assert [(m.value, m.quality, m.conformity) for m in several[:2]] == [
+        (1000.3, "uncertain", "indeterminate"),
+        (1200.0, "uncertain", "indeterminate"),
+    ]
+    assert math.isnan(several[2].value)
+    assert (several[2].quality, several[2].conformity) == ("bad", None)
