@@ -307,7 +307,7 @@ def certificate_html(cert: IssuedCertificate) -> str:
     )
     if _has_updown(cert):
         out.append(
-            "<p>Each point (as left) is the mean of the increasing and the decreasing series "
+            f"<p>Each point{' (as left)' if cert.adjusted else ''} is the mean of the increasing and the decreasing series "
             "(hysteresis: the difference of their errors):</p><table><tr>"
             f"<th>Reference / {_e(unit)}</th><th>Error ↑ / {_e(unit)}</th>"
             f"<th>Error ↓ / {_e(unit)}</th><th>Hysteresis / {_e(unit)}</th></tr>"
@@ -325,8 +325,8 @@ def certificate_html(cert: IssuedCertificate) -> str:
     for s in cert.standards:
         out.append(
             f"<p>The measurements are traceable to the SI through {_e(s.equipment.id)}, "
-            f"calibrated under the unbroken chain of certificates {_e(s.traceability())}, "
-            f"which ends at {_e(s.nmi)}, a national metrology institute.</p>"
+            f"calibrated under the unbroken chain of certificates {_e(s.traceability())}: "
+            f"it ends at {_e(s.nmi)}, a national metrology institute.</p>"
         )
     out.append("<h2>Statement of conformity</h2>")
     if cert.conformity is None:

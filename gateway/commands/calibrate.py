@@ -135,8 +135,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except (CalibrationRunError, EOFError) as exc:
         print(f"calgate calibrate: run failed, no certificate issued: {exc}", file=sys.stderr)
         return 1
+    added: list[Path] = []
     for cert in outcome.certificates:
         files = write_outputs(cert, args.out, args.into)
+        added += [f for f in files if args.into is not None and f.parent.parent == args.into]
         if args.json:
             print(
                 json.dumps(
@@ -164,7 +166,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         try:
             Registry.load(args.into)
         except RegistryError as exc:
-            print(f"calgate calibrate: the registry {args.into} no longer loads:", file=sys.stderr)
+            for path in added:  # leave the registry as it was; the certificates stay in --out
+                path.unlink()
+            print(
+                f"calgate calibrate: the registry {args.into} refuses the new certificates "
+                f"(taken out again; they are in {args.out}):",
+                file=sys.stderr,
+            )
             return _errors(exc.errors)
     return 1 if outcome.failures else 0
 

@@ -226,6 +226,36 @@ async def test_a_dut_failing_as_found_is_adjusted_and_measured_again_as_left(
     assert "As left, after adjustment, the item conforms to" in html
 
 
+async def test_a_registry_that_refuses_the_new_certificates_is_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    registry = registry_copy(tmp_path)
+    other = tmp_path / "other"  # PT-101's channel is called "p" there
+    shutil.copytree(EXAMPLE_REGISTRY, other)
+    for f in (other / "equipment" / "PT-101.toml", other / "certificates" / "PCL-2026-0906.toml"):
+        text = f.read_text()
+        f.write_text(
+            text.replace('name = "pressure"', 'name = "p"').replace(
+                'channel = "pressure"', 'channel = "p"'
+            )
+        )
+    before = sorted(p.name for p in (other / "certificates").iterdir())
+    Registry.load(other)
+    async with Lab(fixed_ports=False, opcua=False, seed=10) as lab:
+        lab.manifold.slew_per_s = FAST_SLEW
+        config = config_for(lab.endpoints(), tmp_path, registry)
+        proc = pressure_procedure(tmp_path / "p.toml", [400.0, 800.0])
+        code, _, err = await calgate(
+            "calibrate", "-c", str(config), str(proc), "--out", str(tmp_path / "out"),
+            "--into", str(other),
+        )  # fmt: skip
+    assert code == 78
+    assert f"the registry {other} refuses the new certificates" in err
+    assert "has no channel 'pressure'" in err
+    assert sorted(p.name for p in (other / "certificates").iterdir()) == before
+    assert len(list((tmp_path / "out").glob("*.toml"))) == 2  # both kept in --out
+
+
 async def test_a_point_that_never_settles_ends_the_run_without_certificates(
     tmp_path: Path,
 ) -> None:
