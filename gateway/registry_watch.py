@@ -6,8 +6,9 @@
   differs from that commit). The gateway emits it as a ``registry_loaded`` event at
   start and at each reload and shows it in ``/status``, so any stored reading can be tied
   to the certificates in force when it was made.
-- :func:`changes` compares the registry in use with the one a reload brings, for the
-  channels the gateway polls, and gives the events owed once for that change:
+- :func:`changes` compares the registry the gateway applied last (its :class:`Memory`,
+  kept in the state directory, so a restart compares as a reload does) with the one a
+  reload or a start brings, for the channels the gateway polls, and gives the events owed once for that change:
   ``traceability_suspect`` when a new finding (an item found out of tolerance as found,
   :mod:`calibration.revision`) puts readings of a channel in doubt, and
   ``certificate_superseded`` when a channel's past readings went through a certificate
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import subprocess
 from collections.abc import Iterable
@@ -33,7 +35,16 @@ from gateway.outbox import DROP_EQUIPMENT
 if TYPE_CHECKING:
     from calibration import Certificate, Registry
 
-__all__ = ["RegistryRevision", "changes", "loaded_event", "revision_of"]
+__all__ = [
+    "Memory",
+    "RegistryRevision",
+    "changes",
+    "load_memory",
+    "loaded_event",
+    "memory_of",
+    "revision_of",
+    "save_memory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +130,91 @@ def _command(config: Path, option: str, value: str) -> str:
     return f"calgate impact -c {config} {option} {value}"
 
 
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """What a registry said, kept to compare the next one with (in the state directory,
+    so a restart compares as a reload does): its findings, and each channel's
+    certificates as ``(number, calibrated, content digest)``, oldest first."""
+
+    findings: frozenset[tuple[str, str]]
+    certificates: dict[str, tuple[tuple[str, str, str], ...]]  # "EQ/CH" -> certificates
+
+    def in_force(self, eq_id: str, channel: str, day: date) -> str | None:
+        best = None
+        for number, calibrated, _ in self.certificates.get(f"{eq_id}/{channel}", ()):
+            if date.fromisoformat(calibrated) <= day:
+                best = number
+        return best
+
+    def content(self, eq_id: str, channel: str, number: str) -> str | None:
+        for n, _, sha in self.certificates.get(f"{eq_id}/{channel}", ()):
+            if n == number:
+                return sha
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "findings": sorted(list(f) for f in self.findings),
+            "certificates": {k: [list(c) for c in v] for k, v in sorted(self.certificates.items())},
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Memory:
+        return cls(
+            findings=frozenset((str(a), str(b)) for a, b in doc["findings"]),
+            certificates={
+                str(k): tuple((str(n), str(c), str(h)) for n, c, h in v)
+                for k, v in doc["certificates"].items()
+            },
+        )
+
+
+def _content(cert: Certificate) -> str:
+    text = json.dumps(cert.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def memory_of(reg: Registry) -> Memory:
+    from calibration.revision import findings
+
+    certs: dict[str, tuple[tuple[str, str, str], ...]] = {}
+    for eq_id in reg.equipment_ids():
+        for ch in reg.require(eq_id).channel_names:
+            certs[f"{eq_id}/{ch}"] = tuple(
+                (c.number, c.calibrated.isoformat(), _content(c))
+                for c in reg.certificates(eq_id, ch)
+            )
+    found = frozenset((f.certificate.number, f.found_by.number) for f in findings(reg))
+    return Memory(findings=found, certificates=certs)
+
+
+def load_memory(path: Path) -> Memory | None:
+    """The memory saved at ``path``; None when there is none (or it cannot be read)."""
+    try:
+        return Memory.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: cannot read the last registry's memory (%s): starting afresh", path, exc)
+        return None
+
+
+def save_memory(path: Path, memory: Memory) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(memory.to_json()), encoding="utf-8")
+    tmp.replace(path)
+
+
 def changes(
-    old: Registry,
+    old: Memory,
     new: Registry,
     channels: Iterable[tuple[str, str]],
     *,
     config: Path,
     at: datetime,
 ) -> list[Event]:
-    """The events a reload from ``old`` to ``new`` owes, for the polled ``channels``."""
+    """The events owed for the polled ``channels`` when ``new`` follows the registry that
+    ``old`` remembers (:func:`memory_of`)."""
     from calibration.revision import findings
     from gateway.impact import select
 
@@ -135,9 +222,8 @@ def changes(
     today = at.date()
     out: list[Event] = []
     # New findings: every polled channel whose readings they put in doubt.
-    before = {(f.certificate.number, f.found_by.number) for f in findings(old)}
     for f in findings(new):
-        if (f.certificate.number, f.found_by.number) in before:
+        if (f.certificate.number, f.found_by.number) in old.findings:
             continue
         sel = select(new, certificate=f.certificate.number)
         command = _command(config, "--standard", f.item)
@@ -176,21 +262,20 @@ def changes(
     for eq_id, ch in sorted(polled):
         if new.equipment(eq_id) is None:
             continue
-        old_certs = {c.number: c for c in old.certificates(eq_id, ch)}
         for c in new.certificates(eq_id, ch):
-            prev = old_certs.get(c.number)
-            if prev is not None and _same(prev, c):
+            prev = old.content(eq_id, ch, c.number)
+            if prev is not None and prev == _content(c):
                 continue
             if c.calibrated >= today:
                 continue  # a calibration from today on: no reading made before it is touched
             nxt = new.successor(c)
             to = today if nxt is None else min(today, nxt.calibrated - timedelta(days=1))
-            was = old.in_force(eq_id, c.calibrated, ch)
+            was = old.in_force(eq_id, ch, c.calibrated)
             what = (
                 f"certificate {c.number} changed in the registry"
                 if prev is not None
                 else f"certificate {c.number} (calibrated {c.calibrated.isoformat()}) was entered"
-                + (f" after {was.number}" if was is not None else "")
+                + (f" after {was}" if was is not None else "")
             )
             command = _command(config, "--certificate", c.number)
             out.append(
@@ -202,13 +287,13 @@ def changes(
                     message=(
                         f"{what}: readings of {eq_id}/{ch} from {c.calibrated.isoformat()} to "
                         f"{to.isoformat()} were corrected through "
-                        f"{'its old content' if prev is not None else (was.number if was else 'no certificate')}; "
+                        f"{'its old content' if prev is not None else (was or 'no certificate')}; "
                         f"re-evaluate them with: {command}"
                     ),
                     t_wall=at,
                     detail={
                         "certificate": c.number,
-                        "superseded": None if prev is not None or was is None else was.number,
+                        "superseded": None if prev is not None else was,
                         "changed": prev is not None,
                         "from": c.calibrated.isoformat(),
                         "to": to.isoformat(),
@@ -217,10 +302,6 @@ def changes(
                 )
             )
     return out
-
-
-def _same(a: Certificate, b: Certificate) -> bool:
-    return a.model_dump() == b.model_dump()
 
 
 def _day(ns: int) -> date:

@@ -572,7 +572,6 @@ class Gateway:
                 log.warning("reload: registry entry left out: %s", line)
             for line in config.warnings:
                 log.warning("reload: %s", line)
-            old_registry = self.registry
             self.pipeline.swap_registry(registry)
             new = {e.id: e for e in config.equipment}
             for eq_id, (_, entry, _) in list(self._equipment.items()):
@@ -584,7 +583,7 @@ class Gateway:
                 log.warning("reload: %s changed; it applies at the next restart", name)
             self.config = _replace_equipment(self.config, config)
             self._clear_retained_of_removed()  # removed ones were cleared above; remembers
-            self._registry_loaded(reload=True, old=old_registry)
+            self._registry_loaded(reload=True)
             for eq_id, entry in new.items():
                 if eq_id not in self._equipment:
                     self._start_equipment(entry)
@@ -596,12 +595,20 @@ class Gateway:
                 self._freeze_heap(collect=True)
             sdnotify.ready()
 
-    def _registry_loaded(self, *, reload: bool, old: Registry | None = None) -> None:
-        """``registry_loaded`` with the registry's digests (and git commit), and after a
-        reload the events its changes owe the readings already made, once
-        (:mod:`gateway.registry_watch`)."""
+    def _registry_loaded(self, *, reload: bool) -> None:
+        """``registry_loaded`` with the registry's digests (and git commit), then the events
+        its changes since the registry applied last owe the readings already made, once
+        (:mod:`gateway.registry_watch`; the last one is remembered in the state directory,
+        so a restart after a registry change tells as a reload does)."""
         from gateway.config import configured_channels
-        from gateway.registry_watch import changes, loaded_event, revision_of
+        from gateway.registry_watch import (
+            changes,
+            load_memory,
+            loaded_event,
+            memory_of,
+            revision_of,
+            save_memory,
+        )
 
         reg = self.registry
         if reg is None:
@@ -609,6 +616,8 @@ class Gateway:
         at = self.clock()
         self.registry_revision = rev = revision_of(self.config.registry_dir)
         events = [loaded_event(rev, at, reload=reload)]
+        path = self.config.state_dir / "registry-memory.json"
+        old = load_memory(path)
         if old is not None:
             polled = []
             for entry in self.config.equipment:
@@ -617,6 +626,12 @@ class Gateway:
                 polled += [(entry.id, ch) for ch, _ in configured_channels(entry, names)]
             events += changes(old, reg, polled, config=self.config.path, at=at)
         self.results.emit(events)
+        if self.outbox is not None:
+            self.outbox.commit()  # the events are kept before the memory moves on
+        try:
+            save_memory(path, memory_of(reg))
+        except OSError as exc:
+            log.error("%s: cannot keep the registry's memory: %s", path, exc)
 
     def _clear_retained_of_removed(self) -> None:
         """The retained statuses of equipment a previous run published and this config no

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,66 @@ async def test_a_standard_found_out_of_tolerance_the_event_the_report_the_series
     text = impact()
     assert text.returncode == 0
     assert "WS-P1: found out of tolerance (as found) in PCL-2026-1201" in text.stdout
+
+
+async def test_a_registry_changed_while_the_gateway_was_stopped_is_told_at_start(
+    tmp_path: Path, mosquitto: Mosquitto, unique_name: str
+) -> None:
+    """The registry applied last is remembered in the state directory: a certificate of
+    PT-101 entered late while the service was down gives certificate_superseded at the
+    next start, once."""
+    registry = tmp_path / "registry"
+    shutil.copytree(example_registry(), registry)
+    site = f"restart-{unique_name[-8:]}"
+    config = tmp_path / "calgate.toml"
+    log = tmp_path / "gateway.log"
+    config.write_text(
+        lab_toml(
+            _nowhere(),
+            registry=registry, state_dir=tmp_path / "state", mqtt_url=mosquitto.url,
+            site=site, only=("PT-101",),
+        )
+    )  # fmt: skip
+    with Subscriber(mosquitto.port, f"calgate/{site}/+/event") as sub:
+
+        def events(kind: str) -> list[dict[str, Any]]:
+            return [e for e in sub.json("/event") if e["type"] == kind]
+
+        async def run_once(n_loaded: int) -> None:
+            async with calgate_run(config, log) as gw:
+                await wait_for_async(
+                    lambda: len(events("registry_loaded")) == n_loaded, timeout_s=30,
+                    what="registry_loaded",
+                )  # fmt: skip
+                gw.send_signal(signal.SIGTERM)
+                assert await gw.wait() == 0
+
+        await run_once(1)
+        src = (registry / "certificates" / "PCL-2026-0906.toml").read_text()
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+        (registry / "certificates" / "PCL-LATE.toml").write_text(
+            src.replace("PCL-2026-0906", "PCL-LATE").replace(
+                "calibrated = 2026-09-06", f"calibrated = {yesterday}"
+            )
+        )
+        await run_once(2)
+        await run_once(3)
+    (e,) = events("certificate_superseded")
+    assert (e["equipment"], e["certificate"], e["superseded"]) == (
+        "PT-101",
+        "PCL-LATE",
+        "PCL-2026-0906",
+    )
+    assert e["command"] == f"calgate impact -c {config} --certificate PCL-LATE"
+    assert [x["reload"] for x in events("registry_loaded")] == [False, False, False]
+
+
+def _nowhere() -> dict[str, dict[str, str]]:
+    """Lab endpoints where nothing listens: the equipment stays offline (not needed here)."""
+    dead = f"127.0.0.1:{free_port()}"
+    serial = {"tcp": f"socket://{dead}"}
+    return {
+        "BAL-01": serial, "BAL-02": serial, "PC-01": serial,
+        "PT-101": {"tcp": f"tcp://{dead}", "unit": "1"},
+        "PT-102": {"tcp": f"tcp://{dead}", "unit": "2"},
+    }  # fmt: skip

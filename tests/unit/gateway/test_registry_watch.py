@@ -15,7 +15,15 @@ from helpers import require_binary
 
 from calibration import Registry
 from gateway.demo import example_registry
-from gateway.registry_watch import changes, loaded_event, revision_of
+from gateway.registry_watch import (
+    Memory,
+    changes,
+    load_memory,
+    loaded_event,
+    memory_of,
+    revision_of,
+    save_memory,
+)
 
 AT = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
 POLLED = [
@@ -49,7 +57,7 @@ def test_a_new_finding_makes_each_polled_channel_suspect_once(registry: Path) ->
     old = Registry.load(registry)
     _ws_p1_found_out(registry, "2026-12-03")
     new = Registry.load(registry)
-    events = changes(old, new, POLLED, config=CONFIG, at=AT)
+    events = changes(memory_of(old), new, POLLED, config=CONFIG, at=AT)
     suspect = {e.equipment: e for e in events if e.type == "traceability_suspect"}
     assert set(suspect) == {"PC-01", "PT-101", "PT-102"}  # BAL-01 is not WS-P1's
     e = suspect["PT-101"]
@@ -61,7 +69,7 @@ def test_a_new_finding_makes_each_polled_channel_suspect_once(registry: Path) ->
     # the calibration is today's: no past reading went through another certificate
     assert [e for e in events if e.type == "certificate_superseded"] == []
     # once: the same registry again owes nothing
-    assert changes(new, new, POLLED, config=CONFIG, at=AT + timedelta(hours=1)) == []
+    assert changes(memory_of(new), new, POLLED, config=CONFIG, at=AT + timedelta(hours=1)) == []
 
 
 def test_a_certificate_entered_late_supersedes_the_one_readings_went_through(
@@ -76,7 +84,7 @@ def test_a_certificate_entered_late_supersedes_the_one_readings_went_through(
     )
     (registry / "certificates" / "PCL-2026-1120.toml").write_text(text)
     new = Registry.load(registry)
-    (e,) = changes(old, new, POLLED, config=CONFIG, at=AT)
+    (e,) = changes(memory_of(old), new, POLLED, config=CONFIG, at=AT)
     assert (e.type, e.equipment, e.channel) == ("certificate_superseded", "PT-101", "pressure")
     assert e.detail["superseded"] == "PCL-2026-0906"
     assert (e.detail["from"], e.detail["to"]) == ("2026-11-20", "2026-12-03")
@@ -88,7 +96,7 @@ def test_a_certificate_whose_content_changed_is_announced(registry: Path) -> Non
     src = registry / "certificates" / "PCL-2026-0906.toml"
     src.write_text(src.read_text().replace("indicated = 100.0397", "indicated = 100.0497"))
     new = Registry.load(registry)
-    (e,) = changes(old, new, POLLED, config=CONFIG, at=AT)
+    (e,) = changes(memory_of(old), new, POLLED, config=CONFIG, at=AT)
     assert e.type == "certificate_superseded"
     assert e.detail["changed"] is True
     assert "changed in the registry" in e.message
@@ -120,3 +128,23 @@ def test_revision_digests_every_file_and_names_the_git_commit(registry: Path) ->
     assert e.type == "registry_loaded"
     assert e.detail["digest"] == rev3.digest
     assert "with local changes" in e.message
+
+
+def test_the_memory_survives_a_restart_and_compares_as_the_registry_did(
+    registry: Path, tmp_path: Path
+) -> None:
+    old = Registry.load(registry)
+    path = tmp_path / "state" / "registry-memory.json"
+    path.parent.mkdir()
+    assert load_memory(path) is None
+    save_memory(path, memory_of(old))
+    kept = load_memory(path)
+    assert kept == memory_of(old)
+    _ws_p1_found_out(registry, "2026-12-03")
+    new = Registry.load(registry)
+    assert changes(kept, new, POLLED, config=CONFIG, at=AT) == changes(  # type: ignore[arg-type]
+        memory_of(old), new, POLLED, config=CONFIG, at=AT
+    )
+    path.write_text("{not json")
+    assert load_memory(path) is None  # a damaged memory: start afresh (and say so)
+    assert isinstance(kept, Memory)
