@@ -8,7 +8,8 @@ standard is traceable and in force, then for each point of the sequence:
 2. waits until the stability criterion holds over a sliding window of ``window_s``:
    standard deviation ≤ ``max_std`` and |slope| ≤ ``max_slope_per_s`` of the reference
    (pressure) or of every DUT's indication (balances, whose reference is a weight), and
-   the window's mean within ``setpoint_tolerance`` of the setpoint (or nominal load);
+   the window's mean within ``setpoint_tolerance`` of the setpoint (or nominal load); a
+   balance that flags its weight dynamic (MT-SICS ``S D``) starts the window again;
    ``timeout_s`` without that ends the run;
 3. takes ``readings`` simultaneous readings of the reference and every DUT (one gather
    per reading, ``interval_s`` apart); the reference value is its corrected reading, the
@@ -542,7 +543,9 @@ class _Runner:
                 )
             else:
                 for dut_id, got in await self._poll_duts():
-                    samples[dut_id] = got
+                    samples[dut_id] = got.raw
+                    if "dynamic" in got.flags:  # the balance itself says: not yet stable
+                        windows.pop(dut_id, None)
             now = time.monotonic()
             log.debug("stability samples at %.3f: %s", now, samples)
             verdicts = []
@@ -590,7 +593,7 @@ class _Runner:
                 )
             await asyncio.sleep(max(0.0, proc.interval_s - (time.monotonic() - t0)))
 
-    async def _poll_duts(self) -> list[tuple[str, float]]:
+    async def _poll_duts(self) -> list[tuple[str, Reading]]:
         duts = list(self.active.values())
         got = await asyncio.gather(*(self._poll_dut(d) for d in duts))
         out = []
@@ -602,7 +605,7 @@ class _Runner:
             if bad:
                 self.fail(dut, bad)
                 continue
-            out.append((dut.equipment.id, res.raw))
+            out.append((dut.equipment.id, res))
         return out
 
     async def take_readings(self, step: Step) -> None:
@@ -618,7 +621,8 @@ class _Runner:
                 ref, raw, _ = await self.reference_value(step)
                 duts = await self._poll_duts()
             t = time.monotonic()
-            for dut_id, indicated in duts:
+            for dut_id, reading in duts:
+                indicated = reading.raw
                 c = self.collected[self.phase].setdefault(dut_id, _Collected())
                 c.reference.setdefault(key, []).append(ref)
                 c.reference_raw.setdefault(key, []).append(raw)
