@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="stored readings a drifted standard touched: re-corrected and re-judged",
         description="Find the readings stored in InfluxDB that went through a certificate "
         "in doubt (a standard found out of tolerance, its reverse trace), re-correct them "
-        "from raw with the registry as it stands now, re-judge them, and report. " + RULE + ".",
+        "from raw with the registry as it stands now, re-judge them, and report. Rule: "
+        + RULE
+        + ".",
     )
     p.add_argument("-c", "--config", type=Path, required=True, help="calgate.toml")
     which = p.add_mutually_exclusive_group()
@@ -48,8 +50,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--standard", metavar="ID", help="a standard (equipment id) found out of tolerance"
     )
     which.add_argument("--certificate", metavar="NUMBER", help="one certificate's period in force")
-    p.add_argument("--since", type=parse_at, help="only readings at or after this date or time")
-    p.add_argument("--until", type=parse_at, help="only readings before this date or time")
+    p.add_argument(
+        "--since", type=parse_at, metavar="T", help="only readings at or after this date or time"
+    )
+    p.add_argument(
+        "--until", type=parse_at, metavar="T", help="only readings before this date or time"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--csv", metavar="FILE", help="write the changed readings as CSV ('-': stdout)")
     p.add_argument(
@@ -58,7 +64,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="write the re-corrected readings to measurement reading_recorrected",
     )
     p.add_argument(
-        "--page-size", type=int, default=10_000, help="readings per query (memory is bounded by it)"
+        "--page-size",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="readings per query (memory is bounded by it)",
     )
     p.set_defaults(func=cmd_impact)
 
