@@ -167,6 +167,22 @@ async def test_pressure_run_recovers_each_transmitters_error_and_issues_usable_c
             assert needed in html
     code, text, err = await calgate("registry", "check", str(registry))
     assert code == 0, text + err
+    # calgate registry import-dcc brings the DCC into another registry: the same points.
+    fresh = tmp_path / "fresh"
+    shutil.copytree(EXAMPLE_REGISTRY, fresh)
+    for eq, row in rows.items():
+        xml = out / f"{row['number']}.xml"
+        code, text, err = await calgate("registry", "import-dcc", str(xml), "--into", str(fresh))
+        assert code == 0, text + err
+        imported = Registry.load(fresh).certificate(row["number"])
+        assert imported is not None
+        assert (imported.item, imported.standards) == (eq, ("PC-01",))
+        mine = reg.certificate(row["number"])
+        assert mine is not None
+        for a, b in zip(imported.points, mine.points, strict=True):
+            assert (a.U, a.k) == (b.U, b.k)
+            assert a.reference == pytest.approx(b.reference, rel=1e-12)
+            assert a.indicated == pytest.approx(b.indicated, rel=1e-12)
     # calgate correct corrects through the new certificate.
     code, text, err = await calgate(
         "correct", str(registry), "PT-101", "pressure", "1000.0", "--json"
