@@ -41,7 +41,10 @@ async function getJSON(path) {
 
 function hms(iso) {
   if (!iso) return "";
-  return new Date(iso).toLocaleTimeString([], { hour12: false });
+  const t = new Date(iso);
+  const time = t.toLocaleTimeString([], { hour12: false });
+  // an older time (offline since yesterday) says its day too
+  return t.toDateString() === new Date().toDateString() ? time : `${t.toLocaleDateString()} ${time}`;
 }
 
 function dayText(days) {
