@@ -366,6 +366,11 @@ def plan_run(
             if ld.standard is None or ld.standard in seen:
                 continue
             std_ch = _channel(registry, ld.standard, None, "load standard")
+            if std_ch.unit != unit:
+                raise CalibrationRunError(
+                    f"load standard {ld.standard} is in {std_ch.unit}, the DUTs read in {unit}: "
+                    "a run compares values in one unit"
+                )
             seen[ld.standard] = traceable_standard(
                 registry, ld.standard, std_ch.name, at, role="test load"
             )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+from labconfig import EXAMPLE_REGISTRY
 
-from gateway.calibration_run import load_procedure
+from calibration import Registry
+from gateway.calibration_run import CalibrationRunError, Plan, load_procedure, plan_run
+from gateway.config import load_config
 from gateway.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "procedures"
@@ -73,3 +77,105 @@ def test_a_procedure_is_either_a_generator_run_or_a_balance_run(
 def test_only_a_procedure_table(tmp_path: Path) -> None:
     errs = errors_of(tmp_path, '[procedur]\nname = "x"\n')
     assert errs == ["(file): expected one [procedure] table and nothing else"]
+
+
+# -- plans: what is refused before anything moves --------------------------------------------
+
+CONFIG = """
+[gateway]
+registry = "{registry}"
+[[equipment]]
+id = "PC-01"
+driver = "{pc_driver}"
+port = "socket://127.0.0.1:9"
+[[equipment]]
+id = "BAL-01"
+driver = "mt-sics"
+port = "socket://127.0.0.1:9"
+[[equipment]]
+id = "PT-101"
+driver = "modbus"
+url = "tcp://127.0.0.1:9"
+[[equipment.channels]]
+name = "pressure"
+address = 0
+type = "float32"
+"""
+
+PRESSURE = """[procedure]
+name = "p"
+generator = "PC-01"
+reference = "PC-01"
+duts = [{ id = "PT-101" }]
+setpoints = [500.0, 1000.0]
+stable = { max_std = 0.1, max_slope_per_s = 0.1 }
+"""
+
+BALANCE = """[procedure]
+name = "b"
+duts = [{ id = "BAL-01" }]
+loads = [{ nominal = 0.0 }, { nominal = 100.0, standard = "WS-E2" }]
+stable = { max_std = 0.1, max_slope_per_s = 0.1 }
+"""
+
+
+def plan(tmp_path: Path, procedure: str, *, edit: dict[str, tuple[str, str]] | None = None,
+         pc_driver: str = "scpi-pressure") -> Plan:  # fmt: skip
+    registry = tmp_path / "registry"
+    shutil.copytree(EXAMPLE_REGISTRY, registry)
+    for rel, (old, new) in (edit or {}).items():
+        f = registry / rel
+        text = f.read_text()
+        assert old in text
+        f.write_text(text.replace(old, new))
+    cfg = tmp_path / "calgate.toml"
+    cfg.write_text(CONFIG.format(registry=registry, pc_driver=pc_driver))
+    proc = tmp_path / "p.toml"
+    proc.write_text(procedure)
+    return plan_run(load_config(cfg), Registry.load(registry), load_procedure(proc))
+
+
+def test_a_pressure_plan_goes_up_and_down_through_the_reference(tmp_path: Path) -> None:
+    p = plan(
+        tmp_path, PRESSURE.replace("[500.0, 1000.0]", "[1000.0, 500.0]") + 'cycles = "up-down"\n'
+    )
+    assert [(s.value, s.direction) for s in p.steps] == [
+        (500.0, "up"), (1000.0, "up"), (1000.0, "down"), (500.0, "down"),
+    ]  # fmt: skip
+    assert [s.equipment.id for s in p.standards] == ["PC-01"]
+    assert p.standards[0].certificate == "PCL-2026-0905"
+    assert p.standards[0].chain[-1][0] == "NIM-LP-2025-0417"
+    assert len(p.standards[0].sha256) == 64
+    assert p.setpoint_tolerance == pytest.approx(10.0)
+
+
+def test_an_out_of_service_reference_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationRunError, match="reference standard PC-01 is out of service"):
+        plan(
+            tmp_path,
+            PRESSURE,
+            edit={"equipment/PC-01.toml": ('status = "active"', 'status = "out_of_service"')},
+        )
+
+
+def test_a_generator_must_be_a_pressure_controller(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationRunError, match="only a SCPI pressure controller"):
+        plan(tmp_path, PRESSURE, pc_driver="mt-sics")
+
+
+def test_a_dut_must_be_configured(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationRunError, match="DUT 'PT-102' is not in the config"):
+        plan(tmp_path, PRESSURE.replace('"PT-101"', '"PT-102"'))
+
+
+def test_a_weight_in_another_unit_than_the_balance_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationRunError, match="WS-E2 is in kg, the DUTs read in g"):
+        plan(tmp_path, BALANCE, edit={"equipment/WS-E2.toml": ('unit = "g"', 'unit = "kg"')})
+
+
+def test_a_balance_plan_takes_each_weight_as_a_standard(tmp_path: Path) -> None:
+    p = plan(tmp_path, BALANCE)
+    assert [(s.value, s.load.standard if s.load else None) for s in p.steps] == [
+        (0.0, None), (100.0, "WS-E2"),
+    ]  # fmt: skip
+    assert [(s.equipment.id, s.role) for s in p.standards] == [("WS-E2", "test load")]
