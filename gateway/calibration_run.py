@@ -452,6 +452,9 @@ def _good(r: Reading) -> str | None:
     return None
 
 
+POLL_ATTEMPTS = 3
+
+
 class _Runner:
     def __init__(self, plan: Plan, operator: Operator) -> None:
         from drivers.base import Buses
@@ -501,7 +504,7 @@ class _Runner:
         from drivers.errors import DriverError
 
         try:
-            readings = await self.drivers[plan.reference.id].poll()
+            readings = await self._poll(plan.reference.id)
         except DriverError as exc:
             raise CalibrationRunError(
                 f"{step.label(plan.unit)}: the reference {plan.reference.id} failed: "
@@ -525,10 +528,25 @@ class _Runner:
         from drivers.errors import DriverError
 
         try:
-            readings = await self.drivers[dut.equipment.id].poll()
+            readings = await self._poll(dut.equipment.id)
         except DriverError as exc:
             return exc
         return _pick(readings, dut.channel.name, dut.equipment.id)
+
+    async def _poll(self, eq_id: str) -> list[Reading]:
+        """A poll, tried up to POLL_ATTEMPTS times: one garbled or lost reply is not an
+        instrument gone; the last error is raised."""
+        from drivers.errors import DriverError
+
+        for attempt in range(1, POLL_ATTEMPTS + 1):
+            try:
+                return await self.drivers[eq_id].poll()
+            except DriverError as exc:
+                if attempt == POLL_ATTEMPTS:
+                    raise
+                log.info("%s: poll failed (%s), trying again", eq_id, exc)
+                await asyncio.sleep(self.plan.procedure.interval_s)
+        raise AssertionError("unreachable")
 
     async def wait_stable(self, step: Step) -> None:
         """Sample until the stability criterion holds over the window, or time out."""
