@@ -7,8 +7,8 @@ load on a balance):
 - ``n`` simultaneous readings are taken once the reference is stable; the reference value
   rᵢ of each is the reference's *corrected* reading (through its own certificate), the
   DUT's indication iᵢ its raw reading. The point's reference value is r̄, its indication ī
-  and its error of indication e = ī − r̄ (EURAMET cg-17 §6, DKD-R 6-1 §6; EURAMET cg-18
-  §5.1 for non-automatic weighing instruments, where r is the conventional mass of the
+  and its error of indication e = ī − r̄ (EURAMET cg-17, DKD-R 6-1; EURAMET cg-18
+  §5.2 for non-automatic weighing instruments, where r is the conventional mass of the
   test load).
 - Its standard uncertainty combines, uncorrelated (GUM 5.1.2, every sensitivity 1):
 
@@ -18,16 +18,16 @@ load on a balance):
   reference standard          u of its corrected reading at r̄ (certificate U/k        from its
                               interpolated, its resolution and repeatability), each     certificate
                               component kept with its own label and ν
-  DUT resolution d            d / (2√3) (GUM F.2.2.1; cg-18 §7.1.2)                    ∞
+  DUT resolution d            d / (2√3) (GUM F.2.2.1; cg-18 §7.1)                      ∞
   repeatability               s(e) / √n, s of the n differences iᵢ − rᵢ (GUM 4.2.3)    n − 1
   reference stability         a / √3, a = |b|·T / 2, b the slope of the reference      ∞
-                              over the reading window of duration T (DKD-R 6-1 §7.2,
-                              "drift of the reference during the measurement")
-  hysteresis (up and down)    a / √3, a = |e↓ − e↑| / 2 (DKD-R 6-1 §7.2: half the      ∞
+                              over the reading window of duration T: its drift
+                              during the measurement (DKD-R 6-1)
+  hysteresis (up and down)    a / √3, a = |e↓ − e↑| / 2 (DKD-R 6-1: half the           ∞
                               hysteresis as a rectangular contribution)
   ==========================  ======================================================  ======
 
-- For a point measured increasing and decreasing (DKD-R 6-1 sequences A/B, cg-17 §6.2),
+- For a point measured increasing and decreasing (DKD-R 6-1, EURAMET cg-17),
   the result is the mean of the two series: r = (r̄↑ + r̄↓)/2, i = (ī↑ + ī↓)/2, and the
   repeatability of the mean is √(s↑² + s↓²)/2 (two inputs s↑/(2√n↑), s↓/(2√n↓)).
 - U = k·u_c with k = t_p(ν_eff) (Welch–Satterthwaite, GUM G.4.1, truncated) for the

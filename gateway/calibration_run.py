@@ -15,13 +15,22 @@ standard is traceable and in force, then for each point of the sequence:
    per reading, ``interval_s`` apart); the reference value is its corrected reading, the
    DUT's indication its raw one.
 
-METROLOGY. Pressure (EURAMET cg-17:2019 §6, DKD-R 6-1:2014 §6): the points are run
+METROLOGY. Pressure (EURAMET cg-17 v4.0 (2019), DKD-R 6-1 (2014)): the points are run
 increasing and, for ``cycles = "up-down"``, decreasing again from the top point, so each
 point has an up and a down series whose difference is the hysteresis; repeatability is
 the spread of the readings at each point. Non-automatic weighing instruments (EURAMET
-cg-18:2015 §5.1, 5.2): test loads of known conventional mass, placed by the operator,
+cg-18 v4.0 (2015) §5.2, errors of indication): test loads of known conventional mass, placed by the operator,
 the indication read once stable; the load's reference value is its certificate's value at
-its nominal. How each point is evaluated is :mod:`calibration.evaluation`; the as-found
+its nominal.
+
+What is not done: DKD-R 6-1's sequences for more accurate instruments repeat the series
+(several increasing and decreasing runs) and preload to full scale before the first one;
+a run here is one increasing and, with ``up-down``, one decreasing series, without the
+preloads (run them as extra setpoints, or twice). EURAMET cg-18's eccentricity test
+(§5.3) and separate repeatability test (§5.1) are not part of a run; repeatability comes
+from the readings at each load.
+
+How each point is evaluated is :mod:`calibration.evaluation`; the as-found
 conformity uses :func:`calibration.conformity.instrument_conformity` with the channel's
 tolerance and decision rule, the same judgement the registry makes of every certificate.
 
