@@ -6,9 +6,9 @@ already keeps (``ChannelState.last``) — into that channel's ring when it is a 
 (another acquisition time) and at least ~``step_s`` (1 s) after the last one kept; the
 ring keeps numbers, never the Measurement.
 A channel polled faster than once a second is thus plotted about once a second; one
-polled slower shows every reading. Each ring is three preallocated ``array('d')`` (time,
-value, U), so memory is fixed: ``window_s / max(step_s, interval_s)`` samples per
-channel (24 bytes each: 7 KiB per channel for 5 minutes).
+polled slower shows every reading. Each ring is three ``array('d')`` (time, value, U)
+bounded to ``window_s / max(step_s, interval_s)`` samples per channel (24 bytes each:
+7 KiB per channel for 5 minutes once full).
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ Sample = tuple[float, float, float]  # (epoch seconds, value, U); NaN where ther
 
 
 class Ring:
-    """A fixed-size ring of (t, value, U) samples, oldest overwritten first."""
+    """A bounded ring of (t, value, U) samples, oldest overwritten first.
+
+    The arrays grow to ``capacity`` as samples come (memory follows what is held), then
+    each new sample overwrites the oldest.
+    """
 
     __slots__ = ("_U", "_i", "_n", "_t", "_v", "capacity", "last_mono", "written")
 
@@ -36,10 +40,10 @@ class Ring:
         if capacity < 1:
             raise ValueError("a ring holds at least one sample")
         self.capacity = capacity
-        self._t = array("d", bytes(8 * capacity))
-        self._v = array("d", bytes(8 * capacity))
-        self._U = array("d", bytes(8 * capacity))
-        self._i = 0  # the next slot written
+        self._t = array("d")
+        self._v = array("d")
+        self._U = array("d")
+        self._i = 0  # the next slot written, once full
         self._n = 0  # samples held
         self.written = 0  # samples ever appended
         self.last_mono = -math.inf  # acquisition (monotonic) of the last Measurement copied in
@@ -48,14 +52,19 @@ class Ring:
         return self._n
 
     def append(self, t: float, value: float, big_u: float) -> None:
+        self.written += 1
+        if self._n < self.capacity:  # still filling: in order, from slot 0
+            self._t.append(t)
+            self._v.append(value)
+            self._U.append(big_u)
+            self._n += 1
+            self._i = self._n % self.capacity
+            return
         i = self._i
         self._t[i] = t
         self._v[i] = value
         self._U[i] = big_u
         self._i = (i + 1) % self.capacity
-        self.written += 1
-        if self._n < self.capacity:
-            self._n += 1
 
     def samples(self, since: float = -math.inf) -> list[Sample]:
         """The samples held, oldest first; only those taken after ``since``."""
