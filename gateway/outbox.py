@@ -221,13 +221,21 @@ class Outbox:
         self._checkpointing = False
         self._written = 0  # bytes of rows written (added or deleted) since the last checkpoint
         self._commit_failures = 0
+        self._commit_error = ""  # the last commit's error while commits fail
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._con = self._connect()
             self._load()
         except sqlite3.Error as exc:
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+            hint = ""
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                # never replaced silently: its rows may still be read by SQLite's .recover
+                hint = (
+                    "; the file is damaged: move it aside (keep it for recovery) to start "
+                    "with an empty outbox, whose seq starts again at 1"
+                )
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}{hint}") from exc
 
     # ------------------------------------------------------------------ opening
 
@@ -440,6 +448,7 @@ class Outbox:
 
     def _commit_failed(self, rows: list[Row], exc: sqlite3.Error) -> None:
         self._commit_failures += 1
+        self._commit_error = str(exc)
         if self._commit_failures == 1 or self._commit_failures % 100 == 0:
             log.error("outbox commit failed (%d rows kept in memory): %s", len(rows), exc)
         rows.extend(self._pending)
@@ -836,6 +845,14 @@ class Outbox:
         if self._pending:
             return self._pending[0].t
         return None
+
+    @property
+    def failing(self) -> str | None:
+        """Why commits fail, once they have failed twice in a row (a retry included:
+        about a second; a full disk, an I/O error), else None."""
+        if self._commit_failures < 2:
+            return None
+        return f"{self._commit_error} ({len(self._pending)} rows kept in memory)"
 
     @property
     def dropped(self) -> int:

@@ -425,10 +425,8 @@ class Gateway:
             problems.append("not started")
         if time.monotonic() - self._beat > 5.0:
             problems.append("event loop stalled")
-        if self.outbox is not None:
-            stats = self.outbox.stats()
-            if stats.pending > 100_000:
-                problems.append(f"outbox cannot commit ({stats.pending} rows pending)")
+        if self.outbox is not None and (why := self.outbox.failing) is not None:
+            problems.append(f"outbox cannot commit: {why}")
         dead = [k for k, (t, _, sup) in self._equipment.items() if t.done() or sup.stalled()]
         if dead:
             problems.append(f"poll tasks ended or hung: {', '.join(dead)}")

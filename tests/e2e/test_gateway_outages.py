@@ -7,12 +7,24 @@ least once: the outbox commits before sending, sinks resume at their cursors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import random
 import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import free_port, wait_for_async
-from labconfig import committed_seq, every_seq_arrives, http_get, start_calgate_run
+from labconfig import (
+    calgate_run,
+    committed_seq,
+    every_seq_arrives,
+    http_get,
+    start_calgate_run,
+)
 from mqttsub import Subscriber
 from servers import InfluxV1, Mosquitto
 
@@ -206,3 +218,162 @@ def episodes(sub: Subscriber) -> dict[int, int]:
         if d["type"] == "data_dropped":
             out[d["oldest_seq"]] = d["count"]
     return out
+
+
+async def test_twenty_sigkills_at_random_moments_lose_no_committed_seq_and_reuse_none(
+    tmp_path: Path, own_mosquitto: Mosquitto, own_influxd: InfluxV1
+) -> None:
+    """``calgate run`` SIGKILLed 20 times and started again at once: every other time at
+    a random moment of its start (0.05-0.6 s after the exec), else at a random moment
+    (0-0.4 s) after it committed more rows (while it polls, commits and sends). Every
+    committed seq reaches both sinks, and a seq is never given to two different rows:
+    each seq's copies on MQTT are the same message."""
+    rng = random.Random(10)
+    log = tmp_path / "gateway.log"
+    seen_committed: list[int] = []
+    async with Lab(fixed_ports=False, opcua=False, seed=7) as lab:
+        config = outage_config(tmp_path, lab, own_mosquitto, own_influxd)
+        with Subscriber(own_mosquitto.port, "calgate/lab-x/#", session="kill-test") as sub:
+            db = tmp_path / "state" / "outbox.sqlite"
+            for i in range(20):
+                gw = await start_calgate_run(config, log)
+                if i % 2:
+                    top = committed_seq(tmp_path / "state") if db.exists() else 0
+                    await wait_for_async(
+                        lambda top=top: db.exists() and committed_seq(tmp_path / "state") > top + 5,
+                        timeout_s=30,
+                        what="more rows committed",
+                    )
+                    await asyncio.sleep(rng.uniform(0.0, 0.4))  # a random moment, not a wait
+                else:
+                    await asyncio.sleep(rng.uniform(0.05, 0.6))
+                gw.send_signal(signal.SIGKILL)
+                await gw.wait()
+                if db.exists():
+                    seen_committed.append(committed_seq(tmp_path / "state"))
+            gw = await start_calgate_run(config, log)
+            try:
+                top = max(seen_committed, default=0)
+                await wait_for_async(
+                    lambda: max(sub.seqs(), default=0) > top + 30,
+                    timeout_s=30,
+                    what="readings after the last kill",
+                )
+            finally:
+                gw.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(gw.wait(), 30) == 0, log.read_text()[-3000:]
+            last = committed_seq(tmp_path / "state")
+            await every_seq_arrives(sub, last)
+    assert seen_committed == sorted(seen_committed), "the committed seq went back"
+    assert len(set(seen_committed)) >= 10  # most kills came while it committed rows
+    expected = set(range(1, last + 1))
+    missing = expected - sub.seqs()
+    assert not missing, f"{len(missing)} committed seqs never reached MQTT: {sorted(missing)[:20]}"
+    assert sorted(influx_seqs(own_influxd)) == sorted(expected), "exactly once in InfluxDB"
+    copies: dict[int, set[bytes]] = {}
+    for topic, payload, _ in sub.messages:
+        if topic.endswith(("/reading", "/event")):
+            copies.setdefault(json.loads(payload)["seq"], set()).add(payload)
+    reused = {seq: p for seq, p in copies.items() if len(p) > 1}
+    assert not reused, f"seqs given to different rows: {sorted(reused)[:10]}"
+
+
+@pytest.fixture
+def tiny_state(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path/state`` as a 4 MiB tmpfs of its own (mounting needs root)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        msg = f"cannot mount a small tmpfs (needs root): {done.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+async def test_a_full_disk_under_state_dir_is_said_and_loses_nothing(
+    tmp_path: Path, tiny_state: Path, own_mosquitto: Mosquitto, own_influxd: InfluxV1
+) -> None:
+    """state_dir on a 4 MiB filesystem that fills up while the gateway runs: commits
+    fail (an error in the log, /healthz 503 saying so within seconds, rows kept in
+    memory, polling goes on); when space is freed every seq reaches both sinks."""
+    log = tmp_path / "gateway.log"
+    filler = tiny_state / "filler"
+    port = free_port()
+    healthz = f"http://127.0.0.1:{port}/healthz"
+    async with Lab(fixed_ports=False, opcua=False, seed=8) as lab:
+        config = outage_config(tmp_path, lab, own_mosquitto, own_influxd, http=f"127.0.0.1:{port}")
+        with Subscriber(own_mosquitto.port, "calgate/lab-x/#", session="disk-test") as sub:
+            async with calgate_run(config, log) as gw:
+                await wait_for_async(lambda: len(sub.seqs()) > 30, timeout_s=30, what="readings")
+                with filler.open("wb") as fh, contextlib.suppress(OSError):
+                    while True:  # every free block of the filesystem
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+                await wait_for_async(
+                    lambda: "outbox commit failed" in log.read_text(),
+                    timeout_s=30,
+                    what="the commit error in the log",
+                )
+                # before: unhealthy only once 100,000 rows waited (half an hour here)
+                await wait_for_async(
+                    lambda: http_get(healthz)[0] == 503, timeout_s=10, what="/healthz 503"
+                )
+                assert "outbox cannot commit: database or disk is full" in http_get(healthz)[1]
+                before = max(sub.seqs())
+                filler.unlink()
+                await wait_for_async(
+                    lambda: max(sub.seqs()) > before + 60, timeout_s=30, what="delivery again"
+                )
+                await wait_for_async(
+                    lambda: http_get(healthz)[0] == 200, timeout_s=10, what="/healthz 200"
+                )
+                gw.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(gw.wait(), 30) == 0, log.read_text()[-3000:]
+            last = committed_seq(tiny_state)
+            assert await every_seq_arrives(sub, last)
+    assert "database or disk is full" in log.read_text()
+    assert sorted(influx_seqs(own_influxd)) == list(range(1, last + 1))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+async def test_a_damaged_outbox_at_start_is_refused_with_what_to_do(
+    tmp_path: Path, own_mosquitto: Mosquitto, own_influxd: InfluxV1, damage: str
+) -> None:
+    """Random bytes, or a real outbox cut to half its size: ``calgate run`` exits 69
+    (systemd retries) saying the file is damaged and what to do; the file is left as it
+    was (never replaced by an empty outbox behind the operator's back)."""
+    state = tmp_path / "state"
+    log = tmp_path / "gateway.log"
+    async with Lab(fixed_ports=False, opcua=False, seed=9) as lab:
+        config = outage_config(tmp_path, lab, own_mosquitto, own_influxd)
+        db = state / "outbox.sqlite"
+        if damage == "garbage":
+            state.mkdir()
+            db.write_bytes(random.Random(1).randbytes(100_000))
+        else:
+            async with calgate_run(config, log) as gw:
+                await wait_for_async(lambda: committed_seq(state) > 200, what="rows")
+                gw.send_signal(signal.SIGTERM)
+                assert await gw.wait() == 0
+            with db.open("r+b") as fh:
+                fh.truncate(db.stat().st_size // 2)
+        before = db.read_bytes()
+        async with calgate_run(config, log) as gw:
+            assert await asyncio.wait_for(gw.wait(), 30) == 69
+    assert db.read_bytes() == before
+    last = log.read_text().splitlines()[-1]
+    assert last.startswith(f"calgate: cannot start: cannot open outbox {db}: ")
+    assert last.endswith(
+        "the file is damaged: move it aside (keep it for recovery) to start with an empty "
+        "outbox, whose seq starts again at 1"
+    )
