@@ -17,6 +17,7 @@ auth with any user name (a browser asks for it once). ``[http]`` requires a toke
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -222,6 +223,46 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
+MAX_CONNECTIONS = 64
+"""Open HTTP connections at most: a new one past it closes the oldest."""
+
+
+class _BoundedSite(web.TCPSite):
+    """A TCP site holding at most ``limit`` connections: the next one closes the oldest.
+
+    A client that opens connections and never finishes a request (slowloris) would
+    otherwise hold one file descriptor each, until the process has none left for its
+    instruments, its outbox and the clients that ask properly; evicting the oldest
+    keeps the descriptors bounded and lets a new client in.
+    """
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limit: int) -> None:
+        super().__init__(runner, host, port, reuse_address=True)
+        self._limit = limit
+        self._live: list[Any] = []  # the RequestHandlers made, oldest first
+
+    def _protocol(self) -> Any:
+        server = self._runner.server
+        assert server is not None
+        handler = server()
+        # handlers whose connection is gone no longer count (a new one has no transport
+        # yet: it is the last in the list, and connection_made follows at once)
+        live = [h for h in self._live if h.transport is not None]
+        live.append(handler)
+        while len(live) > self._limit:
+            live.pop(0).force_close()
+        self._live = live
+        return handler
+
+    async def start(self) -> None:
+        # TCPSite.start, with the protocol factory above instead of the server itself
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, self._host, self._port, reuse_address=True
+        )
+
+
 class StatusServer:
     """The aiohttp server of ``/healthz``, ``/status`` and ``/metrics``.
 
@@ -304,7 +345,7 @@ class StatusServer:
             return
         runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self._port, reuse_address=True)
+        site = _BoundedSite(runner, self.host, self._port, limit=MAX_CONNECTIONS)
         try:
             await site.start()
         except OSError as exc:
