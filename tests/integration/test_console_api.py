@@ -370,33 +370,44 @@ async def test_stream_pushes_one_update_to_every_page(served: tuple[Source, Cons
         console.record_events(src.poll("PT-101", 1200.0))
 
         def has_event(ev: str, doc: Any) -> bool:
-            return ev == "update" and any(e["type"] == "out_of_tolerance" for e in doc["events"])
+            # a page the push left behind (a loaded machine) is told to resync instead
+            return ev == "resync" or (
+                ev == "update" and any(e["type"] == "out_of_tolerance" for e in doc["events"])
+            )
 
         got_a, got_b = await asyncio.wait_for(
             asyncio.gather(read_sse(a, has_event), read_sse(b, has_event)), 10
         )
-        assert got_a == got_b  # built once, sent to both
-        row = next(r for r in got_a["equipment"] if r["id"] == "PT-101")
+        updates = [g for g in (got_a, got_b) if g != {}]
+        assert updates, "both pages were left behind"
+        if len(updates) == 2:
+            assert got_a == got_b  # built once, sent to both
+        row = next(r for r in updates[0]["equipment"] if r["id"] == "PT-101")
         assert row["channels"][0]["out_of_tolerance"] is True
-        assert "PT-101/pressure" in got_a["points"]
+        assert "PT-101/pressure" in updates[0]["points"]
         a.close()
         b.close()
 
 
-async def test_server_stops_at_once_with_a_page_connected(
+async def test_stopping_the_console_ends_the_open_streams(
     tmp_path: Path, registry: Registry
 ) -> None:
+    """The streams end when the console stops, not when the server's shutdown timeout
+    cancels them (a connected wall screen must not hold up a stop or a restart)."""
     console = Console(Source(lab_config(tmp_path), registry))
     server = serving(console)
     await server.start()
-    async with aiohttp.ClientSession() as http:
-        resp = await http.get(f"{server.url}/api/stream")
-        await read_sse(resp, lambda ev, _: ev == "hello")
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+    try:
+        async with aiohttp.ClientSession() as http:
+            resp = await http.get(f"{server.url}/api/stream")
+            await read_sse(resp, lambda ev, _: ev == "hello")
+            await console.stop()  # the server still runs: only the console can end it
+            rest = await asyncio.wait_for(resp.content.read(), 10)
+            assert resp.content.at_eof()
+            assert b"event:" not in rest
+            resp.close()
+    finally:
         await server.stop()
-        assert loop.time() - t0 < 1.5  # the runner's shutdown_timeout is 2 s
-        resp.close()
 
 
 # -- read-only, the token ---------------------------------------------------------------------
