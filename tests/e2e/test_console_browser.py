@@ -230,3 +230,54 @@ async def test_with_a_token_the_browser_asks_once_and_the_page_stays_live(
             assert "updated" in live
         finally:
             await gw.stop()
+
+
+async def test_the_demo_prints_the_console_url_first_and_it_shows_the_lab(browser: Any) -> None:
+    """A new user's first minute: ``calgate demo``, open the printed URL, see the lab live
+    with its due-soon certificate and its broken chain."""
+    import asyncio
+    import signal
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "demo", "--embedded-broker", "--no-influxd",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert first.startswith("lab console:  http://127.0.0.1:"), first
+        url = first.split()[2]
+
+        async def drain() -> None:  # the live table goes on printing
+            assert proc.stdout is not None
+            while await proc.stdout.read(65536):
+                pass
+
+        reader = asyncio.create_task(drain())
+
+        def opened(d: Any) -> bool:  # the URL is printed before the gateway listens
+            d.get(url)
+            return "calgate lab console" in d.title
+
+        await until(browser, opened, "the demo's console to answer", timeout_s=60)
+        rows = await until(
+            browser,
+            lambda d: (
+                (r := row_texts(d)) and all("online" in r.get(e, "") for e in EQUIPMENT) and r
+            ),
+            "the demo lab's rows, online",
+            timeout_s=60,
+        )
+        assert "untraceable" in rows["BAL-02"]
+        assert "due soon" in rows["PT-102"]
+        chain = await until(browser, lambda d: "expired" in (t := text_of(d, "#chain")) and t,
+                            "the broken chain")  # fmt: skip
+        assert "MCS-2023-0220" in chain
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        await reader
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
