@@ -122,6 +122,7 @@ class Console:
         if cfg is not self._config:
             self._config = cfg
             self.recorder.set_intervals({e.id: e.driver.interval_s for e in cfg.equipment})
+        self._check_registry()  # and a reloaded-away snapshot is not kept alive here
         states = src.monitor.states
         self.recorder.sample(states)
         now: datetime | None = None
@@ -171,11 +172,15 @@ class Console:
 
     def _today_key(self) -> tuple[int, str]:
         """Changes with the registry snapshot and the UTC day (what coverage depends on)."""
+        self._check_registry()
+        return self._generation, self.source.clock().date().isoformat()
+
+    def _check_registry(self) -> None:
         reg = self.source.registry
         if reg is not self._registry:
             self._registry = reg
             self._generation += 1
-        return self._generation, self.source.clock().date().isoformat()
+            self._cache.clear()
 
     def _cached(self, name: str, build: Callable[[Registry, datetime], Any]) -> Any:
         key = self._today_key()

@@ -514,3 +514,23 @@ async def test_a_page_that_falls_behind_is_told_to_resync(
         got = await asyncio.wait_for(read_sse(resp, lambda ev, _: ev in ("resync", "update")), 5)
         assert got == {}  # resync's data
         resp.close()
+
+
+async def test_a_reloaded_registry_is_what_the_console_reports(
+    served: tuple[Source, Console, str], tmp_path: Path
+) -> None:
+    import shutil
+
+    src, console, url = served
+    _, before = await get(f"{url}/api/coverage")
+    assert before["instruments"]["total"] == 6
+    copy = tmp_path / "registry"
+    shutil.copytree(example_registry(), copy)
+    eq = copy / "equipment" / "PT-102.toml"
+    eq.write_text(eq.read_text().replace('status = "active"', 'status = "out_of_service"'))
+    src.registry = Registry.load(copy)  # what a reload (SIGHUP) swaps in
+    _, after = await get(f"{url}/api/coverage")
+    assert after["instruments"] == {"total": 5, "traceable": 4, "share": 4 / 5}
+    assert after["registry"] != before["registry"]  # the page reads the documents again
+    console.sample()
+    assert console._registry is src.registry  # the old snapshot is not held
