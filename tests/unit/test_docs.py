@@ -3,9 +3,13 @@ payload field the code has, and the CLI points to it (not to files outside the r
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from records import meas
@@ -55,3 +59,31 @@ def test_the_help_points_to_the_reference_in_the_repository() -> None:
         assert "help=" not in text or "ARCHITECTURE.md" not in text, path
     assert "ARCHITECTURE.md" not in (ROOT / "README.md").read_text()
     assert "METROLOGY.md" not in (ROOT / "README.md").read_text()
+
+
+def _subcommands(parser: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subcommands(sub, f"{prefix} {name}")
+            return
+    yield prefix, parser
+
+
+def test_the_command_line_synopsis_has_every_option() -> None:
+    """Each command's line in interfaces.md names each of its options (``simulate``'s
+    ``[options]`` are in simulators.md)."""
+    text = (DOCS / "interfaces.md").read_text()
+    synopsis = [line for line in text.splitlines() if line.startswith("calgate ")]
+    missing = []
+    for command, parser in _subcommands(build_parser(), "calgate"):
+        lines = [line for line in synopsis if line.startswith(f"{command} ")]
+        assert lines, f"{command} has no synopsis line"
+        if any(line.endswith("[options]") for line in lines):  # simulate: simulators.md
+            lines.append((DOCS / "simulators.md").read_text())
+        written = {o for line in lines for o in re.findall(r"(?<![\w-])--?[a-z][\w-]*", line)}
+        for action in parser._actions:
+            names = set(action.option_strings) - {"-h", "--help"}
+            if names and not names & written:
+                missing.append(f"{command} {max(names, key=len)}")
+    assert missing == []
