@@ -148,6 +148,11 @@ async def test_a_person_sees_the_lab_live(tmp_path: Path, browser: Any) -> None:
             assert "MCS-2026-0310" in chain
             assert "MCS-2023-0220" in chain
             assert "NMI" in chain
+            # each standard with the day it had to be in force: REF-W1's "valid, due
+            # 2024-03-31" is its state when WS-F1 was calibrated with it, in 2023
+            assert "due 2026-02-28; needed in force on 2026-03-10" in chain  # WS-F1's, expired
+            assert "due 2024-03-31; needed in force on 2023-02-20" in chain  # REF-W1's
+            assert "due 2028-03-10; needed" not in chain  # BAL-02's own: used by nothing
             # the due dates list
             due = await asyncio.to_thread(text_of, browser, "#due")
             assert due.index("PCL-2025-1201") < due.index("MCS-2026-1022")  # soonest first

@@ -162,16 +162,19 @@ async function loadCalibration() {
 
 // -- chain and plots ------------------------------------------------------------------------
 
-function chainNode(n) {
+// A standard's status is judged on the day it was used (`evaluated_on`), as `calgate
+// registry chain` says: "valid, due 2024-03-31" is right for a use in 2023.
+function chainNode(n, usedBy = null) {
   const li = el("li", { "data-status": n.status });
   const head = el("div", { class: "node" }, el("span", { class: "num", text: n.number || "(no certificate)" }),
     el("span", { text: n.item + (n.channel ? ` ${n.channel}` : "") }), badge(n.status));
   if (n.nmi) head.append(el("span", { class: "small", text: "NMI" }));
   if (n.issued_by) head.append(el("span", { class: "small muted", text: n.issued_by }));
-  if (n.due) head.append(el("span", { class: "small muted", text: `calibrated ${n.calibrated}, due ${n.due}` }));
+  const used = usedBy ? `; needed in force on ${n.evaluated_on}` : "";
+  if (n.due) head.append(el("span", { class: "small muted", text: `calibrated ${n.calibrated}, due ${n.due}${used}` }));
   li.append(head);
   if (n.reasons.length) li.append(el("ul", { class: "reasons" }, ...n.reasons.map((r) => el("li", { text: r }))));
-  if (n.standards.length) li.append(el("ul", {}, ...n.standards.map(chainNode)));
+  if (n.standards.length) li.append(el("ul", {}, ...n.standards.map((s) => chainNode(s, n))));
   return li;
 }
 
