@@ -13,10 +13,26 @@ from collections.abc import Sequence
 from gateway import commands
 from gateway.installation import docs_dir
 
-__all__ = ["EX_CONFIG", "EX_USAGE", "build_parser", "configure_logging", "main"]
+__all__ = [
+    "EX_CONFIG",
+    "EX_USAGE",
+    "build_parser",
+    "configure_logging",
+    "main",
+    "report_errors",
+]
 
 EX_USAGE = 64  # sysexits.h: bad command line (an unknown equipment id, a bad value)
 EX_CONFIG = 78  # sysexits.h: configuration error
+
+
+def report_errors(errors: Sequence[str]) -> int:
+    """Print every error (``file: path.to.field: message``) and their count on stderr;
+    return EX_CONFIG, the exit code of a bad config, procedure or registry."""
+    for line in errors:
+        print(line, file=sys.stderr)
+    print(f"{len(errors)} error(s)", file=sys.stderr)
+    return EX_CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:

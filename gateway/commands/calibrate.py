@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli import EX_CONFIG
+from gateway.cli import report_errors
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,12 +38,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON line per DUT")
     p.set_defaults(func=cmd_calibrate)
-
-
-def _errors(lines: list[str]) -> int:
-    for line in lines:
-        print(line, file=sys.stderr)
-    return EX_CONFIG
 
 
 async def _prompt(message: str) -> str:
@@ -116,11 +110,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         procedure = load_procedure(args.procedure)
     except ConfigError as exc:
-        return _errors(exc.errors)
+        return report_errors(exc.errors)
     try:
         registry = Registry.load(config.registry_dir)
     except RegistryError as exc:
-        return _errors(exc.errors)
+        return report_errors(exc.errors)
     try:
         plan = plan_run(config, registry, procedure)
     except CalibrationRunError as exc:
@@ -173,7 +167,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"(taken out again; they are in {args.out}):",
                 file=sys.stderr,
             )
-            return _errors(exc.errors)
+            return report_errors(exc.errors)
     return 1 if outcome.failures else 0
 
 

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.cli import EX_CONFIG, EX_USAGE
+    from gateway.cli import EX_USAGE, report_errors
     from gateway.demo import run_demo
     from gateway.errors import ConfigError
 
@@ -54,6 +54,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
         )
     except ConfigError as exc:  # the registry given does not load
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return EX_CONFIG
+        return report_errors(exc.errors)

@@ -17,14 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.cli import EX_CONFIG
+from gateway.cli import EX_CONFIG, EX_USAGE, report_errors
 from gateway.commands.ops import EX_UNAVAILABLE
 from gateway.commands.registry import parse_at
 from gateway.errors import ConfigError
 
 __all__ = ["register"]
-
-EX_USAGE = 64  # sysexits.h, as `calgate registry` and `correct`
 
 RULE = (
     "re-corrected from raw through the certificate the registry now holds in force at each "
@@ -80,10 +78,7 @@ def cmd_impact(args: argparse.Namespace) -> int:
     try:
         config, registry = load_everything(args.config)
     except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        print(f"{len(exc.errors)} error(s)", file=sys.stderr)
-        return EX_CONFIG
+        return report_errors(exc.errors)
     if args.page_size < 1:
         print("calgate: --page-size must be at least 1", file=sys.stderr)
         return EX_USAGE

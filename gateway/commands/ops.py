@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import eventloop
-from gateway.cli import EX_CONFIG, EX_USAGE
+from gateway.cli import EX_USAGE, report_errors
 from gateway.errors import CalgateError, ConfigError
 
 if TYPE_CHECKING:
@@ -46,20 +46,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_probe)
 
 
-def _print_errors(errors: list[str]) -> int:
-    for line in errors:
-        print(line, file=sys.stderr)
-    print(f"{len(errors)} error(s)", file=sys.stderr)
-    return EX_CONFIG
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.service import load_everything
 
     try:
         config, registry = load_everything(args.config, strict=args.strict)
     except ConfigError as exc:
-        return _print_errors(exc.errors)
+        return report_errors(exc.errors)
     n_ch = sum(len(e.driver.model_dump().get("channels") or [None]) for e in config.equipment)
     _print_registry_problems(config, registry)
     print(
@@ -92,13 +85,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config, registry = load_everything(args.config, strict=args.strict)
     except ConfigError as exc:
-        return _print_errors(exc.errors)
+        return report_errors(exc.errors)
     _print_registry_problems(config, registry)
     gateway = Gateway(config, registry, strict=args.strict)
     try:
         eventloop.run(gateway.serve_forever(), config.gateway.event_loop)
     except ConfigError as exc:
-        return _print_errors(exc.errors)
+        return report_errors(exc.errors)
     except CalgateError as exc:  # e.g. the HTTP port is taken: not the config's fault
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"calgate: cannot start: {text}", file=sys.stderr)
@@ -112,7 +105,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return _print_errors(exc.errors)
+        return report_errors(exc.errors)
     registry = _optional_registry(config.registry_dir)
     known = {e.id for e in config.equipment}
     unknown = [i for i in args.ids if i not in known]

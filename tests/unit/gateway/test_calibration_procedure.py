@@ -10,6 +10,7 @@ from labconfig import EXAMPLE_REGISTRY
 
 from calibration import Registry
 from gateway.calibration_run import CalibrationRunError, Plan, load_procedure, plan_run
+from gateway.cli import main
 from gateway.config import load_config
 from gateway.errors import ConfigError
 
@@ -77,6 +78,27 @@ def test_a_procedure_is_either_a_generator_run_or_a_balance_run(
 def test_only_a_procedure_table(tmp_path: Path) -> None:
     errs = errors_of(tmp_path, '[procedur]\nname = "x"\n')
     assert errs == ["(file): expected one [procedure] table and nothing else"]
+
+
+def test_calibrate_lists_a_bad_procedures_errors_counted_and_exits_78(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = tmp_path / "registry"
+    shutil.copytree(EXAMPLE_REGISTRY, registry)
+    cfg = tmp_path / "calgate.toml"
+    cfg.write_text(CONFIG.format(registry=registry, pc_driver="scpi-pressure"))
+    proc = tmp_path / "p.toml"
+    proc.write_text(
+        '[procedure]\nname = "x"\ngenerator = "PC-01"\nreference = "PC-01"\n'
+        'duts = [{ id = "PT-101" }]\nsetpoints = [1.0, 2.0]\ncycles = "round"\n'
+        "stable = { max_std = 0.1 }\n"
+    )
+    assert main(["calibrate", "-c", str(cfg), str(proc), "--out", str(tmp_path / "out")]) == 78
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "2 error(s)"  # as check-config and run count theirs
+    assert any(e.startswith(f"{proc}: procedure.cycles: ") for e in err[:-1]), err
+    assert f"{proc}: procedure.stable.max_slope_per_s: Field required" in err
+    assert not (tmp_path / "out").exists()
 
 
 # -- plans: what is refused before anything moves --------------------------------------------
