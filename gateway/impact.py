@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -754,7 +754,3 @@ async def run(
                 progress(ev.report)
         outcome.queries = reader.queries
     return outcome
-
-
-def iter_windows(target: Target, outcome: Outcome) -> Iterable[tuple[int, int | None]]:
-    return target.clipped(outcome.since_ns, outcome.until_ns)
