@@ -47,21 +47,44 @@ def _pt(ref: float, ind: float, U: float) -> str:
     return f"{{ reference = {ref}, indicated = {ind}, U = {U}, k = 2 }},"
 
 
-@pytest.fixture
-def reg(tmp_path: Path) -> Registry:
+MPE = "tolerance = { mpe = 0.005 }"
+
+
+def _chain(
+    root: Path, *, drifted: str, ws_100: float, bal_0: float, bal_100: float, more: dict[str, str]
+) -> Registry:
+    """REF (NMI, N1) → WS (W1) → BAL (B1); ``drifted`` (REF or WS) has a tolerance;
+    ``ws_100`` and ``bal_*`` are W1's and B1's indications; ``more`` adds certificates."""
     return _write(
-        tmp_path,
+        root,
         {
-            "equipment/REF.toml": _eq("REF", "reference_standard"),
-            "equipment/WS.toml": _eq("WS", "working_standard", "tolerance = { mpe = 0.005 }"),
+            "equipment/REF.toml": _eq("REF", "reference_standard", MPE if drifted == "REF" else ""),
+            "equipment/WS.toml": _eq("WS", "working_standard", MPE if drifted == "WS" else ""),
             "equipment/BAL.toml": _eq("BAL", "instrument"),
             "certificates/N1.toml": _cert(
                 "N1", "REF", "2026-01-01", "", _pt(0, 0, 0.0002) + _pt(200, 200, 0.0002), nmi=True
             ),
-            # WS as left: +0.002 g at 100 g; next time, as found: +0.012 g (fails ±0.005)
             "certificates/W1.toml": _cert(
-                "W1", "WS", "2026-02-01", '"REF"', _pt(0, 0, 0.001) + _pt(100, 100.002, 0.002)
+                "W1", "WS", "2026-02-01", '"REF"', _pt(0, 0, 0.001) + _pt(100, ws_100, 0.002)
             ),
+            "certificates/B1.toml": _cert(
+                "B1", "BAL", "2026-03-01", '"WS"', _pt(0, bal_0, 0.01) + _pt(100, bal_100, 0.02)
+            ),
+            **more,
+        },
+    )
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    # WS as left: +0.002 g at 100 g; next time, as found: +0.012 g (fails ±0.005)
+    return _chain(
+        tmp_path,
+        drifted="WS",
+        ws_100=100.002,
+        bal_0=0.01,
+        bal_100=100.03,
+        more={
             "certificates/W2.toml": _cert(
                 "W2",
                 "WS",
@@ -69,9 +92,6 @@ def reg(tmp_path: Path) -> Registry:
                 '"REF"',
                 _pt(0, 0, 0.001) + _pt(100, 100.0, 0.002),
                 found=_pt(0, 0, 0.001) + _pt(100, 100.012, 0.004),
-            ),
-            "certificates/B1.toml": _cert(
-                "B1", "BAL", "2026-03-01", '"WS"', _pt(0, 0.01, 0.01) + _pt(100, 100.03, 0.02)
             ),
         },
     )
@@ -136,15 +156,13 @@ def test_a_certificate_without_a_drifted_standard_is_unchanged(reg: Registry) ->
 def test_a_drift_two_levels_up_reaches_the_instrument(tmp_path: Path) -> None:
     """REF (the NMI-calibrated reference) is found out of tolerance: WS, calibrated with
     it in that period, is revised, and so is BAL, calibrated with WS."""
-    reg = _write(
+    reg = _chain(
         tmp_path,
-        {
-            "equipment/REF.toml": _eq("REF", "reference_standard", "tolerance = { mpe = 0.005 }"),
-            "equipment/WS.toml": _eq("WS", "working_standard"),
-            "equipment/BAL.toml": _eq("BAL", "instrument"),
-            "certificates/N1.toml": _cert(
-                "N1", "REF", "2026-01-01", "", _pt(0, 0, 0.0002) + _pt(200, 200, 0.0002), nmi=True
-            ),
+        drifted="REF",
+        ws_100=100.0,
+        bal_0=0.0,
+        bal_100=100.0,
+        more={
             "certificates/N2.toml": _cert(
                 "N2",
                 "REF",
@@ -153,12 +171,6 @@ def test_a_drift_two_levels_up_reaches_the_instrument(tmp_path: Path) -> None:
                 _pt(0, 0, 0.0002) + _pt(200, 200, 0.0002),
                 found=_pt(0, 0, 0.0002) + _pt(200, 200.02, 0.0002),
                 nmi=True,
-            ),
-            "certificates/W1.toml": _cert(
-                "W1", "WS", "2026-02-01", '"REF"', _pt(0, 0, 0.001) + _pt(100, 100.0, 0.002)
-            ),
-            "certificates/B1.toml": _cert(
-                "B1", "BAL", "2026-03-01", '"WS"', _pt(0, 0.0, 0.01) + _pt(100, 100.0, 0.02)
             ),
         },
     )
