@@ -16,8 +16,10 @@ and the exception response. That is this module, about a hundred lines:
   the byte stream: every pending request fails with FrameError and the connection is
   closed, so the next poll reconnects; so does an incomplete reply that stays incomplete
   for a whole request timeout (a header announcing more bytes than the device sent:
-  every later reply would be read as the rest of it); a framed reply with a bad PDU
-  fails only its own request;
+  every later reply would be read as the rest of it): a request whose deadline passes
+  while such a reply is in the buffer waits for the rest until the reply is a whole
+  timeout old (at most one more timeout), then fails with that FrameError; a framed
+  reply with a bad PDU fails only its own request;
 - the parsing (:func:`split_adus`, :func:`parse_read_pdu`) is pure, so it is tested and
   fuzzed without a socket.
 
@@ -280,7 +282,18 @@ class ModbusTcpClient(asyncio.Protocol):
         pending = self._pending
         late = [tid for tid, entry in pending.items() if entry[4] <= now]
         buffer = self._buffer
-        if late and buffer and now - self._partial_at >= min(pending[t][5] for t in late):
+        if late and buffer:
+            # An incomplete reply is waiting. It began during the late requests' wait (or
+            # before): they wait for its rest until it is a whole timeout old, and no
+            # longer than a timeout past their deadline (a stream of split replies cannot
+            # hold them for ever). Judged at the deadline alone, a header announcing more
+            # bytes than follow costs one poll or two depending on the microseconds its
+            # bytes took to arrive after the request.
+            grace = min(pending[t][5] for t in late)
+            due = min(self._partial_at, min(pending[t][4] for t in late)) + grace
+            if now < due:
+                self._arm(loop, min([due, *(e[4] for e in pending.values() if e[4] > now)]))
+                return
             self._out_of_step(
                 f"an incomplete reply ({len(buffer)} bytes) waited a whole timeout for the "
                 "rest: the byte stream is out of step; reconnecting",
