@@ -372,6 +372,9 @@ def check_against_registry(
                     f"{entry.id} in the registry (has: {', '.join(sorted(reg_channels)) or 'none'})"
                 )
                 continue
+            reg_unit = next(ch.unit for ch in eq.channels if ch.name == name)
+            if (why := unit_problem(entry, cwhere, reg_unit)) is not None:
+                problems.append(f"{fname}: {where}{why}")
             if "*" in entry.uncalibrated or name in entry.uncalibrated:
                 continue  # never calibrated: published as "none", no word about it
             if registry.corrector(entry.id, name, at).certificate is not None:
@@ -385,6 +388,32 @@ def check_against_registry(
                     "calibrate it, or list it in `uncalibrated` if it is never calibrated"
                 )
     return problems
+
+
+def unit_problem(entry: EquipmentEntry, cwhere: str, registry_unit: str) -> str | None:
+    """The unit configured for the channel at ``cwhere`` (``.channels[j].name``: that
+    channel's ``unit``; else the table's), when it cannot be converted to the registry
+    channel's unit: every reading would be published uncorrected, flagged
+    ``unit_mismatch``. The problem's path and message, or None."""
+    from calibration.errors import CalibrationError
+    from calibration.units import factor
+
+    holder: object = entry.driver
+    path = ""
+    if cwhere.startswith(".channels["):
+        path = cwhere.removesuffix(".name")
+        holder = entry.driver.channels[int(path[len(".channels[") : -1])]  # type: ignore[attr-defined]
+    unit = getattr(holder, "unit", None)
+    if not isinstance(unit, str) or not unit or unit == registry_unit:
+        return None  # none configured (the instrument says), or a Modbus unit id
+    try:
+        factor(unit, registry_unit)
+    except CalibrationError as exc:
+        why = str(exc)
+        if repr(registry_unit) not in why:
+            why += f" (the registry channel's unit is {registry_unit!r})"
+        return f"{path}.unit: {why}"
+    return None
 
 
 def never_calibrated(entry: EquipmentEntry, registry: Registry | None) -> bool:
