@@ -23,6 +23,8 @@ item is taken to have been in its as-found state throughout the period
 - *Uncertainty*: the point's standard uncertainty u_p becomes
   ``sqrt(u_p² + max(0, u_F(x)² − u_L(x)²))``: the revised standard's certificate
   contribution replaces the one the point was given (u_L), and U never shrinks.
+  Where x lies outside the span of the revised results, the error at the span's edge is
+  held (as :meth:`Corrector.correct_one` does) and the revision's notes say so.
 - It propagates down the chain: an instrument calibrated with a working standard whose
   certificate was revised is revised in turn, to any depth. A standard of another
   quantity (units not compatible: an auxiliary thermometer) is not propagated and the
@@ -36,7 +38,6 @@ a reading's time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -162,33 +163,49 @@ class Revisions:
                     f"is not {cert.unit}'s quantity: not propagated"
                 )
                 continue
-            points = list(self._shifted(points, cert.unit, s_cert))
+            points, outside = self._shifted(points, cert.unit, s_cert)
             notes.append(
                 f"references moved by the revision of standard {std} ({s_cert.number}: "
                 + "; ".join(s_rev.notes)
                 + ")"
             )
+            if outside:
+                notes.append(
+                    f"reference(s) {', '.join(f'{r:g}' for r in outside)} {cert.unit}: "
+                    f"{std} read them outside the span of its revised results; the error "
+                    "at the span's edge was used there (an extrapolation)"
+                )
         if not notes:
             return Revised(certificate=cert)
         return Revised(
             certificate=cert.model_copy(update={"points": tuple(points)}), notes=tuple(notes)
         )
 
-    def _shifted(self, points: list[Point], unit: str, s_cert: Certificate) -> Iterator[Point]:
+    def _shifted(
+        self, points: list[Point], unit: str, s_cert: Certificate
+    ) -> tuple[list[Point], list[float]]:
+        """The points with their references moved, and the references the standard read
+        outside its revised certificate's span (where its edge error held)."""
         reg = self.registry
         old = reg.corrector_for(s_cert)
         new = self.corrector(s_cert)
         f = units.factor(unit, s_cert.unit)  # this certificate's unit -> the standard's
+        moved: list[Point] = []
+        outside: list[float] = []
         for p in points:
             ref = p.reference * f
             x = ref  # the standard's indication: c_L(x) = ref, by fixed-point iteration
             for _ in range(_ITERATIONS):
                 x = ref + (x - old.correct_one(x)[0])
-            shift = (new.correct_one(x)[0] - ref) / f
+            value, _, _, out = new.correct_one(x)
+            if out:
+                outside.append(p.reference)
+            shift = (value - ref) / f
             u_old = _cal_u(old, x) / f
             u_new = _cal_u(new, x) / f
             u = math.sqrt(p.u**2 + max(0.0, u_new**2 - u_old**2))
-            yield p.model_copy(update={"reference": p.reference + shift, "U": u * p.k})
+            moved.append(p.model_copy(update={"reference": p.reference + shift, "U": u * p.k}))
+        return moved, outside
 
 
 def _cal_u(c: Corrector, x: float) -> float:

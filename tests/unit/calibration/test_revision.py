@@ -142,6 +142,43 @@ def test_a_certificate_calibrated_with_it_has_its_references_moved(reg: Registry
     assert corr.correct_one(100.03)[0] == pytest.approx(p100.reference, abs=1e-12)
 
 
+def test_a_reference_beyond_the_revised_span_is_moved_by_the_edge_error_and_said_so(
+    tmp_path: Path,
+) -> None:
+    # As the fixture, and B2: BAL calibrated at 100.02 g (through W1, still as left).
+    reg = _chain(
+        tmp_path,
+        drifted="WS",
+        ws_100=100.002,
+        bal_0=0.01,
+        bal_100=100.03,
+        more={
+            "certificates/W2.toml": _cert(
+                "W2",
+                "WS",
+                "2026-08-01",
+                '"REF"',
+                _pt(0, 0, 0.001) + _pt(100, 100.0, 0.002),
+                found=_pt(0, 0, 0.001) + _pt(100, 100.012, 0.004),
+            ),
+            "certificates/B2.toml": _cert(
+                "B2", "BAL", "2026-04-01", '"WS"', _pt(0, 0.01, 0.01) + _pt(100.02, 100.05, 0.02)
+            ),
+        },
+    )
+    b2 = reg.certificate("B2")
+    assert b2 is not None
+    r = Revisions(reg).revise(b2)
+    # W1 (span 0 to 100.002) gave 100.02 for an indication x = 100.02 + 0.002 (its edge
+    # error); as found (span 0 to 100.012) x is beyond the span: its edge error 0.012 holds.
+    assert r.certificate.points[1].reference == pytest.approx(100.022 - 0.012, abs=1e-12)
+    assert r.certificate.points[0].reference == pytest.approx(0.0, abs=1e-12)
+    assert any("100.02 g" in n and "outside the span" in n for n in r.notes), r.notes
+    b1 = reg.certificate("B1")  # its 100 g lies inside the revised span: no such note
+    assert b1 is not None
+    assert all("outside" not in n for n in Revisions(reg).revise(b1).notes)
+
+
 def test_a_certificate_without_a_drifted_standard_is_unchanged(reg: Registry) -> None:
     rev = Revisions(reg)
     n1 = reg.certificate("N1")
