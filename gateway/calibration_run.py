@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from calibration.corrector import Corrector
     from calibration.registry import Channel, Equipment, Registry
     from drivers.base import Driver, Reading
+    from drivers.scpi import ScpiPressure
 
 __all__ = [
     "CalibrationRunError",
@@ -665,8 +666,14 @@ class _Runner:
             await asyncio.sleep(max(0.0, proc.interval_s - (time.monotonic() - t0)))
 
     async def run(self) -> None:
+        from drivers.scpi import ScpiPressure
+
         plan = self.plan
-        gen: Any = self.drivers[plan.generator.id] if plan.generator else None
+        gen: ScpiPressure | None = None
+        if plan.generator is not None:
+            driver = self.drivers[plan.generator.id]
+            assert isinstance(driver, ScpiPressure)  # plan_run accepts no other generator
+            gen = driver
         async with contextlib.AsyncExitStack() as stack:
             for d in self.drivers.values():
                 await stack.enter_async_context(d)
@@ -677,7 +684,7 @@ class _Runner:
             if plan.procedure.adjust == "ask":
                 await self.adjust_and_repeat(gen)
 
-    async def sequence(self, gen: Any) -> None:
+    async def sequence(self, gen: ScpiPressure | None) -> None:
         """Every step of the plan, for the DUTs active now, into ``self.phase``."""
         plan = self.plan
         for step in plan.steps:
@@ -696,7 +703,7 @@ class _Runner:
             await self.wait_stable(step)
             await self.take_readings(step)
 
-    async def adjust_and_repeat(self, gen: Any) -> None:
+    async def adjust_and_repeat(self, gen: ScpiPressure | None) -> None:
         """METROLOGY. As found first; a DUT that fails may be adjusted by the operator and
         is then measured again, as left (the flow of documenting calibrators: both results
         on one certificate, ISO/IEC 17025 7.8.4.1 c)."""
@@ -723,7 +730,7 @@ class _Runner:
         finally:
             self.active.update(others)
 
-    async def _vent(self, gen: Any) -> None:
+    async def _vent(self, gen: ScpiPressure) -> None:
         from drivers.errors import DriverError
 
         with contextlib.suppress(DriverError, OSError):

@@ -15,6 +15,7 @@ from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
     from calibration.certificate_out import IssuedCertificate
+    from calibration.evaluation import PointResult
 
 __all__ = ["register"]
 
@@ -48,7 +49,7 @@ async def _prompt(message: str) -> str:
     return line
 
 
-def _point_json(p: Any) -> dict[str, Any]:
+def _point_json(p: PointResult) -> dict[str, Any]:
     return {
         "reference": p.reference,
         "indicated": p.indicated,

@@ -15,12 +15,15 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from gateway.cli import EX_CONFIG, EX_USAGE, report_errors
 from gateway.commands.ops import EX_UNAVAILABLE
 from gateway.commands.registry import parse_at
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.impact import Outcome
 
 __all__ = ["register"]
 
@@ -130,7 +133,7 @@ def _write_csv(dest: str, rows: list[list[Any]], header: tuple[str, ...]) -> Non
         put(fh)
 
 
-def _json(outcome: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _json(outcome: Outcome, args: argparse.Namespace) -> dict[str, Any]:
     from gateway.impact import ns_rfc3339
 
     return {
@@ -161,7 +164,7 @@ def _json(outcome: Any, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _text(outcome: Any, args: argparse.Namespace) -> list[str]:
+def _text(outcome: Outcome, args: argparse.Namespace) -> list[str]:
     from gateway.impact import ns_rfc3339
 
     sel = outcome.selection
