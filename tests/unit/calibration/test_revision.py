@@ -75,26 +75,29 @@ def _chain(
     )
 
 
-@pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    # WS as left: +0.002 g at 100 g; next time, as found: +0.012 g (fails ±0.005)
+def _ws_drifted(root: Path, more: dict[str, str] | None = None) -> Registry:
+    # WS as left: +0.002 g at 100 g; next time (W2), as found: +0.012 g (fails ±0.005)
+    w2 = _cert(
+        "W2",
+        "WS",
+        "2026-08-01",
+        '"REF"',
+        _pt(0, 0, 0.001) + _pt(100, 100.0, 0.002),
+        found=_pt(0, 0, 0.001) + _pt(100, 100.012, 0.004),
+    )
     return _chain(
-        tmp_path,
+        root,
         drifted="WS",
         ws_100=100.002,
         bal_0=0.01,
         bal_100=100.03,
-        more={
-            "certificates/W2.toml": _cert(
-                "W2",
-                "WS",
-                "2026-08-01",
-                '"REF"',
-                _pt(0, 0, 0.001) + _pt(100, 100.0, 0.002),
-                found=_pt(0, 0, 0.001) + _pt(100, 100.012, 0.004),
-            ),
-        },
+        more={"certificates/W2.toml": w2, **(more or {})},
     )
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    return _ws_drifted(tmp_path)
 
 
 def test_finding_is_the_period_before_the_failing_as_found(reg: Registry) -> None:
@@ -146,26 +149,10 @@ def test_a_reference_beyond_the_revised_span_is_moved_by_the_edge_error_and_said
     tmp_path: Path,
 ) -> None:
     # As the fixture, and B2: BAL calibrated at 100.02 g (through W1, still as left).
-    reg = _chain(
-        tmp_path,
-        drifted="WS",
-        ws_100=100.002,
-        bal_0=0.01,
-        bal_100=100.03,
-        more={
-            "certificates/W2.toml": _cert(
-                "W2",
-                "WS",
-                "2026-08-01",
-                '"REF"',
-                _pt(0, 0, 0.001) + _pt(100, 100.0, 0.002),
-                found=_pt(0, 0, 0.001) + _pt(100, 100.012, 0.004),
-            ),
-            "certificates/B2.toml": _cert(
-                "B2", "BAL", "2026-04-01", '"WS"', _pt(0, 0.01, 0.01) + _pt(100.02, 100.05, 0.02)
-            ),
-        },
+    b2_file = _cert(
+        "B2", "BAL", "2026-04-01", '"WS"', _pt(0, 0.01, 0.01) + _pt(100.02, 100.05, 0.02)
     )
+    reg = _ws_drifted(tmp_path, {"certificates/B2.toml": b2_file})
     b2 = reg.certificate("B2")
     assert b2 is not None
     r = Revisions(reg).revise(b2)
