@@ -116,6 +116,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         registry = Registry.load(config.registry_dir)
     except RegistryError as exc:
         return report_errors(exc.errors)
+    if args.into is not None and args.into.resolve() != config.registry_dir:
+        # Before anything moves: a registry that is broken already would refuse the new
+        # certificates only after the whole run.
+        try:
+            Registry.load(args.into)
+        except RegistryError as exc:
+            print(
+                f"calgate calibrate: --into {args.into} is not a valid registry:", file=sys.stderr
+            )
+            return report_errors(exc.errors)
     try:
         plan = plan_run(config, registry, procedure)
     except CalibrationRunError as exc:

@@ -101,6 +101,28 @@ def test_calibrate_lists_a_bad_procedures_errors_counted_and_exits_78(
     assert not (tmp_path / "out").exists()
 
 
+def test_calibrate_into_a_broken_registry_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = tmp_path / "registry"
+    shutil.copytree(EXAMPLE_REGISTRY, registry)
+    into = tmp_path / "other"
+    shutil.copytree(EXAMPLE_REGISTRY, into)
+    (into / "certificates" / "PCL-2026-0906.toml").write_text('number = "PCL-2026-0906"\n')
+    cfg = tmp_path / "calgate.toml"
+    # The instruments are at port 9, where nothing answers: the run would fail with exit 1.
+    cfg.write_text(CONFIG.format(registry=registry, pc_driver="scpi-pressure"))
+    proc = tmp_path / "p.toml"
+    proc.write_text(PRESSURE)
+    out = tmp_path / "out"
+    code = main(["calibrate", "-c", str(cfg), str(proc), "--out", str(out), "--into", str(into)])
+    err = capsys.readouterr().err
+    assert code == 78, err
+    assert f"--into {into} is not a valid registry" in err
+    assert "PCL-2026-0906.toml" in err
+    assert not out.exists()
+
+
 # -- plans: what is refused before anything moves --------------------------------------------
 
 CONFIG = """
