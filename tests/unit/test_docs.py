@@ -19,7 +19,7 @@ from calibration.registry import Certificate, Channel, Equipment, Point
 from gateway.cli import build_parser
 from gateway.installation import docs_dir
 from gateway.metrics import Metrics
-from gateway.wire import measurement_payload
+from gateway.wire import measurement_payload, recorrected_line
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -46,6 +46,24 @@ def test_the_interfaces_page_names_every_command_metric_and_payload_field() -> N
         assert f"`{name}" in text, name
     for field in measurement_payload(meas(0), 1):
         assert f"`{field}`" in text, field
+
+
+def test_the_interfaces_page_names_every_field_of_reading_recorrected() -> None:
+    (row,) = [
+        line
+        for line in (DOCS / "interfaces.md").read_text().splitlines()
+        if line.startswith("| `reading_recorrected` |")
+    ]
+    line = recorrected_line(
+        site="s", equipment="e", channel="c", quantity="q", unit="mbar", certificate="C-1",
+        raw=1.0, value=1.0, u=0.1, U=0.2, k=2.0, quality="good", flags="", calibration="valid",
+        conformity="pass", seq=1, stored_value=1.0, stored_U=0.2, stored_conformity="pass",
+        stored_certificate="C-0", basis="b", registry="d", time_ns=0,
+    )  # fmt: skip
+    key, fields, _ = line.split(" ")
+    tags = [t.split("=")[0] for t in key.split(",")[1:]]
+    names = [f.split("=")[0] for f in fields.split(",")]
+    assert [n for n in (*tags, *names) if f"`{n}`" not in row] == []
 
 
 def test_the_help_points_to_the_reference_in_the_repository() -> None:
