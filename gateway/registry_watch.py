@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shlex
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -127,7 +128,9 @@ def loaded_event(rev: RegistryRevision, at: datetime, *, reload: bool) -> Event:
 
 
 def _command(config: Path, option: str, value: str) -> str:
-    return f"calgate impact -c {config} {option} {value}"
+    """The command line, quoted for a POSIX shell (a config path with a space, an id
+    with a quote), so it can be pasted as it stands."""
+    return shlex.join(["calgate", "impact", "-c", str(config), option, value])
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ the registry's identity (digests, git commit)."""
 from __future__ import annotations
 
 import hashlib
+import shlex
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,16 @@ def _ws_p1_found_out(root: Path, calibrated: str) -> None:
         "as_found = [{ reference = 10.0, indicated = 10.2, U = 0.003, k = 2 },"
         " { reference = 350.0, indicated = 350.2, U = 0.0095, k = 2 }]\n"
     )
+
+
+def test_the_command_is_quoted_for_the_shell(registry: Path) -> None:
+    old = Registry.load(registry)
+    _ws_p1_found_out(registry, "2026-12-03")
+    config = Path("/srv/lab a/calgate.toml")
+    events = changes(memory_of(old), Registry.load(registry), POLLED, config=config, at=AT)
+    (command,) = {e.detail["command"] for e in events if e.type == "traceability_suspect"}
+    assert command == "calgate impact -c '/srv/lab a/calgate.toml' --standard WS-P1"
+    assert shlex.split(command)[3] == str(config)
 
 
 def test_a_new_finding_makes_each_polled_channel_suspect_once(registry: Path) -> None:
