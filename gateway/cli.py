@@ -45,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+
+    def rank(name: str) -> tuple[int, str]:
+        return (commands.ORDER.index(name) if name in commands.ORDER else len(commands.ORDER), name)
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: rank(i.name)):
         module = importlib.import_module(f"gateway.commands.{info.name}")
         module.register(sub)
     return parser

@@ -105,3 +105,13 @@ def test_the_command_line_synopsis_has_every_option() -> None:
             if names and not names & written:
                 missing.append(f"{command} {max(names, key=len)}")
     assert missing == []
+
+
+def test_the_help_lists_the_commands_in_a_new_users_order() -> None:
+    """Try it, run it, look into the registry, then the quality team's tools (it listed
+    calibrate first and check-config between run and probe: by module name)."""
+    (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
+    assert [a.dest for a in sub._choices_actions] == [  # type: ignore[attr-defined]
+        "demo", "run", "check-config", "probe", "registry", "correct", "impact", "calibrate",
+        "simulate",
+    ]  # fmt: skip
