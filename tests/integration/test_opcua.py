@@ -54,9 +54,13 @@ async def sim() -> AsyncIterator[TestingMachineSim]:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def machine(sim: TestingMachineSim) -> AsyncIterator[TestingMachineSim]:
-    """The shared simulator, put back to idle without faults after the test."""
+    """The shared simulator, put back to idle without faults after the test; its nodes
+    hold what it wrote since (until its next update they would keep the last test's
+    values, a held force with a status set: a subscription's first value is that one).
+    Two updates: one under way at the reset may have written its first nodes before."""
     sim.clear()
     sim.reset()
+    await sim.next_update(2)
     yield sim
     sim.clear()
     sim.reset()
