@@ -52,7 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: rank(i.name)):
         module = importlib.import_module(f"gateway.commands.{info.name}")
         module.register(sub)
+    describe(parser)
     return parser
+
+
+def describe(parser: argparse.ArgumentParser) -> None:
+    """A (sub)command's ``--help`` without a description of its own opens with the line
+    its parent's list gives it (``calgate run --help`` said only its usage)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            for name, child in action.choices.items():
+                if child.description is None and (line := helps.get(name)):
+                    child.description = f"{line[0].upper()}{line[1:]}."
+                describe(child)
 
 
 def configure_logging(verbose: int, *, service: bool) -> None:

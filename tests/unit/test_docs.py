@@ -115,3 +115,11 @@ def test_the_help_lists_the_commands_in_a_new_users_order() -> None:
         "demo", "run", "check-config", "probe", "registry", "correct", "impact", "calibrate",
         "simulate",
     ]  # fmt: skip
+
+
+def test_every_commands_help_says_what_it_does() -> None:
+    """``calgate run --help`` (and check-config, probe, demo, the registry actions) printed
+    only their usage and options; each now opens with a sentence."""
+    for command, parser in _subcommands(build_parser(), "calgate"):
+        assert parser.description, command
+        assert parser.format_help().split("\n\n")[1].strip()[0].isupper(), command
