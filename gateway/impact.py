@@ -454,7 +454,8 @@ class Evaluator:
     """Re-corrects pages of one channel's stored readings through the registry now.
 
     A reading has *changed* when its decision changed, or when the new value lies outside
-    the stored value ± its stored U (the stored result no longer covers it).
+    the stored value ± its stored U (the stored result no longer covers it), both taken
+    in the channel's unit now (a reading stored under another ``unit`` tag is converted).
     """
 
     def __init__(
@@ -544,16 +545,20 @@ class Evaluator:
         out_of_range = res.out_of_range.tolist()
         old_v = page.value[sel]
         old_u = page.U[sel]
-        delta = np.abs(res.value - old_v)
+        # Stored in the channel's unit of then (its `unit` tag): compared in today's.
+        scale = np.array(
+            [_to_unit(page.unit[row], corrector.unit) for row in sel.tolist()], dtype=float
+        )
+        delta = np.abs(res.value - old_v * scale)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(old_u > 0, delta / old_u, np.nan)
+            ratio = np.where(old_u > 0, delta / (old_u * scale), np.nan)
         times = page.time[sel]
         if ratio.size and not np.all(np.isnan(ratio)):
             j = int(np.nanargmax(ratio))
             if float(ratio[j]) > rep.max_change_U:
                 rep.max_change_U = float(ratio[j])
                 rep.max_change_at = int(times[j])
-        moved = (delta > old_u).tolist()
+        moved = (delta > old_u * scale).tolist()
         days = (times // _DAY_NS).tolist()
         k = corrector.k
         number = cert.number if cert is not None else None
@@ -593,7 +598,7 @@ class Evaluator:
                         equipment=rep.equipment,
                         channel=rep.channel,
                         quantity=page.quantity[row],
-                        unit=page.unit[row] or corrector.unit,
+                        unit=corrector.unit,  # the re-corrected value's
                         certificate=number,
                         raw=float(page.raw[row]),
                         value=values[n],
@@ -614,6 +619,13 @@ class Evaluator:
                         time_ns=ns,
                     )
                 )
+
+
+def _to_unit(stored: str | None, now: str) -> float:
+    """Factor from a stored reading's unit tag to the channel's unit now (1 when the same
+    or not stored; NaN when incompatible, so the stored value compares as nothing)."""
+    f = unit_factor(stored or now, now)
+    return math.nan if f is None else f
 
 
 def _quality(page: Page, row: int, out_of_range: bool, status: str) -> tuple[str, str]:

@@ -83,3 +83,37 @@ def test_a_reading_either_side_of_midnight_goes_through_its_own_certificate(
     # 1.5 mbar apart: the as-found error is the as-left one plus 1.5 mbar
     assert before[6] - after[6] == pytest.approx(-1.5, abs=0.05)
     assert ev.report.certificates_now == {"PCL-2025-0731", "PCL-2026-1201"}
+
+
+def test_a_reading_stored_in_another_unit_is_compared_in_the_units_of_now(
+    reg: Registry,
+) -> None:
+    """WS-P1's channel read in kPa when the reading was stored (its unit tag), in mbar now:
+    a stored value that is the re-corrected one, in kPa, has not changed."""
+    file = tomllib.loads(DRIFT.read_text())
+    raw = 1000.0
+    now_mbar = corrected_mbar(file["as_found"], raw)
+    page = Page(
+        time=np.array([day_ns(date(2026, 6, 1))], dtype=np.int64),
+        raw=np.array([raw]),
+        value=np.array([now_mbar / 10.0]),  # kPa
+        U=np.array([0.01]),  # kPa: 0.1 mbar
+        quality=["good"],
+        calibration=["valid"],
+        flags=[""],
+        certificate=["PCL-2025-0731"],
+        conformity=[None],
+        seq=[7],
+        quantity=["absolute pressure"],
+        unit=["kPa"],
+    )
+    ev = Evaluator(Revisions(reg), "WS-P1", "pressure", site="lab")
+    rows: list[list[Any]] = []
+    lines: list[str] = []
+    ev.evaluate(page, lines=lines, csv_rows=rows)
+    assert rows == []
+    assert ev.report.changed == 0
+    assert ev.report.max_change_U == pytest.approx(0.0, abs=1e-9)
+    (line,) = lines
+    assert ",unit=mbar " in line  # the re-corrected value's unit, not the stored tag
+    assert f"stored_value={now_mbar / 10.0!r}" in line  # what `reading` holds, as it is
