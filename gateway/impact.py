@@ -45,7 +45,7 @@ from calibration.revision import Finding, Revisions, findings
 from gateway.errors import CalgateError
 from gateway.pipeline import DOUBTFUL, beyond_span, judge_of, unit_factor
 from gateway.registry_watch import RegistryRevision, revision_of
-from gateway.sinks.influx import session, write_endpoint
+from gateway.sinks.influx import post_lines, session, write_endpoint
 from gateway.wire import line_flags, recorrected_line, rfc3339
 
 if TYPE_CHECKING:
@@ -676,16 +676,12 @@ class Writer:
             return
         body = "\n".join(lines).encode()
         try:
-            async with self.http.post(
-                self.url, params=self.params, data=body,
-                headers={"Content-Type": "text/plain; charset=utf-8"},
-            ) as resp:  # fmt: skip
-                status = resp.status
-                text = (await resp.read())[:300].decode("utf-8", "replace").strip()
+            status, _, answer = await post_lines(self.http, self.url, self.params, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DatabaseError(
                 f"{self.settings.url}: cannot write: {type(exc).__name__}: {exc}"
             ) from exc
+        text = answer[:300].decode("utf-8", "replace").strip()
         if status == 413 and len(lines) > 1:
             half = len(lines) // 2
             await self._post(lines[:half])

@@ -38,7 +38,14 @@ from gateway.outbox import DROP_EQUIPMENT, Outbox, Row
 from gateway.settings import InfluxSettings
 from gateway.sinks.base import Sink
 
-__all__ = ["InfluxSink", "auth_headers", "parse_retry_after", "session", "write_endpoint"]
+__all__ = [
+    "InfluxSink",
+    "auth_headers",
+    "parse_retry_after",
+    "post_lines",
+    "session",
+    "write_endpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,17 @@ def write_endpoint(s: InfluxSettings) -> tuple[str, dict[str, str]]:
     if s.retention_policy:
         params["rp"] = s.retention_policy
     return f"{base}/write", params
+
+
+async def post_lines(
+    http: aiohttp.ClientSession, url: str, params: dict[str, str], body: bytes
+) -> tuple[int, Any, bytes]:
+    """(status, headers, body) of one write of line protocol to ``url``; aiohttp's
+    exceptions (and a timeout) pass to the caller, which says what failed."""
+    async with http.post(
+        url, params=params, data=body, headers={"Content-Type": "text/plain; charset=utf-8"}
+    ) as resp:
+        return resp.status, resp.headers, await resp.read()
 
 
 def session(s: InfluxSettings) -> aiohttp.ClientSession:
@@ -228,12 +246,6 @@ class InfluxSink(Sink):
         if self._session is None:
             raise SinkError("not connected")
         try:
-            async with self._session.post(
-                self._url,
-                params=self._params,
-                data=body,
-                headers={"Content-Type": "text/plain; charset=utf-8"},
-            ) as resp:
-                return resp.status, resp.headers, await resp.read()
+            return await post_lines(self._session, self._url, self._params, body)
         except aiohttp.ClientError as exc:
             raise SinkError(f"{self.settings.url}: {type(exc).__name__}: {exc}") from exc
