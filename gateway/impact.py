@@ -23,9 +23,12 @@ so the gateway can do it on the database:
    path, and re-judges it with the channel's limits and decision rule; it counts, per
    channel, the changed decisions and the largest change in units of the stored U.
 4. With ``write``, every re-corrected reading goes to measurement ``reading_recorrected``
-   (:func:`gateway.wire.recorrected_line`): the stored tags plus ``certificate``, time
-   unchanged, so running twice overwrites the same points (InfluxDB keeps one point per
-   series and time). ``reading`` is never written.
+   (:func:`gateway.wire.recorrected_line`): the stored tags (``unit`` the channel's now)
+   plus ``certificate``, time unchanged, so running twice with the same registry
+   overwrites the same points (InfluxDB keeps one point per series and time). A run after
+   the registry put another certificate in force for a reading writes a point of another
+   series (its ``certificate`` tag) beside the first: the field ``registry`` tells them
+   apart. ``reading`` is never written.
 """
 
 from __future__ import annotations

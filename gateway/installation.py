@@ -29,9 +29,9 @@ _DIST = "calgate"
 
 @functools.cache
 def shadowing() -> list[str]:
-    """Every sibling package that is not calgate's own, as a sentence; [] when none
-    (looked up once per process: about 60 ms, most of it reading every distribution's
-    file list)."""
+    """Every sibling package that is not calgate's own, as a sentence; [] when none.
+    Reads every installed distribution's file list: call it once (``calgate`` does, at
+    start)."""
     problems: list[str] = []
     for name in PACKAGES[1:]:
         spec = importlib.util.find_spec(name)
