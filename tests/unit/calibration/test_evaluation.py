@@ -82,3 +82,49 @@ def test_a_series_needs_two_finite_readings() -> None:
         series("up", [10.0])
     with pytest.raises(CalibrationError, match="finite"):
         series("up", [10.0, math.nan])
+
+
+def test_a_point_agrees_with_the_same_model_built_in_gtc() -> None:
+    """The model of the module docstring built independently with GTC's uncertain
+    numbers: e = (ē↑ + ē↓)/2 + δ_ref + δ_res + δ_stab + δ_hyst, ē from GTC's type A
+    estimate of each series' differences (ν = n − 1), Welch–Satterthwaite by GTC."""
+    from GTC import type_a, ureal
+
+    t = [0.0, 1.0, 2.0, 3.0, 4.0]
+    ref_up = [1000.00, 1000.01, 1000.02, 1000.01, 1000.03]
+    ind_up = [1000.42, 1000.45, 1000.41, 1000.44, 1000.46]
+    ref_dn = [1000.02, 1000.01, 1000.00, 1000.00, 999.99]
+    ind_dn = [1000.61, 1000.58, 1000.60, 1000.57, 1000.59]
+    p = evaluate_point(
+        [
+            Series(direction="up", reference=tuple(ref_up), indicated=tuple(ind_up), t_s=tuple(t)),
+            Series(
+                direction="down",
+                reference=tuple(ref_dn),
+                indicated=tuple(ind_dn),
+                t_s=tuple(x + 10 for x in t),
+            ),
+        ],
+        reference_components=[Contribution("cert", 0.05, 50)],
+        dut_resolution=0.01,
+    )
+    e_up = type_a.estimate([i - r for i, r in zip(ind_up, ref_up, strict=True)])
+    e_dn = type_a.estimate([i - r for i, r in zip(ind_dn, ref_dn, strict=True)])
+    slope_up = scipy.stats.linregress(t, ref_up).slope
+    slope_dn = scipy.stats.linregress(t, ref_dn).slope
+    # each series' drift over its 4 s, half-width |b|·T/2, halved again in the mean
+    a_stab = math.hypot(abs(slope_up) * 4 / 2 / 2, abs(slope_dn) * 4 / 2 / 2)
+    h = abs(e_dn.x - e_up.x)
+    e = (
+        (e_up + e_dn) / 2
+        + ureal(0, 0.05, 50)
+        + ureal(0, 0.01 / math.sqrt(12))
+        + ureal(0, a_stab / math.sqrt(3))
+        + ureal(0, h / 2 / math.sqrt(3))
+    )
+    assert p.error == pytest.approx(e.x, rel=1e-12)
+    assert p.u == pytest.approx(e.u, rel=1e-12)
+    assert p.dof == math.floor(e.df)
+    k = scipy.stats.t.ppf(0.5 + P / 2, math.floor(e.df))
+    assert p.k == pytest.approx(k, rel=1e-9)
+    assert pytest.approx(k * e.u, rel=1e-9) == p.U
