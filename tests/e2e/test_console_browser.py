@@ -153,7 +153,20 @@ async def test_a_person_sees_the_lab_live(tmp_path: Path, browser: Any) -> None:
             assert "due 2026-02-28; needed in force on 2026-03-10" in chain  # WS-F1's, expired
             assert "due 2024-03-31; needed in force on 2023-02-20" in chain  # REF-W1's
             assert "due 2028-03-10; needed" not in chain  # BAL-02's own: used by nothing
-            # the due dates list
+            # the plot's time axis as the rest of the page writes times: 24-hour, ISO dates
+            # (uPlot's default drew "7:25am" over "12/3/26")
+            labels = await until(browser, lambda d: d.execute_script(
+                "const p = Object.values(state.plots)[0];"
+                "const v = p && p.plot.axes[0]._values && p.plot.axes[0]._values.join('|');"
+                "return v && v.includes(':') && v;"
+            ), "the plot's time labels")  # fmt: skip
+            assert not any(mark in labels for mark in ("am", "pm", "/")), labels
+            templates = ["{M}/{D}/{YY} {h}:{mm}{aa}", "{h}:{mm}{aa}", "{M}/{D}", "{h}{aa}"]
+            made = await asyncio.to_thread(browser.execute_script,
+                "const at = new Date(2026, 11, 3, 19, 25);"
+                "return arguments[0].map((t) => uPlot.fmtDate(isoTemplate(t))(at));",
+                templates)  # fmt: skip
+            assert made == ["2026-12-03 19:25", "19:25", "12-03", "19:00"], made
             due = await asyncio.to_thread(text_of, browser, "#due")
             assert due.index("PCL-2025-1201") < due.index("MCS-2026-1022")  # soonest first
 

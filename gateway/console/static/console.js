@@ -247,6 +247,14 @@ function yRange(key) {
   return [lo - pad, hi + pad];
 }
 
+// uPlot's time labels are American ("7:25am", "12/3/26"); the page writes 24-hour times
+// and ISO dates, so the plot does too.
+function isoTemplate(tpl) {
+  return tpl.replace("{M}/{D}/{YY}", "{YYYY}-{MM}-{DD}").replace("{M}/{D}", "{MM}-{DD}")
+    .replace("{h}:{mm}{aa}", "{HH}:{mm}").replace("{h}{aa}", "{HH}:00").replace(/\{h\}/g, "{HH}")
+    .replace(/\{(aa|AA|a)\}/g, "");
+}
+
 function makePlot(key, ch, doc, parent) {
   const box = el("div", { class: "plot", "data-channel": ch.name });
   const lims = limitValues(doc.limits).map(([label, v]) => `${label} ${v}`).join(", ");
@@ -258,6 +266,7 @@ function makePlot(key, ch, doc, parent) {
   const line = (label, stroke, width, dash) => ({ label, stroke, width, dash, points: { show: false } });
   const opts = {
     width, height: 220,
+    fmtDate: (tpl) => uPlot.fmtDate(isoTemplate(tpl)),
     // the view follows the values and their U; a limit is drawn when it comes near them
     scales: { x: { time: true }, y: { range: () => yRange(key) } },
     axes: [axis, { ...axis, size: 70 }],
