@@ -67,6 +67,7 @@ from calibration.evaluation import PointResult, Series, evaluate_point, slope_pe
 from calibration.registry import describe_tolerance, utc_date
 from gateway.config import Config, EquipmentEntry, format_loc
 from gateway.errors import CalgateError, ConfigError
+from gateway.pipeline import unit_factor
 
 if TYPE_CHECKING:
     from calibration.corrector import Corrector
@@ -462,6 +463,14 @@ def _good(r: Reading) -> str | None:
     return None
 
 
+def _in_unit(r: Reading, unit: str) -> float | None:
+    """The raw value in ``unit`` (the registry channel's), converted from the unit the
+    instrument reads in as the pipeline converts it before correcting; None when the
+    units are not of one quantity. A certificate's indications are in the channel's unit."""
+    f = unit_factor(r.unit, unit)
+    return None if f is None else r.raw * f
+
+
 POLL_ATTEMPTS = 3
 
 
@@ -526,13 +535,19 @@ class _Runner:
             raise CalibrationRunError(
                 f"{step.label(plan.unit)}: the reference {plan.reference.id}: {bad}"
             )
-        value, _, _, out = plan.reference_corrector.correct_one(r.raw)
+        raw = _in_unit(r, plan.unit)
+        if raw is None:
+            raise CalibrationRunError(
+                f"{step.label(plan.unit)}: the reference {plan.reference.id} reads in "
+                f"{r.unit}, which cannot be converted to its channel's {plan.unit}"
+            )
+        value, _, _, out = plan.reference_corrector.correct_one(raw)
         if out:
             raise CalibrationRunError(
-                f"{step.label(plan.unit)}: the reference reads {r.raw:g} {plan.unit}, outside "
+                f"{step.label(plan.unit)}: the reference reads {raw:g} {plan.unit}, outside "
                 f"the span of its certificate {plan.reference_corrector.certificate}"
             )
-        return value, r.raw, r
+        return value, raw, r
 
     async def _poll_dut(self, dut: Dut) -> Reading | BaseException:
         from drivers.errors import DriverError
@@ -575,8 +590,8 @@ class _Runner:
                     value
                 )
             else:
-                for dut_id, got in await self._poll_duts():
-                    samples[dut_id] = got.raw
+                for dut_id, got, indicated in await self._poll_duts():
+                    samples[dut_id] = indicated
                     if "dynamic" in got.flags:  # the balance itself says: not yet stable
                         windows.pop(dut_id, None)
             now = time.monotonic()
@@ -626,7 +641,8 @@ class _Runner:
                 )
             await asyncio.sleep(max(0.0, proc.interval_s - (time.monotonic() - t0)))
 
-    async def _poll_duts(self) -> list[tuple[str, Reading]]:
+    async def _poll_duts(self) -> list[tuple[str, Reading, float]]:
+        """(id, reading, indication in the DUT channel's unit) of every active DUT."""
         duts = list(self.active.values())
         got = await asyncio.gather(*(self._poll_dut(d) for d in duts))
         out = []
@@ -638,7 +654,13 @@ class _Runner:
             if bad:
                 self.fail(dut, bad)
                 continue
-            out.append((dut.equipment.id, res))
+            indicated = _in_unit(res, dut.channel.unit)
+            if indicated is None:
+                self.fail(
+                    dut, f"reads in {res.unit}, which cannot be converted to {dut.channel.unit}"
+                )
+                continue
+            out.append((dut.equipment.id, res, indicated))
         return out
 
     async def take_readings(self, step: Step) -> None:
@@ -654,8 +676,7 @@ class _Runner:
                 ref, raw, _ = await self.reference_value(step)
                 duts = await self._poll_duts()
             t = time.monotonic()
-            for dut_id, reading in duts:
-                indicated = reading.raw
+            for dut_id, _, indicated in duts:
                 c = self.collected[self.phase].setdefault(dut_id, _Collected())
                 c.reference.setdefault(key, []).append(ref)
                 c.reference_raw.setdefault(key, []).append(raw)

@@ -204,6 +204,32 @@ async def test_pressure_run_recovers_each_transmitters_error_and_issues_usable_c
     assert json.loads(text)["certificate"] == rows["PT-101"]["number"]
 
 
+async def test_a_dut_read_in_another_unit_is_calibrated_in_its_channels_unit(
+    tmp_path: Path,
+) -> None:
+    """PT-101 wired up in kPa (scale 0.1), its registry channel in mbar: the certificate's
+    indications are in mbar, as the gateway converts the readings before correcting."""
+    registry = registry_copy(tmp_path)
+    async with Lab(fixed_ports=False, opcua=False, seed=6) as lab:
+        lab.manifold.slew_per_s = FAST_SLEW
+        config = config_for(lab.endpoints(), tmp_path, registry)
+        text = config.read_text()
+        block = text.index('id = "PT-101"')
+        at = text.index('unit = "mbar"', block)
+        config.write_text(text[:at] + 'unit = "kPa"\n  scale = 0.1' + text[at + 13 :])
+        offset = lab.transmitters.devices[int(lab.endpoints()["PT-101"]["unit"])].offset
+        proc = pressure_procedure(tmp_path / "p.toml", [400.0, 1200.0])
+        code, stdout, err = await calgate(
+            "calibrate", "-c", str(config), str(proc), "--out", str(tmp_path / "out"), "--json"
+        )  # fmt: skip
+    assert code == 0, err
+    row = json_lines(stdout)["PT-101"]
+    for p, setpoint in zip(row["points"], (400.0, 1200.0), strict=True):
+        assert p["reference"] == pytest.approx(setpoint, abs=5.0)
+        assert p["indicated"] == pytest.approx(setpoint, abs=5.0)  # mbar, not kPa
+        assert abs(p["error"] - offset) <= p["U"], p
+
+
 async def test_a_dut_failing_as_found_is_adjusted_and_measured_again_as_left(
     tmp_path: Path,
 ) -> None:
