@@ -711,7 +711,7 @@ class _Runner:
         for step in plan.steps:
             log.info("%s: %s", self.phase.replace("_", " "), step.label(plan.unit))
             if gen is not None:
-                await gen.set_setpoint(step.value)
+                await gen.set_setpoint(step.value * await self._generator_factor(gen))
             elif step.load is not None:
                 duts = ", ".join(self.active)
                 std = f" ({step.load.standard})" if step.load.standard else ""
@@ -750,6 +750,17 @@ class _Runner:
             await self.sequence(gen)
         finally:
             self.active.update(others)
+
+    async def _generator_factor(self, gen: ScpiPressure) -> float:
+        """From the reference channel's unit (the setpoints') to the controller's own."""
+        unit = await gen.unit()
+        f = unit_factor(self.plan.unit, unit)
+        if f is None:
+            raise CalibrationRunError(
+                f"the generator works in {unit}: setpoints in {self.plan.unit} cannot be "
+                "converted to it"
+            )
+        return f
 
     async def _vent(self, gen: ScpiPressure) -> None:
         from drivers.errors import DriverError

@@ -230,6 +230,24 @@ async def test_a_dut_read_in_another_unit_is_calibrated_in_its_channels_unit(
         assert abs(p["error"] - offset) <= p["U"], p
 
 
+async def test_a_controller_set_to_kpa_is_driven_and_read_in_kpa(tmp_path: Path) -> None:
+    """The controller works in kPa (:UNIT:PRES KPA), the procedure's setpoints are in its
+    registry channel's mbar: it is sent 40 kPa for 400 mbar, and read back in mbar."""
+    registry = registry_copy(tmp_path)
+    async with Lab(fixed_ports=False, opcua=False, seed=7) as lab:
+        lab.manifold.slew_per_s = FAST_SLEW
+        lab.controller.unit = "KPA"
+        config = config_for(lab.endpoints(), tmp_path, registry)
+        proc = pressure_procedure(tmp_path / "p.toml", [400.0, 1200.0])
+        code, stdout, err = await calgate(
+            "calibrate", "-c", str(config), str(proc), "--out", str(tmp_path / "out"), "--json"
+        )  # fmt: skip
+    assert code == 0, err
+    for row in json_lines(stdout).values():
+        refs = [p["reference"] for p in row["points"]]
+        assert refs == [pytest.approx(400.0, abs=5.0), pytest.approx(1200.0, abs=5.0)], row
+
+
 async def test_a_dut_failing_as_found_is_adjusted_and_measured_again_as_left(
     tmp_path: Path,
 ) -> None:
