@@ -270,8 +270,8 @@ async def run_demo(
                 f"  query:   sqlite3 {work / 'history.sqlite'} 'SELECT * FROM reading ORDER BY seq DESC LIMIT 10'"
             )
         intro.append(f"  config:  {path}    (Ctrl-C stops)")
-        header = "\n".join(intro)
-        print(header, file=out, flush=True)
+        header = "\n".join(intro)  # the console's URL heads it on each redraw (tty)
+        print("\n".join(intro[1:]), file=out, flush=True)  # printed first already
         t_end = None if duration_s is None else loop.time() + duration_s
         while not stop.is_set():
             timeout = refresh_s if t_end is None else max(0.0, min(refresh_s, t_end - loop.time()))

@@ -53,6 +53,8 @@ async def test_demo_shows_every_instrument_corrected_with_its_status(
     assert code == 0, out
     assert f"MQTT ({broker})" in out
     assert f"store:   {store}" in out
+    assert out.splitlines()[0].startswith("lab console:  http://127.0.0.1:")
+    assert out.count("lab console:") == 1, out  # first, and once
     rows = last_table(out)
     assert set(rows) == set(INSTRUMENTS), out
     # piped: plain lines no wider than 80 columns, the column header once (k in it)
