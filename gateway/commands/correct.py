@@ -18,8 +18,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from calibration import Registry
 from calibration.conformity import INDETERMINATE
 from calibration.corrector import Corrector
@@ -31,7 +29,7 @@ from drivers.base import Reading
 from gateway.cli import EX_CONFIG, EX_USAGE
 from gateway.commands.registry import EX_OK, load_or_report, parse_at
 from gateway.model import Measurement
-from gateway.pipeline import DOUBTFUL, beyond_span, judge_of
+from gateway.pipeline import DOUBTFUL, Pipeline
 
 __all__ = ["correct_one", "register"]
 
@@ -48,14 +46,6 @@ def correct_one(
         )
     state = reg.state(item, at, ch.name)
     corrector = reg.corrector(item, ch.name, at)
-    res = corrector.correct(np.array([raw], dtype=float))
-    value, u, U = float(res.value[0]), float(res.u[0]), float(res.U[0])
-    out_of_range = bool(res.out_of_range[0])
-    judge = judge_of(ch, corrector, state.status)
-    conformity = None if judge is None else judge(value, U)
-    if out_of_range:
-        conformity = beyond_span(corrector, judge, raw)
-    flags = {"out_of_range"} if out_of_range else set()
     reading = Reading(
         equipment=item,
         channel=ch.name,
@@ -64,20 +54,9 @@ def correct_one(
         t_wall=at,
         t_mono=time.monotonic(),
     )
-    m = Measurement(
-        reading=reading,
-        value=value,
-        unit=ch.unit,
-        u=u,
-        U=U,
-        k=float(corrector.k),
-        quality="uncertain" if out_of_range or state.status in DOUBTFUL else "good",
-        flags=frozenset(flags),
-        calibration=state.status,
-        certificate=corrector.certificate,
-        conformity=conformity,
-        quantity=ch.quantity,
-    )
+    # the gateway's own path (a channel without a certificate: as read, no U, uncalibrated)
+    (m,) = Pipeline(reg, clock=lambda: at).process([reading])
+    value = raw if m.value is None else m.value
     facts: dict[str, Any] = {
         "state": state,
         "channel": ch,
@@ -95,6 +74,8 @@ def _quality_note(m: Measurement, status: str, span: tuple[float, float]) -> str
             f"  (outside the calibrated span {span[0]:g} to {span[1]:g} {m.unit}: "
             "not extrapolated; the correction and U do not hold there)"
         )
+    if "uncalibrated" in m.flags:
+        return "  (no certificate in force: the value as read)"
     if status in DOUBTFUL:
         return f"  (calibration {status})"
     return ""
@@ -173,9 +154,15 @@ def _correct(args: argparse.Namespace) -> int:
         tail = " (NMI)" if nmi is not None and nmi.nmi else " (does not end at an NMI)"
         print(f"  chain          {' → '.join(state.chain)}{tail}")
     else:
-        print("  certificate    none: value = raw, u from resolution and repeatability only")
+        print("  certificate    none: published as read (flag uncalibrated), no uncertainty")
     if m.conformity == INDETERMINATE:
-        why = "outside the calibrated span" if "out_of_range" in m.flags else "untraceable chain"
+        why = (
+            "outside the calibrated span"
+            if "out_of_range" in m.flags
+            else "no certificate in force"
+            if m.certificate is None
+            else "untraceable chain"
+        )
         print(f"  conformity     {INDETERMINATE}  (no decision on this value: {why})")
     elif ch.limits is not None:
         lo = "-∞" if ch.limits.low is None else f"{ch.limits.low:g}"
@@ -190,6 +177,9 @@ def _correct(args: argparse.Namespace) -> int:
         print(
             f"  as found       {verdict}  ({describe_tolerance(ch.tolerance)}, rule {ch.decision_rule})"
         )
+    if m.U is None:
+        print("  uncertainty    none: no certificate in force")
+        return EX_OK
     budget: Budget = facts["budget"]
     print(f"  uncertainty budget ({unit}; GTC, inputs named back to the NMI):")
     for line in budget.lines():

@@ -178,6 +178,28 @@ def test_correct_conformity_and_range(capsys: pytest.CaptureFixture[str]) -> Non
     assert json.loads(out)["calibration"] == "due_soon"
 
 
+def test_correct_without_a_certificate_says_what_the_gateway_publishes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A channel with no certificate in force: `correct` (one reading "as the gateway
+    would") gives the payload the gateway publishes (docs/interfaces.md: value as read,
+    u, U, k null, quality uncertain, flag uncalibrated, conformity indeterminate against
+    PT-101's limits); it printed U = 0.040 mbar, quality good and conformity pass."""
+    (tmp_path / "equipment").mkdir()
+    shutil.copy(EXAMPLES / "equipment" / "PT-101.toml", tmp_path / "equipment")
+    code, out, err = run(capsys, "correct", str(tmp_path), "PT-101", "pressure", "1013.6", "--json")
+    assert code == 0, err
+    m = json.loads(out)
+    assert (m["raw"], m["value"], m["u"], m["U"], m["k"]) == (1013.6, 1013.6, None, None, None)
+    assert (m["quality"], m["flags"], m["calibration"]) == ("uncertain", ["uncalibrated"], "none")
+    assert (m["certificate"], m["conformity"], m["chain"]) == (None, "indeterminate", [])
+    code, out, err = run(capsys, "correct", str(tmp_path), "PT-101", "pressure", "1013.6")
+    assert code == 0, err
+    assert "corrected      1013.6 mbar  (no uncertainty)" in out
+    assert "expanded" not in out
+    assert "uncertainty    none: no certificate in force" in out
+
+
 def test_correct_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "correct", str(EXAMPLES), "BAL-01", "force", "1")
     assert code == 64
