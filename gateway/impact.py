@@ -698,18 +698,25 @@ class Writer:
 
 
 def raw_factor(config: Config, reg: Registry, equipment: str, channel: str) -> float:
-    """Factor from the unit ``raw`` was stored in (the instrument's: the config channel's
-    ``unit`` when it gives one) to the registry channel's unit."""
+    """Factor from the unit ``raw`` was stored in (the instrument's: the config channel
+    table's ``unit``, else the equipment table's, as a SCPI controller's or an SBI
+    balance's) to the registry channel's unit; 1 when the config names none."""
     eq = reg.require(equipment)
     ch = eq.channel(channel)
     target = ch.unit if ch is not None else ""
     for entry in config.equipment:
         if entry.id != equipment:
             continue
-        for c in getattr(entry.driver, "channels", None) or ():
-            if getattr(c, "name", None) == channel and getattr(c, "unit", ""):
-                f = unit_factor(c.unit, target)
-                return 1.0 if f is None else f
+        unit = None
+        tables = getattr(entry.driver, "channels", None) or ()
+        for c in tables:
+            if getattr(c, "name", None) == channel:
+                unit = getattr(c, "unit", None)
+        if not tables:
+            unit = getattr(entry.driver, "unit", None)  # a Modbus `unit` is its slave id
+        if isinstance(unit, str) and unit:
+            f = unit_factor(unit, target)
+            return 1.0 if f is None else f
     return 1.0
 
 

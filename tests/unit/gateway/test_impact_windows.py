@@ -117,3 +117,28 @@ def test_a_reading_stored_in_another_unit_is_compared_in_the_units_of_now(
     (line,) = lines
     assert ",unit=mbar " in line  # the re-corrected value's unit, not the stored tag
     assert f"stored_value={now_mbar / 10.0!r}" in line  # what `reading` holds, as it is
+
+
+def test_raw_is_converted_from_the_unit_the_config_reads_it_in(
+    reg: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A controller configured in kPa (the equipment table's unit) stored kPa raws; a
+    Modbus channel's unit is in its channel table, the table's `unit` is a slave id."""
+    from gateway.config import load_config
+    from gateway.impact import raw_factor
+
+    cfg = tmp_path_factory.mktemp("cfg") / "calgate.toml"
+    cfg.write_text(
+        f'[gateway]\nregistry = "{reg.root}"\n'
+        '[[equipment]]\nid = "PC-01"\ndriver = "scpi-pressure"\nport = "socket://127.0.0.1:9"\n'
+        'unit = "kPa"\n'
+        '[[equipment]]\nid = "PT-101"\ndriver = "modbus"\nurl = "tcp://127.0.0.1:9"\nunit = 3\n'
+        '[[equipment.channels]]\nname = "pressure"\naddress = 0\ntype = "float32"\n'
+        'unit = "bar"\n'
+        '[[equipment]]\nid = "PT-102"\ndriver = "modbus"\nurl = "tcp://127.0.0.1:9"\nunit = 2\n'
+        '[[equipment.channels]]\nname = "pressure"\naddress = 0\ntype = "float32"\n'
+    )
+    config = load_config(cfg)
+    assert raw_factor(config, reg, "PC-01", "pressure") == pytest.approx(10.0)
+    assert raw_factor(config, reg, "PT-101", "pressure") == pytest.approx(1000.0)
+    assert raw_factor(config, reg, "PT-102", "pressure") == 1.0
