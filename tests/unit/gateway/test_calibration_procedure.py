@@ -80,49 +80,6 @@ def test_only_a_procedure_table(tmp_path: Path) -> None:
     assert errs == ["(file): expected one [procedure] table and nothing else"]
 
 
-def test_calibrate_lists_a_bad_procedures_errors_counted_and_exits_78(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    registry = tmp_path / "registry"
-    shutil.copytree(EXAMPLE_REGISTRY, registry)
-    cfg = tmp_path / "calgate.toml"
-    cfg.write_text(CONFIG.format(registry=registry, pc_driver="scpi-pressure"))
-    proc = tmp_path / "p.toml"
-    proc.write_text(
-        '[procedure]\nname = "x"\ngenerator = "PC-01"\nreference = "PC-01"\n'
-        'duts = [{ id = "PT-101" }]\nsetpoints = [1.0, 2.0]\ncycles = "round"\n'
-        "stable = { max_std = 0.1 }\n"
-    )
-    assert main(["calibrate", "-c", str(cfg), str(proc), "--out", str(tmp_path / "out")]) == 78
-    err = capsys.readouterr().err.splitlines()
-    assert err[-1] == "2 error(s)"  # as check-config and run count theirs
-    assert any(e.startswith(f"{proc}: procedure.cycles: ") for e in err[:-1]), err
-    assert f"{proc}: procedure.stable.max_slope_per_s: Field required" in err
-    assert not (tmp_path / "out").exists()
-
-
-def test_calibrate_into_a_broken_registry_is_refused_before_the_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    registry = tmp_path / "registry"
-    shutil.copytree(EXAMPLE_REGISTRY, registry)
-    into = tmp_path / "other"
-    shutil.copytree(EXAMPLE_REGISTRY, into)
-    (into / "certificates" / "PCL-2026-0906.toml").write_text('number = "PCL-2026-0906"\n')
-    cfg = tmp_path / "calgate.toml"
-    # The instruments are at port 9, where nothing answers: the run would fail with exit 1.
-    cfg.write_text(CONFIG.format(registry=registry, pc_driver="scpi-pressure"))
-    proc = tmp_path / "p.toml"
-    proc.write_text(PRESSURE)
-    out = tmp_path / "out"
-    code = main(["calibrate", "-c", str(cfg), str(proc), "--out", str(out), "--into", str(into)])
-    err = capsys.readouterr().err
-    assert code == 78, err
-    assert f"--into {into} is not a valid registry" in err
-    assert "PCL-2026-0906.toml" in err
-    assert not out.exists()
-
-
 # -- plans: what is refused before anything moves --------------------------------------------
 
 CONFIG = """
@@ -163,8 +120,10 @@ stable = { max_std = 0.1, max_slope_per_s = 0.1 }
 """
 
 
-def plan(tmp_path: Path, procedure: str, *, edit: dict[str, tuple[str, str]] | None = None,
-         pc_driver: str = "scpi-pressure") -> Plan:  # fmt: skip
+def lab_files(tmp_path: Path, procedure: str, *, edit: dict[str, tuple[str, str]] | None = None,
+              pc_driver: str = "scpi-pressure") -> tuple[Path, Path, Path]:  # fmt: skip
+    """(registry, config, procedure) files: a copy of the example registry (with
+    ``edit``: file -> (old, new) text), CONFIG on it, and ``procedure``."""
     registry = tmp_path / "registry"
     shutil.copytree(EXAMPLE_REGISTRY, registry)
     for rel, (old, new) in (edit or {}).items():
@@ -176,7 +135,47 @@ def plan(tmp_path: Path, procedure: str, *, edit: dict[str, tuple[str, str]] | N
     cfg.write_text(CONFIG.format(registry=registry, pc_driver=pc_driver))
     proc = tmp_path / "p.toml"
     proc.write_text(procedure)
+    return registry, cfg, proc
+
+
+def plan(tmp_path: Path, procedure: str, *, edit: dict[str, tuple[str, str]] | None = None,
+         pc_driver: str = "scpi-pressure") -> Plan:  # fmt: skip
+    registry, cfg, proc = lab_files(tmp_path, procedure, edit=edit, pc_driver=pc_driver)
     return plan_run(load_config(cfg), Registry.load(registry), load_procedure(proc))
+
+
+def test_calibrate_lists_a_bad_procedures_errors_counted_and_exits_78(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, cfg, proc = lab_files(
+        tmp_path,
+        '[procedure]\nname = "x"\ngenerator = "PC-01"\nreference = "PC-01"\n'
+        'duts = [{ id = "PT-101" }]\nsetpoints = [1.0, 2.0]\ncycles = "round"\n'
+        "stable = { max_std = 0.1 }\n",
+    )
+    assert main(["calibrate", "-c", str(cfg), str(proc), "--out", str(tmp_path / "out")]) == 78
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "2 error(s)"  # as check-config and run count theirs
+    assert any(e.startswith(f"{proc}: procedure.cycles: ") for e in err[:-1]), err
+    assert f"{proc}: procedure.stable.max_slope_per_s: Field required" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibrate_into_a_broken_registry_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The instruments are at port 9, where nothing answers: the run would fail with exit 1.
+    _, cfg, proc = lab_files(tmp_path, PRESSURE)
+    into = tmp_path / "other"
+    shutil.copytree(EXAMPLE_REGISTRY, into)
+    (into / "certificates" / "PCL-2026-0906.toml").write_text('number = "PCL-2026-0906"\n')
+    out = tmp_path / "out"
+    code = main(["calibrate", "-c", str(cfg), str(proc), "--out", str(out), "--into", str(into)])
+    err = capsys.readouterr().err
+    assert code == 78, err
+    assert f"--into {into} is not a valid registry" in err
+    assert "PCL-2026-0906.toml" in err
+    assert not out.exists()
 
 
 def test_a_pressure_plan_goes_up_and_down_through_the_reference(tmp_path: Path) -> None:
