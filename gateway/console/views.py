@@ -34,7 +34,8 @@ __all__ = [
     "shown",
 ]
 
-#: Certificates due within this many days are highlighted in the due-dates list.
+#: Certificates due within this many days are highlighted in the due-dates list, and so is
+#: one its item's ``due_soon_days`` already calls ``due_soon`` (the lab's own window).
 DUE_HIGHLIGHT_DAYS = 90
 
 
@@ -143,7 +144,8 @@ def due_json(entries: Iterable[DueEntry], on: date) -> dict[str, Any]:
         "on": on.isoformat(),
         "highlight_days": DUE_HIGHLIGHT_DAYS,
         "certificates": [
-            e.to_json() | {"highlight": e.days_left <= DUE_HIGHLIGHT_DAYS} for e in entries
+            e.to_json() | {"highlight": e.days_left <= DUE_HIGHLIGHT_DAYS or e.status == "due_soon"}
+            for e in entries
         ],
     }
 

@@ -277,13 +277,23 @@ async def test_due_dates_every_certificate_in_force_sorted_with_csv(
     assert [(date.fromisoformat(c["due"]), c["number"]) for c in certs] == expected
     pt102 = next(c for c in certs if c["item"] == "PT-102")
     assert (pt102["days_left"], pt102["status"], pt102["highlight"]) == (60, "due_soon", True)
-    assert [c["number"] for c in certs if c["highlight"]] == ["PCL-2025-1201"]
+    # and REF-W1's, 151 days out but due_soon by its due_soon_days = 180 (NMI slots)
+    assert [(c["number"], c["status"]) for c in certs if c["highlight"]] == [
+        ("PCL-2025-1201", "due_soon"), ("PTB-1.41-2024-0312", "due_soon"),
+    ]  # fmt: skip
     status, text = await get(f"{url}/api/due.csv")
     assert status == 200
     table = list(csv.DictReader(io.StringIO(text)))
     assert [r["number"] for r in table] == [n for _, n in expected]
     assert table[0]["days_left"] == "60"
     assert table[0]["status"] == "due_soon"
+    # a year earlier PT-102 is already due_soon by its due_soon_days (420): highlighted too,
+    # though 416 days out (the panel highlighted nothing on the demo's day)
+    src.now = datetime(2026, 11, 10, tzinfo=UTC)
+    _, doc = await get(f"{url}/api/due")
+    pt102 = next(c for c in doc["certificates"] if c["item"] == "PT-102")
+    assert (pt102["days_left"], pt102["status"], pt102["highlight"]) == (416, "due_soon", True)
+    assert [c["number"] for c in doc["certificates"] if c["highlight"]] == ["PCL-2025-1201"]
 
 
 async def test_chain_of_the_broken_balance_shows_the_expired_link(
