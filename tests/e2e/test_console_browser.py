@@ -167,6 +167,9 @@ async def test_a_person_sees_the_lab_live(tmp_path: Path, browser: Any) -> None:
                 "return arguments[0].map((t) => uPlot.fmtDate(isoTemplate(t))(at));",
                 templates)  # fmt: skip
             assert made == ["2026-12-03 19:25", "19:25", "12-03", "19:00"], made
+            legend = await asyncio.to_thread(text_of, browser, "#plots .u-legend")
+            assert "value" in legend, legend  # the key of the lines …
+            assert "--" not in legend, legend  # … without empty cursor values
             due = await asyncio.to_thread(text_of, browser, "#due")
             assert due.index("PCL-2025-1201") < due.index("MCS-2026-1022")  # soonest first
 

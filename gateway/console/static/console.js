@@ -267,6 +267,9 @@ function makePlot(key, ch, doc, parent) {
   const opts = {
     width, height: 220,
     fmtDate: (tpl) => uPlot.fmtDate(isoTemplate(tpl)),
+    // a key of the lines, not the values under a cursor (a wall screen has none: it
+    // showed "Time: -- value: --" as if data were missing)
+    legend: { live: false },
     // the view follows the values and their U; a limit is drawn when it comes near them
     scales: { x: { time: true }, y: { range: () => yRange(key) } },
     axes: [axis, { ...axis, size: 70 }],
