@@ -386,6 +386,9 @@ def plan_run(
                 registry, ld.standard, std_ch.name, at, role="test load"
             )
             load_correctors[ld.standard] = registry.corrector(ld.standard, std_ch.name, at)
+        for ld in loads:  # every nominal value listed by its weight's certificate
+            if ld.standard is not None:
+                load_mass(registry, ld.standard, ld.nominal, at)
         standards = list(seen.values())
         steps = [Step(i, "up", ld.nominal, ld) for i, ld in enumerate(loads)]
         if procedure.cycles == "up-down":
@@ -505,13 +508,7 @@ class _Runner:
         if step.load is not None:
             if step.load.standard is None:
                 return 0.0, 0.0, None
-            corr = plan.load_correctors[step.load.standard]
-            value, _, _, out = corr.correct_one(step.load.nominal)
-            if out and not _at_edge(plan, step.load.standard, step.load.nominal):
-                raise CalibrationRunError(
-                    f"{step.label(plan.unit)}: {step.load.nominal:g} is outside the calibrated "
-                    f"values of {step.load.standard}'s certificate {corr.certificate}"
-                )
+            value = load_mass(plan.registry, step.load.standard, step.load.nominal, plan.at)
             return value, step.load.nominal, None
         raise AssertionError("pressure references are read with the DUTs")
 
@@ -769,19 +766,29 @@ class _Runner:
             await gen.set_output(False)
 
 
-# A weight's certificate gives its conventional mass at an "indication" a hair off its
-# nominal value (100000.05 mg for a 100 g weight); a nominal that close to the calibrated
-# span is the weight calibrated there, not an extrapolation.
-EDGE_RELATIVE = 1e-5
+# How close a load's nominal value must be to a certificate point's (relative): the
+# same weight, written with other digits.
+NOMINAL_RELATIVE = 1e-9
 
 
-def _at_edge(plan: Plan, std_id: str, nominal: float) -> bool:
-    cert = plan.registry.in_force(std_id, plan.at)
+def load_mass(registry: Registry, std_id: str, nominal: float, at: datetime) -> float:
+    """METROLOGY. The conventional mass of the weight ``std_id`` of ``nominal`` value, by
+    its certificate in force at ``at``: a weight's certificate point gives its nominal as
+    ``reference`` and its conventional mass as ``indicated`` (the registry's convention
+    for weights, docs/registry.md: OIML R 111's MPE applies to indicated − nominal). The
+    mass is not interpolated: a nominal value the certificate does not list is another
+    weight, and is refused."""
+    cert = registry.in_force(std_id, at)
     if cert is None:
-        return False
-    xs = [p.indicated for p in cert.points]
-    edge = min(xs) if nominal < min(xs) else max(xs)
-    return abs(nominal - edge) <= EDGE_RELATIVE * abs(edge)
+        raise CalibrationRunError(f"test load {std_id} has no certificate in force")
+    for p in cert.points:
+        if abs(p.reference - nominal) <= NOMINAL_RELATIVE * max(abs(nominal), 1.0):
+            return p.indicated
+    listed = ", ".join(f"{p.reference:g}" for p in cert.points)
+    raise CalibrationRunError(
+        f"test load {std_id}: its certificate {cert.number} gives no conventional mass for a "
+        f"nominal value of {nominal:g} (it lists {listed})"
+    )
 
 
 def _number(plan: Plan, dut: Dut, at: datetime, taken: set[str]) -> str:

@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import sys
+import tomllib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -489,12 +490,16 @@ async def test_balance_run_with_loads_placed_through_the_simulators_control_comm
     assert code == 0, err
     assert placed == [0.0, 100.0, 200.0]
     row = json_lines("".join(lines))["BAL-01"]
-    reg = Registry.load(EXAMPLE_REGISTRY)
-    ws = reg.corrector("WS-E2", "mass", datetime.now(UTC))
+    # The reference is each weight's conventional mass from its certificate file (mg):
+    # `indicated` at `reference` = the nominal value, as BAL-01's own certificate in the
+    # example registry (MCS-2026-1022) takes them: 100.00005 g and 199.99992 g.
+    ws = tomllib.loads((EXAMPLE_REGISTRY / "certificates" / "MCS-2025-0610.toml").read_text())
+    mass_g = {p["reference"] / 1000: p["indicated"] / 1000 for p in ws["points"]}
+    assert (mass_g[100.0], mass_g[200.0]) == (100.00005, 199.99992)
     for p, nominal in zip(row["points"], placed, strict=True):
-        # The reference is the weight's certificate value; the simulated balance shows the
-        # load placed (its nominal) exactly, rounded to d = 0.01 g: an error of zero.
-        ref = 0.0 if nominal == 0 else ws.correct_one(nominal)[0]
+        # the simulated balance shows the load placed (its nominal) exactly, rounded to
+        # d = 0.01 g: an error within U of zero.
+        ref = 0.0 if nominal == 0 else mass_g[nominal]
         assert p["reference"] == pytest.approx(ref, abs=1e-9)
         assert abs(p["error"]) <= p["U"]
         assert p["U"] >= 0.01 / (2 * 3**0.5) * 1.9  # at least the resolution's share

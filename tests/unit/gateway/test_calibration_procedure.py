@@ -216,6 +216,12 @@ def test_a_weight_in_another_unit_than_the_balance_is_refused(tmp_path: Path) ->
         plan(tmp_path, BALANCE, edit={"equipment/WS-E2.toml": ('unit = "g"', 'unit = "kg"')})
 
 
+def test_a_load_its_weights_certificate_does_not_list_is_refused(tmp_path: Path) -> None:
+    # WS-E2's certificate lists 100 g, 200 g and 1 kg: a 150 g load is another weight.
+    with pytest.raises(CalibrationRunError, match="gives no conventional mass for a nominal"):
+        plan(tmp_path, BALANCE.replace("nominal = 100.0,", "nominal = 150.0,"))
+
+
 def test_a_balance_plan_takes_each_weight_as_a_standard(tmp_path: Path) -> None:
     p = plan(tmp_path, BALANCE)
     assert [(s.value, s.load.standard if s.load else None) for s in p.steps] == [
