@@ -161,6 +161,40 @@ async def _overlong(
     return n
 
 
+async def test_a_stream_of_split_replies_holds_a_timed_out_poll_one_timeout_at_most() -> None:
+    """Past its deadline a poll waits for the rest of an incomplete reply, but replies to
+    other transactions split across writes, one every 20 ms, keep an incomplete one in
+    the buffer for ever: the poll ends a timeout past its deadline, out of step, and the
+    next one reads on a new connection."""
+    async with HostileModbus() as server:
+
+        def chatter(transport: asyncio.Transport, tid: int, frame: bytes) -> None:
+            def other(k: int) -> bytes:
+                return struct.pack(">H", (tid + k) & 0xFFFF) + frame[2:]
+
+            async def send() -> None:
+                k = 1
+                transport.write(other(k)[:3])
+                while not transport.is_closing():
+                    transport.write(other(k)[3:] + other(k + 1)[:3])
+                    k += 1
+                    await asyncio.sleep(0.02)
+
+            server.later(send())
+
+        server.behave = chatter
+        driver = modbus(server.url, timeout_s=0.3)
+        try:
+            async with asyncio.timeout(10):  # for ever, were the wait not bounded
+                with pytest.raises(FrameError, match="out of step"):
+                    await driver.poll()
+            server.behave = honest
+            assert await good(driver) == VALUE
+        finally:
+            await driver.close()
+    assert server.connections == 2
+
+
 async def test_replies_to_other_transactions_are_never_taken_for_a_reading() -> None:
     async with HostileModbus() as server:
 
