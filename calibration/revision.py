@@ -30,6 +30,12 @@ item is taken to have been in its as-found state throughout the period
   quantity (units not compatible: an auxiliary thermometer) is not propagated and the
   revision says so.
 
+Limitation: this is the model of an *indicating* standard (a gauge, a controller). A
+weight (OIML R 111: its points give the nominal value as ``reference`` and the
+conventional mass as ``indicated``) is a material measure, whose ``indicated`` value is
+what a calibration with it carries; the rule does not treat it so yet, and the shift of
+a reference taken from a drifted weight comes out with the wrong sign.
+
 Superseding certificates need no rule: a certificate entered since (a reissue, or a
 calibration recorded late) is simply the one :meth:`Registry.in_force` now returns for
 a reading's time.
