@@ -84,16 +84,22 @@ _COLUMNS: tuple[tuple[str, int], ...] = (
 _RIGHT = frozenset({"raw"})
 
 
+def _k(k: float) -> str:
+    """k as the table shows it, to three significant digits: the t-factor of a large ν_eff
+    (2.00018, from a certificate with degrees of freedom) is "2", as the others."""
+    return f"{k:.3g}"
+
+
 def _cells(
-    eq_id: str, name: str, st: EquipmentState, m: Measurement | None, k_all: float | None
+    eq_id: str, name: str, st: EquipmentState, m: Measurement | None, k_all: str | None
 ) -> list[tuple[str, str]]:
     """(text, colour key) of each column of one channel's row."""
     if m is None:
         value = "—"
     else:
         value = f"{_value(m)} {m.unit}".rstrip()
-        if m.k and m.k != k_all:
-            value += f" k={m.k:g}"
+        if m.k and _k(m.k) != k_all:
+            value += f" k={_k(m.k)}"
     raw = format_raw(m) if m is not None and math.isfinite(m.reading.raw) else "—"
     quality = m.quality if m is not None else "—"
     conf = (m.conformity if m is not None else None) or "—"
@@ -115,7 +121,7 @@ def render_rows(states: Mapping[str, EquipmentState], *, colour: bool, width: in
     """The column header and one line per channel, no wider than ``width``: the least
     needed columns (certificate, due, raw…) are left out until it fits."""
     lasts = [ch.last for st in states.values() for ch in st.channels.values() if ch.last]
-    ks = {m.k for m in lasts if m.k}
+    ks = {_k(m.k) for m in lasts if m.k}
     k_all = next(iter(ks)) if len(ks) == 1 else None
     rows: list[list[tuple[str, str]]] = []
     for eq_id in sorted(states):
@@ -126,7 +132,7 @@ def render_rows(states: Mapping[str, EquipmentState], *, colour: bool, width: in
             rows.append(_cells(eq_id, name, st, ch.last if ch is not None else None, k_all))
     headers = [h for h, _ in _COLUMNS]
     if k_all is not None:
-        headers[2] = f"value ± U (k={k_all:g})"
+        headers[2] = f"value ± U (k={k_all})"
     widths = [max([len(h), *(len(r[i][0]) for r in rows)]) for i, h in enumerate(headers)]
     shown = list(range(len(_COLUMNS)))
     while sum(widths[i] for i in shown) + len(shown) - 1 > width:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from drivers.base import Reading
@@ -85,3 +86,34 @@ def test_the_table_fits_80_columns_leaving_out_the_least_needed_columns() -> Non
         assert f" {column} " in wide[0]
     table = render_table(states, [], colour=False, width=80)
     assert max(len(x) for x in table.splitlines()) <= 80
+
+
+def test_a_k_from_degrees_of_freedom_does_not_cost_the_conformity_column() -> None:
+    """PT-101 through a certificate from `calgate calibrate` has k = 2.00018 (ν_eff), BAL-01
+    k = 2: the table said "… mbar k=2.00018" in the value column, which then no longer
+    fitted 80 columns with the conformity. Shown to three digits both are k = 2."""
+    states = {}
+    for eq_id, ch, k, unit in (
+        ("BAL-01", "weight", 2.0, "g"),
+        ("PT-101", "pressure", 2.00018, "mbar"),
+    ):
+        r = Reading(equipment=eq_id, channel=ch, raw=1000.0, unit=unit, t_wall=T0, t_mono=0.0)
+        m = Measurement(
+            reading=r, value=1000.0, unit=unit, u=0.044, U=0.044 * k, k=k,
+            calibration="valid", certificate="PCL-1", conformity="pass",
+        )  # fmt: skip
+        states[eq_id] = EquipmentState(
+            id=eq_id, connection="online", calibration="valid", certificate="PCL-1",
+            due=T0.date(), channels={ch: ChannelState(last=m)},
+        )  # fmt: skip
+    header, *rows = render_rows(states, colour=False, width=80)
+    assert "(k=2)" in header
+    assert "conformity" in header
+    assert all("k=2.0" not in row and row.split()[-2] == "pass" for row in rows), rows
+    # a k that does differ at three digits (few degrees of freedom) is still shown
+    m = states["PT-101"].channels["pressure"].last
+    assert m is not None
+    states["PT-101"].channels["pressure"] = ChannelState(last=replace(m, k=2.26))
+    header, *rows = render_rows(states, colour=False, width=200)
+    assert "(k=2)" not in header
+    assert "k=2.26" in rows[1]
