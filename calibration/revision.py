@@ -30,11 +30,13 @@ item is taken to have been in its as-found state throughout the period
   quantity (units not compatible: an auxiliary thermometer) is not propagated and the
   revision says so.
 
-Limitation: this is the model of an *indicating* standard (a gauge, a controller). A
-weight (OIML R 111: its points give the nominal value as ``reference`` and the
-conventional mass as ``indicated``) is a material measure, whose ``indicated`` value is
-what a calibration with it carries; the rule does not treat it so yet, and the shift of
-a reference taken from a drifted weight comes out with the wrong sign.
+- *A material measure* (a weight: its channel's tolerance is OIML R 111) gives no
+  indication: its points carry the nominal value as ``reference`` and the conventional
+  mass as ``indicated``, and a calibration with it took the conventional mass m_L(N) as
+  its reference. The true reference was m_F(N), the as-found conventional mass at the
+  same nominal N: r becomes ``m_F(c_L(r))`` (N = c_L(r), the nominal the weight's
+  certificate gives for r; m_F the inverse of c_F), i.e. r + (e_F − e_L), the opposite
+  sign of the indicating case. The uncertainty rule is the same.
 
 Superseding certificates need no rule: a certificate entered since (a reissue, or a
 calibration recorded late) is simply the one :meth:`Registry.in_force` now returns for
@@ -196,22 +198,44 @@ class Revisions:
         old = reg.corrector_for(s_cert)
         new = self.corrector(s_cert)
         f = units.factor(unit, s_cert.unit)  # this certificate's unit -> the standard's
+        measure = _is_material_measure(reg, s_cert)
         moved: list[Point] = []
         outside: list[float] = []
         for p in points:
             ref = p.reference * f
-            x = ref  # the standard's indication: c_L(x) = ref, by fixed-point iteration
-            for _ in range(_ITERATIONS):
-                x = ref + (x - old.correct_one(x)[0])
-            value, _, _, out = new.correct_one(x)
+            if measure:
+                # ref was the conventional mass m_L(N) of nominal N = c_L(ref); the true one
+                # is m_F(N): solve c_F(x) = N (x the as-found conventional mass)
+                nominal = old.correct_one(ref)[0]
+                x = _inverse(new, nominal)
+                value, out = x, new.correct_one(x)[3]
+            else:
+                x = _inverse(old, ref)  # the standard's indication: c_L(x) = ref
+                value, _, _, out = new.correct_one(x)
             if out:
                 outside.append(p.reference)
             shift = (value - ref) / f
-            u_old = _cal_u(old, x) / f
+            u_old = _cal_u(old, ref if measure else x) / f
             u_new = _cal_u(new, x) / f
             u = math.sqrt(p.u**2 + max(0.0, u_new**2 - u_old**2))
             moved.append(p.model_copy(update={"reference": p.reference + shift, "U": u * p.k}))
         return moved, outside
+
+
+def _inverse(c: Corrector, y: float) -> float:
+    """x with c(x) = y, by fixed-point iteration (c(x) = x − e(x), |e'| ≪ 1)."""
+    x = y
+    for _ in range(_ITERATIONS):
+        x = y + (x - c.correct_one(x)[0])
+    return x
+
+
+def _is_material_measure(reg: Registry, cert: Certificate) -> bool:
+    """A weight: the standard's channel is toleranced by OIML R 111 (a material measure,
+    whose certificate gives conventional mass as ``indicated`` against the nominal)."""
+    eq = reg.equipment(cert.item)
+    ch = eq.channel(cert.channel) if eq is not None else None
+    return ch is not None and ch.tolerance is not None and ch.tolerance.oiml_r111 is not None
 
 
 def _cal_u(c: Corrector, x: float) -> float:

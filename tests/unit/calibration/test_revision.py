@@ -212,3 +212,55 @@ def test_a_drift_two_levels_up_reaches_the_instrument(tmp_path: Path) -> None:
     assert b100.reference == pytest.approx(w100.reference, abs=1e-9)
     assert "standard WS (W1" in rev.revise(b1).notes[0]
     assert "standard REF (N1" in rev.revise(b1).notes[0]
+
+
+def test_a_drifted_weight_moves_the_references_it_gave_by_its_own_drift(tmp_path: Path) -> None:
+    """A weight is a material measure: BAL took WS's conventional mass as its reference
+    (100.0001 g for the 100 g piece, W1); WS was found 1.1 mg heavy at 100 g (W2, beyond
+    E2's 0.16 mg), so the true reference was 100.0011 g: +1 mg, not −1 mg as for a gauge
+    read 1 mg high. The 50 g piece did not drift: its reference stays."""
+    e2 = 'tolerance = { oiml_r111 = { class = "E2" } }'
+    reg = _write(
+        tmp_path,
+        {
+            "equipment/REF.toml": _eq("REF", "reference_standard"),
+            "equipment/WS.toml": _eq("WS", "working_standard", e2),
+            "equipment/BAL.toml": _eq("BAL", "instrument"),
+            "certificates/N1.toml": _cert(
+                "N1", "REF", "2026-01-01", "", _pt(0, 0, 2e-5) + _pt(200, 200, 2e-5), nmi=True
+            ),
+            "certificates/W1.toml": _cert(
+                "W1",
+                "WS",
+                "2026-02-01",
+                '"REF"',
+                _pt(50, 50.00005, 3e-5) + _pt(100, 100.0001, 3e-5),
+            ),
+            "certificates/W2.toml": _cert(
+                "W2",
+                "WS",
+                "2026-08-01",
+                '"REF"',
+                _pt(50, 50.00005, 3e-5) + _pt(100, 100.0001, 3e-5),
+                found=_pt(50, 50.00005, 3e-5) + _pt(100, 100.0011, 3e-5),
+            ),
+            "certificates/B1.toml": _cert(
+                "B1",
+                "BAL",
+                "2026-03-01",
+                '"WS"',
+                _pt(50.00005, 50.01, 0.01) + _pt(100.0001, 100.02, 0.02),
+            ),
+        },
+    )
+    (f,) = findings(reg)
+    assert (f.certificate.number, f.found_by.number) == ("W1", "W2")
+    b1 = reg.certificate("B1")
+    assert b1 is not None
+    revised = Revisions(reg).revise(b1)
+    assert revised.changed
+    refs = [p.reference for p in revised.certificate.points]
+    assert refs[0] == pytest.approx(50.00005, abs=1e-9)
+    assert refs[1] == pytest.approx(100.0011, abs=1e-9)
+    # the indications are what BAL showed: kept
+    assert [p.indicated for p in revised.certificate.points] == [50.01, 100.02]
