@@ -233,13 +233,21 @@ class LineTransport(abc.ABC):
                 return line
         except TimeoutError as exc:
             raise DeviceTimeout(
-                f"{self.url}: no reply to {command!r} within {timeout_s} s", equipment=equipment
+                f"{self.url}: no reply to {shown(command)} within {timeout_s} s",
+                equipment=equipment,
             ) from exc
         except ConnectError as exc:
             self.close()
             if exc.equipment is None:
                 exc.equipment = equipment
             raise
+
+
+def shown(command: bytes) -> str:
+    """A command as a person reads it in a message: ``SI``, ``ESC P``, ``:SENS:PRES?`` (it
+    said ``b'SI\\r\\n'``, Python's repr of the bytes, on the console and MQTT)."""
+    text = command.decode("ascii", "backslashreplace").strip()
+    return text.replace("\x1b", "ESC ")
 
 
 class SerialTransport(LineTransport):

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import math
 import os
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,8 @@ async def test_no_reply_times_out_then_recovers(
         with pytest.raises(DeviceTimeout) as info:
             await driver.poll()
         assert info.value.equipment == driver.equipment
+        # the command as a person reads it (the message is an event's, on the console)
+        assert re.search(r"no reply to (SI|ESC P|:SENS:PRES\?) within 0.5 s", str(info.value))
         await _ok(driver)
         assert driver.transport.connects == 1  # a timeout keeps the link
 
