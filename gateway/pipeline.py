@@ -215,6 +215,8 @@ class Pipeline:
         quality: Quality = r.quality
         if corrector is None or "unit_mismatch" in flags:
             conformity = None
+            if "unit_mismatch" in flags:  # a value in another quantity's unit: not usable
+                quality = "bad"
             if plan.uncalibrated:  # as read: no U, no decision
                 flags = flags | _UNCALIBRATED
                 if quality == "good":

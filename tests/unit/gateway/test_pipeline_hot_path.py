@@ -65,6 +65,9 @@ def test_units_are_converted_and_mismatches_flagged(registry: Registry) -> None:
     assert wrong.unit == "kg"
     assert "unit_mismatch" in wrong.flags
     assert wrong.certificate is None
+    # 1 kg is no pressure: not a usable value (it went out quality "good", as if measured)
+    assert wrong.quality == "bad"
+    assert (wrong.U, wrong.conformity) == (None, None)
 
 
 def test_bad_and_nan_readings_stay_bad(registry: Registry) -> None:
