@@ -19,6 +19,9 @@ load on a balance):
                               interpolated, its resolution and repeatability), each     certificate
                               component kept with its own label and ν
   DUT resolution d            d / (2√3) (GUM F.2.2.1; cg-18 §7.1)                      ∞
+  DUT resolution at zero d₀   d₀ / (2√3), a balance only: its indication at a load is  ∞
+                              read against its zero indication, and both are rounded
+                              (EURAMET cg-18 §7.1.1: δI_dig0 beside δI_digL)
   repeatability               s(e) / √n, s of the n differences iᵢ − rᵢ (GUM 4.2.3)    n − 1
   reference stability         a / √3, a = |b|·T / 2, b the slope of the reference      ∞
                               over the reading window of duration T: its drift
@@ -130,6 +133,7 @@ def evaluate_point(
     *,
     reference_components: Sequence[unc.Contribution],
     dut_resolution: float,
+    zero_resolution: float | None = None,
     reference_label: str = "reference",
     p: float = P_K2,
 ) -> PointResult:
@@ -138,6 +142,8 @@ def evaluate_point(
     ``reference_components`` are the reference standard's contributions at the point
     (``Corrector.components`` at the mean raw reference: certificate, resolution,
     repeatability), used as they are, labelled ``reference_label: <label>``.
+    ``zero_resolution`` is a weighing instrument's resolution at zero (cg-18 §7.1.1): its
+    rounding enters beside the rounding of the load's indication.
     """
     if not 1 <= len(series) <= 2:
         raise CalibrationError("a point has one series (up) or two (up and down)")
@@ -147,6 +153,8 @@ def evaluate_point(
         unc.Contribution(f"{reference_label}: {c.label}", c.u, c.dof) for c in reference_components
     ]
     comps.append(unc.Contribution("DUT resolution", unc.resolution(dut_resolution)))
+    if zero_resolution is not None:
+        comps.append(unc.Contribution("DUT resolution at zero", unc.resolution(zero_resolution)))
     for r in results:
         comps.append(unc.Contribution(f"repeatability ({r.direction})", r.s_mean / m, r.n - 1))
     drift = math.sqrt(math.fsum((r.drift_half_width / m) ** 2 for r in results))

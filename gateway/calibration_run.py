@@ -833,6 +833,8 @@ def _points(plan: Plan, dut: Dut, c: _Collected) -> list[PointResult]:
                 series,
                 reference_components=comps,
                 dut_resolution=dut.channel.resolution,
+                # a balance's indication is read against its zero: both are rounded
+                zero_resolution=None if step.load is None else dut.channel.resolution,
                 reference_label=label,
             )
         )

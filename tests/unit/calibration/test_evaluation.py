@@ -128,3 +128,22 @@ def test_a_point_agrees_with_the_same_model_built_in_gtc() -> None:
     k = scipy.stats.t.ppf(0.5 + P / 2, math.floor(e.df))
     assert p.k == pytest.approx(k, rel=1e-9)
     assert pytest.approx(k * e.u, rel=1e-9) == p.U
+
+
+def test_a_balance_point_counts_the_rounding_of_its_zero_and_of_its_load() -> None:
+    """EURAMET cg-18 §7.1.1: E = I_L − I_0 − m_ref, both indications rounded to d, so two
+    rectangular contributions d/(2√3): for d = 0.01 g, u ≥ √2·0.01/√12 = 0.00408 g,
+    U(k=2) ≥ 0.0082 g (one term alone gave 0.0058 g)."""
+    readings = [100.0] * 10
+    p = evaluate_point(
+        [series("up", readings, ref=100.0)],
+        reference_components=[],
+        dut_resolution=0.01,
+        zero_resolution=0.01,
+    )
+    one = 0.01 / (2 * math.sqrt(3))
+    assert {c.label: c.u for c in p.components}["DUT resolution at zero"] == pytest.approx(one)
+    assert p.u == pytest.approx(math.sqrt(2) * one)
+    expanded = p.U
+    assert expanded == pytest.approx(2 * math.sqrt(2) * one)
+    assert expanded > 0.0081
