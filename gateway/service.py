@@ -224,13 +224,16 @@ class Gateway:
         await self._start_sinks()
         self._clear_retained_of_removed()
         self._register_scrape_hooks()
-        self._registry_loaded(reload=False)
-        if cfg.http.enabled:
+        console = None
+        if cfg.http.enabled:  # listening before the start's own events (registry_loaded)
             from gateway.console import Console
-            from gateway.status import StatusServer
 
             console = Console(self)
             self.results.listeners.append(console.record_events)
+        self._registry_loaded(reload=False)
+        if console is not None:
+            from gateway.status import StatusServer
+
             self.status_server = StatusServer(
                 cfg.http.listen, status=self.status, health=self.health, metrics=self.metrics,
                 console=console, token=cfg.http.token,

@@ -144,3 +144,17 @@ async def test_status_shows_what_mqtt_carried_in_one_shape(
     stamps += [r["ts"] for r in sub.json("/reading")]
     assert stamps
     assert all(RFC3339_Z.fullmatch(t) for t in stamps), [t for t in stamps if "+" in t][:3]
+
+
+async def test_the_console_lists_the_events_of_the_start(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The registry the gateway applied at start (registry_loaded, emitted before the first
+    poll) is among the console's recent events, as it is on MQTT (it was missing: the
+    console began listening after it)."""
+    listen = f"127.0.0.1:{free_port()}"
+    async with lab_gateway(tmp_path, mosquitto, seed=7, http=listen) as (_, sub):
+        await wait(lambda: any(e["type"] == "registry_loaded" for e in sub.json("/event")))
+        _, body = await asyncio.to_thread(http_get, f"http://{listen}/api/events")
+        rows = json.loads(body)["events"]
+        assert [e for e in rows if e["type"] == "registry_loaded"], rows
