@@ -133,7 +133,7 @@ def _errors(
     for err in exc.errors():
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         where = format_loc(loc, prefix) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")  # pydantic's wording, not ours
         if err["type"] == "extra_forbidden" and model is not None and loc:
             known = _known_keys(model, loc[:-1]) | (also if len(loc) == 1 else set())
             msg = "unknown key" + _did_you_mean(str(loc[-1]), known)

@@ -500,7 +500,7 @@ def test_check_config_says_who_may_read_the_console(
     path = lab_file(tmp_path, "0.0.0.0:8470", only=["BAL-01"])
     body = path.read_text()
     assert main(["check-config", "-c", str(path)]) == 78
-    assert "http: Value error, listen: 0.0.0.0:8470 is not a loopback address" in (
+    assert "http: listen: 0.0.0.0:8470 is not a loopback address" in (
         capsys.readouterr().err
     )
     path.write_text(body.replace('listen = "0.0.0.0:8470"',
