@@ -56,6 +56,7 @@ class ConsoleSource(Protocol):
     def registry(self) -> Registry | None: ...
     @property
     def clock(self) -> Callable[[], datetime]: ...
+    def health(self) -> tuple[bool, list[str]]: ...
 
 
 def _dumps(data: Any) -> str:
@@ -66,6 +67,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         text=_dumps(data), status=status, content_type="application/json", charset="utf-8"
     )
+
+
+def _health(src: ConsoleSource) -> dict[str, Any]:
+    """What /healthz says, for the page's header: a wall screen must not look well while
+    nothing is delivered."""
+    healthy, problems = src.health()
+    return {"healthy": healthy, "problems": problems}
 
 
 def _point(t: float, v: float, big_u: float) -> list[float | None]:
@@ -209,6 +217,7 @@ class Console:
             "gateway": {"id": src.config.gateway.id, "site": src.config.gateway.site},
             "now": rfc3339(now),
             "registry": self._registry_token(),
+            "health": _health(src),
             "equipment": views.board(
                 src.config.equipment, src.monitor.states, src.registry, now.date(), self._since
             ),

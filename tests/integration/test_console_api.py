@@ -73,6 +73,7 @@ class Source:
     now: datetime = TODAY
     monitor: Monitor = field(init=False)
     pipeline: Pipeline = field(init=False)
+    problems: list[str] = field(default_factory=list)  # what /healthz would say
 
     def __post_init__(self) -> None:
         self.monitor = Monitor(clock=self.clock)
@@ -81,6 +82,9 @@ class Source:
     @property
     def clock(self) -> Callable[[], datetime]:
         return lambda: self.now
+
+    def health(self) -> tuple[bool, list[str]]:
+        return (not self.problems, list(self.problems))
 
     def poll(self, equipment: str, raw: float, *, t: datetime | None = None) -> list[Event]:
         """One poll's reading through the pipeline and the monitor, as the gateway does."""
@@ -211,6 +215,17 @@ async def test_coverage_figure_against_the_records(
 def decimals_for(big_u: float) -> int:
     """Decimal places of U at two significant digits (GUM 7.2.6), by hand."""
     return 1 - math.floor(math.log10(big_u))
+
+
+async def test_the_board_says_what_healthz_says(served: tuple[Source, Console, str]) -> None:
+    """A wall screen must not look well while nothing is delivered: the board carries the
+    gateway's health and its problems, as /healthz gives them."""
+    src, _, url = served
+    _, doc = await get(f"{url}/api/board")
+    assert doc["health"] == {"healthy": True, "problems": []}
+    src.problems = ["sink mqtt: not connected for 13 s (connection refused)"]
+    _, doc = await get(f"{url}/api/board")
+    assert doc["health"] == {"healthy": False, "problems": src.problems}
 
 
 async def test_board_has_every_equipment_with_value_u_rounded_and_status(
@@ -500,9 +515,7 @@ def test_check_config_says_who_may_read_the_console(
     path = lab_file(tmp_path, "0.0.0.0:8470", only=["BAL-01"])
     body = path.read_text()
     assert main(["check-config", "-c", str(path)]) == 78
-    assert "http: listen: 0.0.0.0:8470 is not a loopback address" in (
-        capsys.readouterr().err
-    )
+    assert "http: listen: 0.0.0.0:8470 is not a loopback address" in (capsys.readouterr().err)
     path.write_text(body.replace('listen = "0.0.0.0:8470"',
                                  'listen = "0.0.0.0:8470"\ntoken_env = "CALGATE_TEST_HTTP_TOKEN"'))  # fmt: skip
     monkeypatch.setenv("CALGATE_TEST_HTTP_TOKEN", "t")

@@ -108,6 +108,7 @@ function renderBoard() {
 
 function applyBoard(doc) {
   state.board = doc.equipment;
+  renderHealth(doc.health);
   document.getElementById("site").textContent = `site ${doc.gateway.site} · gateway ${doc.gateway.id}`;
   if (state.selected === null || !state.board.some((e) => e.id === state.selected)) {
     const hash = decodeURIComponent(location.hash.slice(1));
@@ -327,8 +328,17 @@ function applyUpdate(doc) {
   }
   if (missing && !state.loadingDetail) showDetail();  // its first samples: now it has a plot
   const live = document.getElementById("live");
-  live.dataset.state = "live";
-  live.textContent = `live · updated ${hms(doc.now)}`;
+  const sick = doc.health && !doc.health.healthy;
+  live.dataset.state = sick ? "unhealthy" : "live";
+  live.textContent = `${sick ? "live, gateway unhealthy" : "live"} · updated ${hms(doc.now)}`;
+}
+
+function renderHealth(health) {
+  const box = document.getElementById("health");
+  const problems = health && !health.healthy ? health.problems : [];
+  box.hidden = !problems.length;
+  box.replaceChildren(el("strong", { text: "▲ gateway unhealthy: " }),
+    ...problems.map((p, i) => el("span", { text: (i ? "; " : "") + p })));
 }
 
 async function loadAll() {
