@@ -22,7 +22,7 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -185,6 +185,7 @@ class Gateway:
         self.results.listeners.append(self.recent_events.extend)
         self.started = False
         self.registry_revision: RegistryRevision | None = None  # the registry applied
+        self.last_reload: dict[str, Any] | None = None  # /status: when and what it did
 
     @property
     def registry(self) -> Registry | None:
@@ -499,6 +500,7 @@ class Gateway:
                 "problems": reasons,
                 "event_loop": eventloop.name(asyncio.get_running_loop()),
                 "registry": self._registry_summary(files=True),
+                "last_reload": self.last_reload,
             },
             "equipment": {k: self.monitor.state(k).summary() for k in sorted(self._equipment)},
             "sinks": self._sinks_status(),
@@ -567,6 +569,7 @@ class Gateway:
             except ConfigError as exc:
                 for line in exc.errors:
                     log.error("reload refused: %s", line)
+                self._reload_refused(exc.errors)
                 sdnotify.ready()
                 return
             for line in registry.problems:  # entries of equipment not polled: left out
@@ -592,9 +595,34 @@ class Gateway:
             if self.mqtt is not None:  # the retained gateway status lists the equipment
                 self.mqtt.publish_gateway_status(self.gateway_status())
             log.info("reloaded: %d equipment", len(self._equipment))
+            self.last_reload = {"at": rfc3339(self.clock()), "result": "applied", "errors": []}
             if self._frozen:  # the old config and registry go; the new ones are frozen
                 self._freeze_heap(collect=True)
             sdnotify.ready()
+
+    def _reload_refused(self, errors: Sequence[str]) -> None:
+        """A refused reload is told where the operator looks (MQTT, the console, /status),
+        not only in the journal: the running config and registry are kept."""
+        from gateway.model import Event
+        from gateway.outbox import DROP_EQUIPMENT
+
+        at = self.clock()
+        self.last_reload = {"at": rfc3339(at), "result": "refused", "errors": list(errors)}
+        n = len(errors)
+        first = errors[0] if errors else "no error listed"
+        self.results.emit(
+            [
+                Event(
+                    type="reload_refused",
+                    severity="warning",
+                    equipment=DROP_EQUIPMENT,
+                    message=f"reload refused, {n} error{'s' if n != 1 else ''} (the running "
+                    f"config and registry are kept): {first}",
+                    t_wall=at,
+                    detail={"errors": list(errors)},
+                )
+            ]
+        )
 
     def _registry_loaded(self, *, reload: bool) -> None:
         """``registry_loaded`` with the registry's digests (and git commit), then the events

@@ -164,6 +164,18 @@ async def test_sighup_applies_certificates_and_equipment_without_losing_a_readin
                     "equipment[0] (BAL-01).driver" in x and "no-such-driver" in x for x in refused
                 )
                 assert any("equipment[1] (PT-101).interval_s" in x for x in refused)
+                # ... and told where the operator looks, not only in the journal
+                await wait_for_async(
+                    lambda: any(e["type"] == "reload_refused" for e in sub.json("/event")),
+                    what="a reload_refused event on MQTT",
+                )
+                (told,) = [e for e in sub.json("/event") if e["type"] == "reload_refused"]
+                assert told["severity"] == "warning"
+                assert told["equipment"] == "gateway"
+                assert any("no-such-driver" in x for x in told["errors"])
+                last = json.loads(http_get(f"http://{http}/status")[1])["gateway"]["last_reload"]
+                assert last["result"] == "refused"
+                assert last["errors"] == told["errors"]
                 seen_pt, seen_bal = len(readings("PT-101")), len(readings("BAL-01"))
                 await wait_for_async(
                     lambda: (

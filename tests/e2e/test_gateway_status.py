@@ -158,6 +158,7 @@ async def test_http_status_metrics_and_systemd_notify(
                     "problems": [],
                     "event_loop": "uvloop",  # the default of [gateway] event_loop
                     "registry": applied.to_json(),
+                    "last_reload": None,  # no SIGHUP yet
                 }
                 assert st["sinks"]["mqtt"]["connected"] is True
                 assert st["sinks"]["influx"]["connected"] is True
