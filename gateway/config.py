@@ -39,6 +39,7 @@ __all__ = [
     "format_loc",
     "load_config",
     "never_calibrated",
+    "read_config",
 ]
 
 # Keys of an [[equipment]] table that belong to the gateway, not to the driver.
@@ -201,9 +202,11 @@ def _parse_equipment(
     for i, table in enumerate(tables):
         eq_id = table.get("id")
         where = equipment_where(i, eq_id)
+        id_ok = True  # a table with an error is not cross-checked with the registry
         if isinstance(eq_id, str):
             if (why := topic_level_problem(eq_id)) is not None:
                 errors.append(f"{fname}: {where}.id: {why}")
+                id_ok = False
             if eq_id in seen:
                 errors.append(
                     f"{fname}: {where}.id: duplicate equipment id {eq_id!r} (also equipment[{seen[eq_id]}])"
@@ -232,7 +235,8 @@ def _parse_equipment(
         else:
             errors.append(f"{fname}: {where}.uncalibrated: must be true or a list of channel names")
             continue
-        entries.append(EquipmentEntry(driver=cfg, uncalibrated=unc_set, index=i))
+        if id_ok:
+            entries.append(EquipmentEntry(driver=cfg, uncalibrated=unc_set, index=i))
     return entries
 
 
@@ -241,17 +245,30 @@ def load_config(path: Path | str) -> Config:
 
     Relative ``registry`` and ``state_dir`` paths are resolved against the file's folder.
     """
+    config, errors = read_config(path)
+    if errors or config is None:
+        raise ConfigError(f"{path}: {len(errors)} error(s)", errors=errors)
+    return config
+
+
+def read_config(path: Path | str) -> tuple[Config | None, list[str]]:
+    """``calgate.toml`` read and validated: the config and every problem found.
+
+    With problems, the config holds what could still be checked (``check-config`` goes
+    on with it): the ``[gateway]`` table, when it validated (None when it did not, or
+    the file cannot be read), and the ``[[equipment]]`` tables that validated; the other
+    tables are their defaults.
+    """
     path = Path(path)
     fname = str(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{fname}: file not found", errors=[f"{fname}: file not found"]) from exc
+    except FileNotFoundError:
+        return None, [f"{fname}: file not found"]
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{fname}: {exc}", errors=[f"{fname}: {exc}"]) from exc
+        return None, [f"{fname}: {exc}"]
     except tomllib.TOMLDecodeError as exc:
-        msg = f"{fname}: TOML syntax: {exc}"
-        raise ConfigError(msg, errors=[msg]) from exc
+        return None, [f"{fname}: TOML syntax: {exc}"]
 
     errors: list[str] = []
     top: _TopLevel | None = None
@@ -266,8 +283,16 @@ def load_config(path: Path | str) -> Config:
         errors.append(f"{fname}: equipment: must be an array of tables ([[equipment]])")
         tables = []
     entries = _parse_equipment(tables, fname, errors)
-    if errors or top is None:
-        raise ConfigError(f"{fname}: {len(errors)} error(s)", errors=errors)
+    gw_raw = raw.get("gateway", {})
+    if top is None and isinstance(gw_raw, dict):
+        try:
+            # its known keys, a misspelt one left out (reported above)
+            known = {k: v for k, v in gw_raw.items() if k in GatewaySettings.model_fields}
+            top = _TopLevel(gateway=GatewaySettings.model_validate(known))
+        except ValidationError:
+            pass
+    if top is None:
+        return None, errors  # where the registry is is not known: nothing more to check
 
     base = path.resolve().parent
     gw = top.gateway.model_copy(
@@ -276,7 +301,7 @@ def load_config(path: Path | str) -> Config:
             "state_dir": (base / top.gateway.state_dir).resolve(),
         }
     )
-    return Config(
+    config = Config(
         path=path.resolve(),
         gateway=gw,
         mqtt=top.mqtt,
@@ -285,6 +310,7 @@ def load_config(path: Path | str) -> Config:
         outbox=top.outbox,
         equipment=tuple(entries),
     )
+    return config, errors
 
 
 def _is_equipment_detail(line: str, fname: str) -> bool:

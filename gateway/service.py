@@ -34,8 +34,8 @@ from gateway.config import (
     EquipmentEntry,
     check_against_registry,
     check_paths,
-    load_config,
     never_calibrated,
+    read_config,
 )
 from gateway.errors import ConfigError
 from gateway.wire import rfc3339
@@ -71,13 +71,10 @@ def load_everything(path: Path | str, *, strict: bool = False) -> tuple[Config, 
     ``none``), or an error when ``strict`` or ``[gateway] require_calibration``."""
     from calibration import Registry
 
-    errors: list[str] = []
-    config: Config | None = None
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        errors.extend(exc.errors)
-        _fail(errors)
+    config, errors = read_config(path)
+    if config is None:
+        _fail(errors)  # unreadable, or no [gateway] to find the registry with
+    # with errors in some tables, the rest is still checked: every error in one run
     registry = None
     errors.extend(check_paths(config))
     if config.registry_dir.is_dir():

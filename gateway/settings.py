@@ -11,9 +11,20 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.secrets import read_secret
 
@@ -45,24 +56,62 @@ def resolve_secret(
     return None if value is None else SecretStr(value)
 
 
+def _literal_secrets(data: Any) -> list[str]:
+    """Why each ``password``, ``token`` or ``secret`` key of a table is refused."""
+    if not isinstance(data, dict):
+        return []
+    return [
+        f"{key}: secrets may not be written in the config file; use {instead}"
+        for key, instead in _FORBIDDEN.items()
+        if key in data
+    ]
+
+
 def refuse_literal_secrets(data: Any) -> Any:
     """A table's ``password``, ``token`` or ``secret`` key refused, saying what to write."""
-    if isinstance(data, dict):
-        for key, instead in _FORBIDDEN.items():
-            if key in data:
-                raise ValueError(
-                    f"{key}: secrets may not be written in the config file; use {instead}"
-                )
+    if found := _literal_secrets(data):
+        raise ValueError(found[0])
     return data
 
 
+def _problem(message: str, data: Any) -> InitErrorDetails:
+    return {"type": PydanticCustomError("value_error", message), "loc": (), "input": data}
+
+
 class _Settings(BaseModel):
+    """A table whose problems are all reported at once: a literal secret, the fields'
+    own errors and, when the fields are valid, every problem :meth:`_problems` finds
+    (each check independent of the others), not only the first."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _no_literal_secrets(cls, data: Any) -> Any:
-        return refuse_literal_secrets(data)
+    def _every_problem(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        secrets = _literal_secrets(data)
+        errors = [_problem(msg, data) for msg in secrets]
+        if secrets:  # the other keys are still checked
+            data = {k: v for k, v in data.items() if k not in _FORBIDDEN}
+        try:
+            model = handler(data)
+        except ValidationError as exc:
+            errors += [_copy(e) for e in exc.errors()]
+        else:
+            errors += [_problem(msg, data) for msg in model._problems()]
+            if not errors:
+                return model
+        raise ValidationError.from_exception_data(cls.__name__, errors)
+
+    def _problems(self) -> list[str]:
+        """Every problem of a table whose fields are valid (``field: message``)."""
+        return []
+
+
+def _copy(err: Any) -> InitErrorDetails:
+    out: InitErrorDetails = {"type": err["type"], "loc": err["loc"], "input": err["input"]}
+    if "ctx" in err:
+        out["ctx"] = err["ctx"]
+    return out
 
 
 class _Login(_Settings):
@@ -75,12 +124,17 @@ class _Login(_Settings):
 
     _password: SecretStr | None = PrivateAttr(default=None)
 
-    def _read_password(self) -> None:
-        self._password = resolve_secret(
-            self.password_env, self.password_file, self.password_credential, what="password"
-        )
+    def _read_password(self) -> list[str]:
+        """The password read (into :attr:`password`); its problems."""
+        try:
+            self._password = resolve_secret(
+                self.password_env, self.password_file, self.password_credential, what="password"
+            )
+        except ValueError as exc:
+            return [str(exc)]
         if self._password is not None and not self.username:
-            raise ValueError("a password needs a username")
+            return ["a password needs a username"]
+        return []
 
     @property
     def password(self) -> SecretStr | None:
@@ -107,25 +161,29 @@ class MqttSettings(_Login):
     backoff_max_s: float = Field(default=30.0, gt=0)
     flush_timeout_s: float = Field(default=5.0, ge=0)
 
-    @model_validator(mode="after")
-    def _check(self) -> MqttSettings:
-        parts = urllib.parse.urlsplit(self.url)
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"url: scheme must be mqtt:// or mqtts://, got {self.url!r}")
+            raise ValueError(f"scheme must be mqtt:// or mqtts://, got {url!r}")
         if not parts.hostname:
-            raise ValueError(f"url: no host in {self.url!r}")
+            raise ValueError(f"no host in {url!r}")
         try:
             _ = parts.port
         except ValueError as exc:
-            raise ValueError(f"url: {exc}") from None
+            raise ValueError(str(exc)) from None
+        return url
+
+    def _problems(self) -> list[str]:
+        problems = []
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (client certificate)")
+            problems.append("cert_file and key_file go together (client certificate)")
         for name in ("ca_file", "cert_file", "key_file"):
             p = getattr(self, name)
             if p is not None and not p.is_file():
-                raise ValueError(f"{name}: no such file {p}")
-        self._read_password()
-        return self
+                problems.append(f"{name}: no such file {p}")
+        return problems + self._read_password()
 
     @property
     def tls(self) -> bool:
@@ -167,24 +225,31 @@ class InfluxSettings(_Login):
 
     _token: SecretStr | None = PrivateAttr(default=None)
 
-    @model_validator(mode="after")
-    def _check(self) -> InfluxSettings:
-        parts = urllib.parse.urlsplit(self.url)
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url: must be http(s)://host[:port], got {self.url!r}")
+            raise ValueError(f"must be http(s)://host[:port], got {url!r}")
+        return url
+
+    def _problems(self) -> list[str]:
+        problems = []
         if self.ca_file is not None and not self.ca_file.is_file():
-            raise ValueError(f"ca_file: no such file {self.ca_file}")
-        if self.api == "v2":
-            if not self.bucket:
-                raise ValueError('bucket: required with api = "v2"')
+            problems.append(f"ca_file: no such file {self.ca_file}")
+        if self.api == "v1":
+            if not self.database:
+                problems.append('database: required with api = "v1"')
+            return problems + self._read_password()
+        if not self.bucket:
+            problems.append('bucket: required with api = "v2"')
+        try:
             self._token = resolve_secret(
                 self.token_env, self.token_file, self.token_credential, what="token"
             )
-        else:
-            if not self.database:
-                raise ValueError('database: required with api = "v1"')
-            self._read_password()
-        return self
+        except ValueError as exc:
+            problems.append(str(exc))
+        return problems
 
     @property
     def token(self) -> SecretStr | None:
