@@ -213,10 +213,17 @@ class Pipeline:
             raw, unit, flags = self._convert(r, plan)
         corrector = plan.corrector
         quality: Quality = r.quality
-        if corrector is None or "unit_mismatch" in flags:
+        if "unit_mismatch" in flags:
+            # a value in another quantity's unit: not usable, no certificate corrected it
+            # (calibration none, whatever the channel's certificate says) and no decision
+            # against the channel's limits can rest on it
+            conformity = None if plan.judge is None else "indeterminate"
+            return Measurement.make(
+                r, raw, unit, None, None, None, "bad", flags, "none", None, conformity,
+                plan.quantity,
+            )  # fmt: skip
+        if corrector is None:
             conformity = None
-            if "unit_mismatch" in flags:  # a value in another quantity's unit: not usable
-                quality = "bad"
             if plan.uncalibrated:  # as read: no U, no decision
                 flags = flags | _UNCALIBRATED
                 if quality == "good":
@@ -225,7 +232,7 @@ class Pipeline:
                     conformity = plan.judge(raw, math.nan)
             return Measurement.make(
                 r, raw, unit, None, None, None, quality, flags,
-                "none" if corrector is None else plan.calibration, None, conformity,
+                "none", None, conformity,
                 plan.quantity,
             )  # fmt: skip
         calibration = plan.calibration

@@ -67,7 +67,23 @@ def test_units_are_converted_and_mismatches_flagged(registry: Registry) -> None:
     assert wrong.certificate is None
     # 1 kg is no pressure: not a usable value (it went out quality "good", as if measured)
     assert wrong.quality == "bad"
-    assert (wrong.U, wrong.conformity) == (None, None)
+    # no certificate corrected it (it said "valid", PT-101's status, beside certificate
+    # null) and PT-101's limits [950, 1100] mbar cannot judge a mass
+    assert corrector.certificate is not None
+    assert (wrong.calibration, wrong.U, wrong.conformity) == ("none", None, "indeterminate")
+    assert wrong.payload(0)["calibration"] == "none"
+
+
+def test_a_unit_mismatch_in_a_batch_is_told_as_alone(registry: Registry) -> None:
+    """The batched path (several readings of one channel in a poll) says the same."""
+    pipeline = Pipeline(registry, clock=lambda: T0)
+    ok, wrong = pipeline.process([reading(1000.3), reading(1.0, unit="kg")])
+    assert (ok.calibration, ok.certificate) == (
+        "valid",
+        registry.corrector("PT-101", "pressure", T0).certificate,
+    )
+    assert (wrong.quality, wrong.calibration, wrong.certificate) == ("bad", "none", None)
+    assert wrong.conformity == "indeterminate"
 
 
 def test_bad_and_nan_readings_stay_bad(registry: Registry) -> None:
