@@ -25,7 +25,7 @@ from gateway.settings import InfluxSettings, MqttSettings, OutboxSettings
 from gateway.status import HttpSettings
 
 if TYPE_CHECKING:
-    from datetime import datetime
+    from datetime import date, datetime
 
     from calibration import Registry
 
@@ -37,6 +37,7 @@ __all__ = [
     "check_paths",
     "equipment_where",
     "format_loc",
+    "left_out_in_chain",
     "load_config",
     "never_calibrated",
     "read_config",
@@ -403,7 +404,17 @@ def check_against_registry(
                 problems.append(f"{fname}: {where}{why}")
             if "*" in entry.uncalibrated or name in entry.uncalibrated:
                 continue  # never calibrated: published as "none", no word about it
-            if registry.corrector(entry.id, name, at).certificate is not None:
+            cert = registry.corrector(entry.id, name, at).certificate
+            if cert is not None:
+                if warnings is not None and (
+                    lost := left_out_in_chain(registry, entry.id, name, at, left_out)
+                ):
+                    warnings.append(
+                        f"{fname}: {where}{cwhere}: channel {name!r} of {entry.id} lost its "
+                        f"traceability: its certificate {cert} rests on {', '.join(lost)}, "
+                        "left out of the registry for its errors: published with calibration "
+                        '"untraceable" (quality uncertain); correct the files of ' + ", ".join(lost)
+                    )
                 continue
             where_ = f"{fname}: {where}{cwhere}: channel {name!r} of {entry.id} has no certificate in force"
             if strict:
@@ -414,6 +425,25 @@ def check_against_registry(
                     "calibrate it, or list it in `uncalibrated` if it is never calibrated"
                 )
     return problems
+
+
+def left_out_in_chain(
+    registry: Registry, eq_id: str, channel: str, at: datetime | date, left_out: Iterable[str]
+) -> list[str]:
+    """The standards of ``left_out`` (registry entries left out for their errors) that
+    the chain of ``eq_id``'s ``channel`` at ``at`` goes through, to any depth: with them
+    gone the channel is untraceable."""
+    gone = set(left_out)
+    if not gone:
+        return []
+    found: set[str] = set()
+    todo = list(registry.chain_tree(eq_id, at, channel).standards)
+    while todo:
+        node = todo.pop()
+        if node.item in gone:
+            found.add(node.item)
+        todo.extend(node.standards)
+    return sorted(found)
 
 
 def unit_problem(entry: EquipmentEntry, cwhere: str, registry_unit: str) -> str | None:

@@ -106,7 +106,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return report_errors(exc.errors)
-    registry = _optional_registry(config.registry_dir)
     known = {e.id for e in config.equipment}
     unknown = [i for i in args.ids if i not in known]
     if unknown:
@@ -117,25 +116,46 @@ def cmd_probe(args: argparse.Namespace) -> int:
         )
         return EX_USAGE
     entries = [e for e in config.equipment if not args.ids or e.id in args.ids]
+    registry = _optional_registry(config.registry_dir, entries)
     return asyncio.run(_probe(entries, registry, as_json=args.json))
 
 
-def _optional_registry(path: Path) -> Registry | None:
+def _optional_registry(path: Path, entries: list[EquipmentEntry]) -> Registry | None:
     """The registry's sound entries (broken files are left out, as ``run`` does, with a
-    note); probe works without one (value = raw, calibration none)."""
+    note saying what that does to ``entries``); probe works without one (value = raw,
+    calibration none)."""
+    from datetime import UTC, datetime
+
     from calibration import Registry
+    from gateway.config import configured_channels, left_out_in_chain
 
     if not path.is_dir():
         print(f"note: no registry at {path}: values are raw, calibration none", file=sys.stderr)
         return None
     registry = Registry.load(path, sound_only=True)
-    if registry.problems:
-        left_out = ", ".join(sorted(registry.unsound))
-        print(
-            f"note: registry {path}: {len(registry.problems)} error(s) (calgate registry check "
-            f"{path}); left out, values raw: {left_out}",
-            file=sys.stderr,
-        )
+    if not registry.problems:
+        return registry
+    now = datetime.now(UTC)
+    raw, untraceable = [], []
+    for entry in entries:
+        if entry.id in registry.unsound:
+            raw.append(entry.id)
+            continue
+        eq = registry.equipment(entry.id)
+        names = {ch.name for ch in eq.channels} if eq is not None else set()
+        for name, _ in configured_channels(entry, names):
+            if name in names and left_out_in_chain(registry, entry.id, name, now, registry.unsound):
+                untraceable.append(f"{entry.id} {name}")
+    told = [f"left out: {', '.join(sorted(registry.unsound))}"]
+    if raw:
+        told.append(f"values raw: {', '.join(raw)}")
+    if untraceable:
+        told.append(f"corrected but untraceable (a standard left out): {', '.join(untraceable)}")
+    print(
+        f"note: registry {path}: {len(registry.problems)} error(s) (calgate registry check "
+        f"{path}); {'; '.join(told)}",
+        file=sys.stderr,
+    )
     return registry
 
 

@@ -222,7 +222,12 @@ def test_a_broken_certificate_of_equipment_not_polled_does_not_stop_the_start(
     captured = capsys.readouterr()
     assert "OK: 6 equipment" in captured.out
     reg = tmp_path / "registry"
+    # the OK names what it costs the polled channels: BAL-01's chain has lost WS-E2
     assert captured.err.splitlines() == [
+        f"warning: {config.resolve()}: equipment[0] (BAL-01): channel 'weight' of BAL-01 lost "
+        "its traceability: its certificate MCS-2026-1022 rests on WS-E2, left out of the "
+        'registry for its errors: published with calibration "untraceable" (quality '
+        "uncertain); correct the files of WS-E2",
         f"warning: registry {reg}: left out (not polled here): WS-E2",
         f"warning: {reg}/certificates/MCS-2025-0610.toml: issued_by: must not be empty",
         f"warning: {reg}/certificates/MCS-2025-0610.toml: unit: 'kPa' is not compatible "
@@ -242,3 +247,24 @@ def test_a_broken_certificate_of_a_polled_instrument_is_still_refused(
     err = capsys.readouterr().err
     assert f"{tmp_path / 'registry'}/certificates/MCS-2026-1022.toml: issued_by: " in err
     assert "2 error(s)" in err
+
+
+def test_probe_says_which_channels_lost_their_chain_not_that_they_are_raw(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """probe's note on the same registry: WS-E2 is left out, BAL-01 is still corrected
+    (through its own certificate) but untraceable; no value is raw (it said "left out,
+    values raw: WS-E2", as if BAL-01's were)."""
+    from gateway.commands.ops import _optional_registry
+    from gateway.config import load_config
+
+    config = load_config(_lab_with_broken(tmp_path, "MCS-2025-0610"))
+    bal = [e for e in config.equipment if e.id == "BAL-01"]
+    registry = _optional_registry(config.registry_dir, bal)
+    assert registry is not None
+    assert registry.corrector("BAL-01", "weight", datetime.now(UTC)).certificate == "MCS-2026-1022"
+    (note,) = capsys.readouterr().err.splitlines()
+    assert note.endswith(
+        "; left out: WS-E2; corrected but untraceable (a standard left out): BAL-01 weight"
+    )
+    assert "raw" not in note
