@@ -32,7 +32,8 @@ __all__ = [
     "InfluxSettings",
     "MqttSettings",
     "OutboxSettings",
-    "refuse_literal_secrets",
+    "Settings",
+    "read_into",
     "resolve_secret",
 ]
 
@@ -56,6 +57,18 @@ def resolve_secret(
     return None if value is None else SecretStr(value)
 
 
+def read_into(
+    problems: list[str], env: str | None, file: str | None, credential: str | None, *, what: str
+) -> SecretStr | None:
+    """:func:`resolve_secret`, its problem (a source configured that yields nothing)
+    added to ``problems`` rather than raised: a table's other problems are still found."""
+    try:
+        return resolve_secret(env, file, credential, what=what)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return None
+
+
 def _literal_secrets(data: Any) -> list[str]:
     """Why each ``password``, ``token`` or ``secret`` key of a table is refused."""
     if not isinstance(data, dict):
@@ -67,21 +80,14 @@ def _literal_secrets(data: Any) -> list[str]:
     ]
 
 
-def refuse_literal_secrets(data: Any) -> Any:
-    """A table's ``password``, ``token`` or ``secret`` key refused, saying what to write."""
-    if found := _literal_secrets(data):
-        raise ValueError(found[0])
-    return data
-
-
 def _problem(message: str, data: Any) -> InitErrorDetails:
     return {"type": PydanticCustomError("value_error", message), "loc": (), "input": data}
 
 
-class _Settings(BaseModel):
-    """A table whose problems are all reported at once: a literal secret, the fields'
-    own errors and, when the fields are valid, every problem :meth:`_problems` finds
-    (each check independent of the others), not only the first."""
+class Settings(BaseModel):
+    """A table of ``calgate.toml`` whose problems are all reported at once: a literal
+    secret, the fields' own errors and, when the fields are valid, every problem
+    :meth:`_problems` finds (each check independent of the others), not only the first."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -114,7 +120,7 @@ def _copy(err: Any) -> InitErrorDetails:
     return out
 
 
-class _Login(_Settings):
+class _Login(Settings):
     """A username and where its password is (read by :meth:`_read_password`)."""
 
     username: str | None = None
@@ -126,15 +132,17 @@ class _Login(_Settings):
 
     def _read_password(self) -> list[str]:
         """The password read (into :attr:`password`); its problems."""
-        try:
-            self._password = resolve_secret(
-                self.password_env, self.password_file, self.password_credential, what="password"
-            )
-        except ValueError as exc:
-            return [str(exc)]
+        problems: list[str] = []
+        self._password = read_into(
+            problems,
+            self.password_env,
+            self.password_file,
+            self.password_credential,
+            what="password",
+        )
         if self._password is not None and not self.username:
-            return ["a password needs a username"]
-        return []
+            problems.append("a password needs a username")
+        return problems
 
     @property
     def password(self) -> SecretStr | None:
@@ -243,12 +251,9 @@ class InfluxSettings(_Login):
             return problems + self._read_password()
         if not self.bucket:
             problems.append('bucket: required with api = "v2"')
-        try:
-            self._token = resolve_secret(
-                self.token_env, self.token_file, self.token_credential, what="token"
-            )
-        except ValueError as exc:
-            problems.append(str(exc))
+        self._token = read_into(
+            problems, self.token_env, self.token_file, self.token_credential, what="token"
+        )
         return problems
 
     @property
@@ -256,7 +261,7 @@ class InfluxSettings(_Login):
         return self._token
 
 
-class OutboxSettings(_Settings):
+class OutboxSettings(Settings):
     """``[outbox]``: the durable queue's bounds and commit batching."""
 
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)

@@ -30,18 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
     field_validator,
-    model_validator,
 )
 
 from gateway.errors import CalgateError
 from gateway.metrics import CONTENT_TYPE, MetricsRegistry
-from gateway.settings import refuse_literal_secrets, resolve_secret
+from gateway.settings import Settings, read_into
 from gateway.wire import json_safe
 
 if TYPE_CHECKING:
@@ -102,14 +99,12 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to any address
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(Settings):
     """The ``[http]`` table of calgate.toml: where to listen, and the access token.
 
     Off loopback the token is required (from ``token_credential``, ``token_file`` or
     ``token_env``, tried in that order: :func:`gateway.secrets.read_secret`).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     listen: str = "127.0.0.1:8470"
     enabled: bool = True
@@ -123,29 +118,24 @@ class HttpSettings(BaseModel):
 
     _token: SecretStr | None = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_literal_secrets(cls, data: Any) -> Any:
-        return refuse_literal_secrets(data)
-
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, v: str) -> str:
         parse_listen(v)
         return v.strip()
 
-    @model_validator(mode="after")
-    def _read_token(self) -> HttpSettings:
-        self._token = resolve_secret(
-            self.token_env, self.token_file, self.token_credential, what="token"
+    def _problems(self) -> list[str]:
+        problems: list[str] = []
+        self._token = read_into(
+            problems, self.token_env, self.token_file, self.token_credential, what="token"
         )
-        if self.enabled and self._token is None and not is_loopback(self.host):
-            raise ValueError(
+        if self.enabled and self._token is None and not problems and not is_loopback(self.host):
+            problems.append(
                 f"listen: {self.listen} is not a loopback address: the console, /status and "
                 "/metrics are then only served with a token; set token_env, token_file or "
                 "token_credential (or listen on 127.0.0.1)"
             )
-        return self
+        return problems
 
     @property
     def token(self) -> SecretStr | None:
