@@ -100,6 +100,12 @@ class Config:
     # what the cross-check with the registry found that does not stop the service (a
     # channel without a certificate in force), as ``file: path: message``
     warnings: tuple[str, ...] = ()
+    # the path as the user gave it, which every error of the file starts with
+    given_path: str = ""
+
+    @property
+    def shown_path(self) -> str:
+        return self.given_path or str(self.path)
 
     @property
     def registry_dir(self) -> Path:
@@ -310,6 +316,7 @@ def read_config(path: Path | str) -> tuple[Config | None, list[str]]:
         http=top.http,
         outbox=top.outbox,
         equipment=tuple(entries),
+        given_path=fname,
     )
     return config, errors
 
@@ -322,7 +329,7 @@ def check_paths(config: Config) -> list[str]:
     """What stops the service before it polls: the registry folder missing, the state
     directory impossible (a file in its path) or not writable by this user. Each as
     ``file: gateway.<key>: message``."""
-    fname = str(config.path)
+    fname = config.shown_path
     problems: list[str] = []
     reg = config.registry_dir
     if not reg.exists():
@@ -375,7 +382,7 @@ def check_against_registry(
     from datetime import UTC, datetime
 
     at = at or datetime.now(UTC)
-    fname = str(config.path)
+    fname = config.shown_path
     problems: list[str] = []
     left_out = set(skip)
     for entry in config.equipment:

@@ -51,3 +51,16 @@ def test_check_config_exits_78_printing_them(
     assert all(line in printed for line in expected(case))
     for secret in ("hunter2", "s3cr3t-t0ken"):
         assert secret not in err  # a secret written in the file is never echoed
+
+
+def test_every_error_starts_with_the_path_as_given(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``calgate check-config -c calgate.toml``: the cross-checks' errors name the file as
+    the config's own do (they said /abs/path/calgate.toml beside calgate.toml)."""
+    monkeypatch.delenv("CALGATE_INFLUX_TOKEN", raising=False)
+    monkeypatch.chdir(HERE / "bad_configs" / "every_error_at_once")
+    assert main(["check-config", "-c", "calgate.toml"]) == 78
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == len(expected(HERE / "bad_configs" / "every_error_at_once")) + 1
+    assert all(line.startswith("calgate.toml: ") for line in lines[:-1])
