@@ -288,7 +288,8 @@ async def run_demo(
                 if not printed_head:
                     rows.insert(0, head)
                     printed_head = True
-                rows += [f"event{event_line(e, 75)}" for e in fresh]
+                # an event line is a log line: whole, or the reason it gives is lost
+                rows += [f"event{event_line(e, None)}" for e in fresh]
                 fresh.clear()
                 out.write("\n".join(rows) + "\n")
             out.flush()

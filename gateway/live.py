@@ -152,8 +152,8 @@ def render_rows(states: Mapping[str, EquipmentState], *, colour: bool, width: in
     return [line([(h, "") for h in headers]), *(line(r) for r in rows)]
 
 
-def event_line(e: Event, width: int) -> str:
-    """One event, as the table lists it (cut to ``width``)."""
+def event_line(e: Event, width: int | None) -> str:
+    """One event, as the table lists it (cut to ``width``; whole with ``None``)."""
     return f"  {e.t_wall:%H:%M:%S} {e.severity:<8} {e.type:<22} {e.message}"[:width]
 
 

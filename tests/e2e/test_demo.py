@@ -69,6 +69,9 @@ async def test_demo_shows_every_instrument_corrected_with_its_status(
     assert "untraceable" in rows["BAL-02"]  # the example registry's broken chain
     assert "due_soon" in rows["PT-102"]  # and its certificate due soon
     assert "traceability_broken" in out
+    # an event line is a log line, kept whole: the broken chain's reason to its end
+    (broken,) = [x for x in out.splitlines() if "traceability_broken" in x]
+    assert broken.endswith("(in force 2023-02-20 to 2026-02-28)"), broken
     assert out.rstrip().endswith("calgate demo: stopped")
 
 
