@@ -30,7 +30,6 @@ import json
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from bench_gateway import make_config, make_registry, scrape, wait_until  # noqa: E402
 
+from gateway.outbox import committed_seq_in  # noqa: E402
 from simulators.net import free_port  # noqa: E402
 
 _SEQ = re.compile(rb'"seq":(\d+)')
@@ -112,18 +112,6 @@ def influx_seqs(vm_port: int) -> list[int]:
             for line in resp:
                 out.extend(int(v) for v in json.loads(line)["values"])
     return out
-
-
-def committed_seq(state: Path) -> int:
-    """The highest seq the outbox committed (delivered rows are deleted)."""
-    con = sqlite3.connect(state / "outbox.sqlite")
-    try:
-        top = con.execute("SELECT coalesce(max(id), 0) FROM rows").fetchone()[0]
-        meta = con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
-        cursors = [s for (s,) in con.execute("SELECT seq FROM cursors")]
-        return max(int(top), int(meta[0]) - 1 if meta else 0, *cursors)
-    finally:
-        con.close()
 
 
 def tally(seqs: Any, last: int) -> dict[str, int]:
@@ -271,7 +259,7 @@ def main() -> int:
         metrics = scrape(http_port)
         stop("gateway")
         say(f"the gateway stopped ({procs['gateway'].returncode})")
-        last = committed_seq(work / "state")
+        last = committed_seq_in(work / "state" / "outbox.sqlite")
         time.sleep(2.0)  # the subscriber's last PUBLISHes (QoS 1, already acked to the gateway)
         sub.stop()
         with sub.lock:

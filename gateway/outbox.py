@@ -259,12 +259,8 @@ class Outbox:
 
     def _load(self) -> None:
         con = self._con
-        max_id = con.execute("SELECT coalesce(max(id), 0) FROM rows").fetchone()[0]
-        row = con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
         stored: dict[str, int] = dict(con.execute("SELECT sink, seq FROM cursors"))
-        self._next: int = max(
-            int(max_id) + 1, int(row[0]) if row else 1, *(q + 1 for q in stored.values())
-        )
+        self._next: int = _stored_next(con, stored.values())
         self._committed_seq = self._next - 1
         first = con.execute("SELECT coalesce(min(id), 0) FROM rows").fetchone()[0]
         for sink in self.sinks:
@@ -883,3 +879,21 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stored_next(con: sqlite3.Connection, cursors: Iterable[int]) -> int:
+    """The seq the next row gets, by what the file holds: past its newest row, its stored
+    ``next_seq`` (written when rows are deleted) and every sink's cursor."""
+    max_id = con.execute("SELECT coalesce(max(id), 0) FROM rows").fetchone()[0]
+    row = con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+    return max(int(max_id) + 1, int(row[0]) if row else 1, *(q + 1 for q in cursors))
+
+
+def committed_seq_in(path: Path) -> int:
+    """The highest seq committed to the outbox file at ``path``, read from the file (for a
+    process watching another one's outbox: a test, the soak bench)."""
+    con = sqlite3.connect(path)
+    try:
+        return _stored_next(con, [q for (q,) in con.execute("SELECT seq FROM cursors")]) - 1
+    finally:
+        con.close()

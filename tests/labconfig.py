@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sqlite3
 import sys
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ from mqttsub import Subscriber
 from servers import Mosquitto
 
 from gateway.demo import example_registry, lab_toml
+from gateway.outbox import committed_seq_in
 from gateway.service import Gateway, load_everything
 from simulators.lab import Lab
 
@@ -131,13 +131,7 @@ async def calgate_run(
 def committed_seq(state: Path) -> int:
     """The highest seq the outbox in ``state`` committed (rows may be deleted once
     delivered: the stored ``next_seq`` then says how far it got)."""
-    con = sqlite3.connect(state / "outbox.sqlite")
-    try:
-        top = con.execute("SELECT coalesce(max(id), 0) FROM rows").fetchone()[0]
-        meta = con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
-        return max(int(top), int(meta[0]) - 1 if meta else 0)
-    finally:
-        con.close()
+    return committed_seq_in(state / "outbox.sqlite")
 
 
 async def every_seq_arrives(sub: Subscriber, last: int, *, timeout_s: float = 10.0) -> bool:
